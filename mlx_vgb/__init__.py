@@ -1,0 +1,33 @@
+"""mlx-vgb: verifier-guided backtracking (VGB) for language models on MLX.
+
+Samplers (``VGB``, ``ActionLevelRS`` and the forward-only baselines) are written against two
+protocols, ``LanguageModel`` and ``Verifier`` (``mlx_vgb.protocols``).
+"""
+
+__version__ = "0.1.0"
+
+from .actions import Blocks, Lines, Tokens, make_actions
+from .baselines import BestOfN, BlockBestOfN, BlockRS, OutcomeLevelRS, Plain
+from .children import Candidates, Enumerate, Rejection
+from .errors import (
+    ConfigError,
+    DeadEndError,
+    EmptyPromptError,
+    LanguageModelError,
+    VerifierError,
+    VGBError,
+)
+from .protocols import BaseLanguageModel, BaseVerifier, FunctionVerifier, LanguageModel, Verifier
+from .results import Append, Backtrack, Done, SampleResult, SampleStats, Trace
+from .vgb import VGB, ActionLevelRS, Walk
+
+SAMPLERS = {
+    "vgb": lambda **kw: VGB(**kw),
+    "vgb-lazy": lambda **kw: VGB(lazy=True, **kw),
+    "action-rs": ActionLevelRS,
+    "outcome-rs": OutcomeLevelRS,
+    "bon": BestOfN,
+    "block-bon": BlockBestOfN,
+    "block-rs": BlockRS,
+    "plain": Plain,
+}

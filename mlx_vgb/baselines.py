@@ -1,0 +1,158 @@
+"""Forward-only baselines that VGB is compared with (paper, Section 3 and the Dyck experiment).
+
+- ``Plain``: sample from pi_ref.
+- ``OutcomeLevelRS``: whole responses from pi_ref, accepted with probability tau / bound; at most
+  ``max_tries`` (then the last one, ``finish_reason="rejected"``).
+- ``BestOfN``: n responses from pi_ref, keep the one with the largest tau (first on ties).
+- ``BlockBestOfN``: at each node draw n actions (blocks of ``actions``), keep the one with the
+  largest V^ (tau at leaves).
+- ``BlockRS``: at each node draw actions one by one and accept each with probability
+  V^ / bound; after n rejections keep the best-valued one drawn.
+(``ActionLevelRS`` lives in ``mlx_vgb.vgb``: it is VGB without the parent move.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+from .results import Append, Backtrack
+from .sampler import Sampler
+from .search import Search
+from .tree import Node
+
+
+def _check_n(n: int, what: str = "n") -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{what} must be an integer >= 1, got {n!r}")
+
+
+def _rollouts(search: Search, starts: list[Node]) -> list[Node]:
+    """Complete each start node with pi_ref (batched), counting one step per action."""
+    rows = list(starts)
+    while True:
+        active = [i for i, n in enumerate(rows) if not n.is_leaf]
+        if not active:
+            return rows
+        search.count_step()
+        for i, n in zip(active, search.sample_blocks([rows[i] for i in active])):
+            rows[i] = n
+
+
+def _bound(search: Search) -> float:
+    b = getattr(search.verifier, "bound", 1.0)
+    if not b > 0:
+        raise ConfigError(f"verifier bound must be > 0, got {b}")
+    return b
+
+
+@dataclass
+class Plain(Sampler):
+    name = "plain"
+    needs_verifier = False
+
+    def _run(self, search):
+        node = search.tree.root
+        while not node.is_leaf:
+            search.count_step()
+            (nxt,) = search.sample_blocks([node])
+            search.current = nxt
+            yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
+            node = nxt
+        return node, None
+
+
+@dataclass
+class OutcomeLevelRS(Sampler):
+    max_tries: int = 64
+    name = "outcome-rs"
+
+    def _run(self, search):
+        _check_n(self.max_tries, "max_tries")
+        bound = _bound(search)
+        node = search.tree.root
+        for t in range(self.max_tries):
+            node = search.tree.root
+            while not node.is_leaf:
+                search.count_step()
+                (nxt,) = search.sample_blocks([node])
+                search.current = nxt
+                yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
+                node = nxt
+            tau = search.tilt_of(node)
+            if tau > bound * (1 + 1e-9):
+                from .errors import VerifierError
+
+                raise VerifierError(f"tilt {tau:.4g} exceeds the verifier bound {bound:.4g}")
+            if search.rng.uniform() < tau / bound:
+                return node, None
+            if t + 1 < self.max_tries:
+                search.stats.restarts += 1
+                search.stats.backtracks += 1
+                search.current = search.tree.root
+                yield Backtrack(len(node), 0, 0, search.stats.steps)
+        return node, "rejected"
+
+
+@dataclass
+class BestOfN(Sampler):
+    n: int = 8
+    name = "bon"
+
+    def _run(self, search):
+        _check_n(self.n)
+        leaves = _rollouts(search, [search.tree.root] * self.n)
+        search.ensure_values(leaves)
+        best = leaves[int(np.argmax([c.value for c in leaves]))]
+        search.current = best
+        yield Append(best.tokens, best.depth, len(best), search.stats.steps)
+        return best, None
+
+
+@dataclass
+class BlockBestOfN(Sampler):
+    n: int = 8
+    name = "block-bon"
+
+    def _run(self, search):
+        _check_n(self.n)
+        node = search.tree.root
+        while not node.is_leaf:
+            search.count_step()
+            kids = search.sample_blocks([node] * self.n)
+            search.ensure_values(kids)
+            nxt = kids[int(np.argmax([c.value for c in kids]))]
+            search.current = nxt
+            yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
+            node = nxt
+        return node, None
+
+
+@dataclass
+class BlockRS(Sampler):
+    n: int = 8
+    name = "block-rs"
+
+    def _run(self, search):
+        _check_n(self.n)
+        log_b = math.log(_bound(search))
+        node = search.tree.root
+        while not node.is_leaf:
+            search.count_step()
+            drawn = []
+            for _ in range(self.n):
+                (c,) = search.sample_blocks([node])
+                search.ensure_values([c])
+                drawn.append(c)
+                if math.log(search.rng.uniform() + 1e-300) < c.value - log_b:
+                    break
+                search.stats.backtracks += 1
+            else:
+                c = max(drawn, key=lambda x: x.value)
+            search.current = c
+            yield Append(c.tokens[len(node):], c.depth, len(c), search.stats.steps)
+            node = c
+        return node, None

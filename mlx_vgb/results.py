@@ -1,0 +1,84 @@
+"""What samplers return and stream: stats, results and walk events (append / backtrack / done)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SampleStats:
+    """Accounting of one sampling run."""
+
+    steps: int = 0  # walk steps (lazy self-loops included); forward samplers: actions taken
+    backtracks: int = 0  # moves to a parent (VGB), discarded blocks/responses (baselines)
+    restarts: int = 0  # returns to the root (theory VGB tries, ActionLevelRS dead ends, RS tries)
+    forward_tokens: int = 0  # prefixes whose pi_ref was computed (one token forward each)
+    model_calls: int = 0  # batched language-model calls
+    verifier_evals: int = 0  # prefixes valued (V^) + responses tilted (tau)
+    verifier_calls: int = 0  # batched verifier calls
+    proposals: int = 0  # candidate children drawn (K-candidates, rejection, blocks)
+    max_depth: int = 0  # deepest walk node reached (in actions)
+    nodes: int = 0  # prefixes in the store at the end
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SampleResult:
+    """One response. ``tokens`` are after the prompt and keep a final EOS token if there is one."""
+
+    tokens: tuple[int, ...]
+    reached_leaf: bool  # the response is complete (EOS or horizon)
+    finish_reason: str  # "stop" (EOS), "length" (horizon), "budget" (unfinished best effort)
+    tilt: float | None  # tau(response) when complete
+    stats: SampleStats
+    sampler: str
+    seed: int
+    text: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.reached_leaf
+
+
+@dataclass(frozen=True)
+class Append:
+    """The walk moved down: these tokens were appended."""
+
+    tokens: tuple[int, ...]
+    depth: int  # walk depth after the move (actions)
+    length: int  # tokens after the move
+    step: int
+
+
+@dataclass(frozen=True)
+class Backtrack:
+    """The walk moved up (or restarted): erase the last ``n_tokens`` tokens."""
+
+    n_tokens: int
+    depth: int
+    length: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Done:
+    result: SampleResult
+
+
+Event = Append | Backtrack | Done
+
+
+@dataclass
+class Trace:
+    """Replays events into the current token list; convenient for UIs and tests."""
+
+    tokens: list[int] = field(default_factory=list)
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, Append):
+            self.tokens.extend(event.tokens)
+        elif isinstance(event, Backtrack):
+            del self.tokens[len(self.tokens) - event.n_tokens :]

@@ -1,0 +1,228 @@
+"""State shared by every sampler in one run: the prefix store, pi_ref and V^ with memoization,
+block sampling, budgets and accounting. Samplers decide where to go; this module makes the
+model and verifier calls (batched, never twice for one prefix)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .actions import ActionSpace
+from .errors import ConfigError, EmptyPromptError, LanguageModelError, VerifierError
+from .protocols import LanguageModel, Verifier
+from .results import SampleStats
+from .rng import KeyedRNG
+from .tree import NextTokenDist, Node, PrefixTree
+
+
+class BudgetExhausted(Exception):
+    """Internal: a budget ran out; the sampler returns its best effort."""
+
+
+def process_logprobs(logp: np.ndarray, temp: float, top_k: int, top_p: float) -> NextTokenDist:
+    """Temperature, then top-k, then top-p truncation; renormalized. Any of these changes pi_ref:
+    the walk then targets pi_ref' * tau with pi_ref' the transformed distribution."""
+    logp = np.asarray(logp, dtype=np.float64)
+    if temp == 0:
+        out = np.full(logp.shape, -np.inf)
+        out[int(np.argmax(logp))] = 0.0
+        return NextTokenDist(out.astype(np.float32))
+    if temp != 1.0:
+        logp = logp / temp
+    ids = None
+    if top_k and top_k < logp.size:
+        ids = np.argpartition(-logp, top_k - 1)[:top_k]
+    if top_p < 1.0:
+        cand = ids if ids is not None else np.arange(logp.size)
+        order = cand[np.argsort(-logp[cand], kind="stable")]
+        p = np.exp(logp[order] - np.max(logp[order]))
+        c = np.cumsum(p) / p.sum()
+        keep = int(np.searchsorted(c, top_p, side="left")) + 1
+        ids = np.sort(order[:keep])
+    elif ids is not None:
+        ids = np.sort(ids)
+    sub = logp if ids is None else logp[ids]
+    m = np.max(sub)
+    sub = sub - (m + math.log(np.sum(np.exp(sub - m))))
+    return NextTokenDist(sub.astype(np.float32), ids)
+
+
+def validate_values(vals, n: int, what: str, prefixes: Sequence) -> np.ndarray:
+    v = np.asarray(vals, dtype=np.float64).reshape(-1)
+    if v.shape != (n,):
+        raise VerifierError(f"verifier {what}() returned {v.size} numbers for {n} prefixes; "
+                            "return one value per prefix")
+    bad = ~np.isfinite(v) | (v < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise VerifierError(
+            f"verifier {what}() returned {v[i]!r} for prefix {tuple(prefixes[i])[-16:]}: values "
+            "must be finite and >= 0 (a probability of success, or exp(reward / beta))")
+    return v
+
+
+class Search:
+    """One sampling run of ``lm`` and ``verifier`` on ``prompt``."""
+
+    def __init__(
+        self,
+        lm: LanguageModel,
+        verifier: Verifier | None,
+        prompt: Sequence[int],
+        *,
+        horizon: int,
+        actions: ActionSpace,
+        temp: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        drift: float = 1.0,
+        max_steps: int | None = None,
+        max_forward_tokens: int | None = None,
+        seed: int = 0,
+    ):
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ConfigError(f"horizon (max tokens) must be an integer >= 1, got {horizon!r}")
+        if not (0 < drift <= 1):
+            raise ConfigError(f"drift lambda must be in (0, 1], got {drift!r}; 1 is the paper's walk")
+        if temp < 0 or not (0 < top_p <= 1) or top_k < 0:
+            raise ConfigError(f"need temp >= 0, 0 < top_p <= 1, top_k >= 0; got {temp}, {top_p}, {top_k}")
+        for name, b in (("max_steps", max_steps), ("max_forward_tokens", max_forward_tokens)):
+            if b is not None and b < 1:
+                raise ConfigError(f"{name} must be >= 1 or None, got {b}")
+        prompt = tuple(int(t) for t in prompt)
+        if not prompt and getattr(lm, "requires_prompt", True):
+            raise EmptyPromptError("the prompt is empty: give at least one token of prompt text")
+        self.lm, self.verifier, self.prompt = lm, verifier, prompt
+        self.horizon, self.actions = horizon, actions
+        self.temp, self.top_k, self.top_p = temp, top_k, top_p
+        self.log_drift = math.log(drift)
+        self.max_depth = actions.max_depth(horizon)
+        self.max_steps, self.max_forward_tokens = max_steps, max_forward_tokens
+        self.rng = KeyedRNG(seed)
+        self.seed = seed
+        self.stats = SampleStats()
+        self.tree = PrefixTree(horizon, frozenset(getattr(lm, "eos_token_ids", frozenset())))
+        self.current: Node = self.tree.root  # best effort if a budget runs out
+        self.t0 = time.perf_counter()
+        lm.begin(prompt)
+        if verifier is not None:
+            verifier.begin(prompt)
+
+    # -- budgets ---------------------------------------------------------------------------
+    def count_step(self) -> None:
+        if self.max_steps is not None and self.stats.steps >= self.max_steps:
+            raise BudgetExhausted
+        self.stats.steps += 1
+
+    # -- pi_ref ----------------------------------------------------------------------------
+    def ensure_dists(self, nodes: Sequence[Node]) -> None:
+        todo, seen = [], set()
+        for n in nodes:
+            if n.dist is None and id(n) not in seen:
+                if n.is_leaf:
+                    raise AssertionError("pi_ref asked at a leaf")
+                seen.add(id(n))
+                todo.append(n)
+        if not todo:
+            return
+        if self.max_forward_tokens is not None and self.stats.forward_tokens >= self.max_forward_tokens:
+            raise BudgetExhausted
+        out = np.asarray(self.lm.logprobs([n.tokens for n in todo]))
+        v = self.lm.vocab_size
+        if out.ndim != 2 or out.shape[0] != len(todo) or out.shape[1] < v:
+            raise LanguageModelError(
+                f"logprobs() returned shape {out.shape}; expected ({len(todo)}, {v})")
+        self.stats.model_calls += 1
+        self.stats.forward_tokens += len(todo)
+        for n, row in zip(todo, out):
+            row = row[:v]
+            if np.isnan(row).any() or not np.isfinite(row).any():
+                raise LanguageModelError(
+                    f"logprobs() row for prefix {n.tokens[-16:]} has NaN or no finite entry")
+            n.dist = process_logprobs(row, self.temp, self.top_k, self.top_p)
+
+    def sample_blocks(self, starts: Sequence[Node]) -> list[Node]:
+        """One action drawn from pi_ref at each start node (batched across rows)."""
+        rows = list(starts)
+        lens = [0] * len(rows)
+        active = [i for i, n in enumerate(rows) if not n.is_leaf]
+        if len(active) < len(rows):
+            raise AssertionError("cannot draw an action at a leaf")
+        self.stats.proposals += len(rows)
+        while active:
+            self.ensure_dists([rows[i] for i in active])
+            groups: dict[int, list[int]] = {}
+            for i in active:
+                groups.setdefault(id(rows[i]), []).append(i)
+            for idx in groups.values():
+                node = rows[idx[0]]
+                toks = node.dist.sample(self.rng.uniform(len(idx)))
+                for i, t in zip(idx, toks):
+                    rows[i] = self.tree.child(node, int(t))
+                    lens[i] += 1
+            still = []
+            for i in active:
+                n = rows[i]
+                if n.is_leaf or self.actions.ends_block(lens[i], n.tokens[-1]):
+                    self._mark_walk_node(n, starts[i])
+                else:
+                    still.append(i)
+            active = still
+        return rows
+
+    def all_children(self, node: Node) -> tuple[list[Node], np.ndarray]:
+        """Every single-token child with positive pi_ref, and its log pi_ref."""
+        if not self.actions.single_token:
+            raise ConfigError("exact enumeration of children needs single-token actions; "
+                              "use Candidates(k) or Rejection() with blocks")
+        self.ensure_dists([node])
+        ids, logp = node.dist.support()
+        kids = []
+        for t in ids:
+            c = self.tree.child(node, int(t))
+            self._mark_walk_node(c, node)
+            kids.append(c)
+        self.stats.proposals += len(kids)
+        return kids, logp
+
+    def _mark_walk_node(self, n: Node, start: Node) -> None:
+        if n.depth < 0:
+            n.up, n.depth = start, start.depth + 1
+            if n.depth > self.stats.max_depth:
+                self.stats.max_depth = n.depth
+
+    # -- V^ and tau ------------------------------------------------------------------------
+    def ensure_values(self, nodes: Sequence[Node]) -> None:
+        """log V' for walk nodes: log V^ inside, log tau + drift correction at leaves."""
+        inner, leaves, seen = [], [], set()
+        for n in nodes:
+            if n.value is None and id(n) not in seen:
+                seen.add(id(n))
+                (leaves if n.is_leaf else inner).append(n)
+        for group, fn in ((inner, "value"), (leaves, "tilt")):
+            if not group:
+                continue
+            prefixes = [n.tokens for n in group]
+            vals = validate_values(getattr(self.verifier, fn)(prefixes), len(group), fn, prefixes)
+            self.stats.verifier_calls += 1
+            self.stats.verifier_evals += len(group)
+            with np.errstate(divide="ignore"):
+                logs = np.log(vals)
+            for n, lv in zip(group, logs):
+                if n.is_leaf:
+                    # edge conductance pi * V * lambda^-depth: leaves at unequal depths need
+                    # tau * lambda^(depth - D) for the leaf law to stay pi_ref * tau
+                    lv = lv + (n.depth - self.max_depth) * self.log_drift
+                n.value = float(lv)
+
+    def tilt_of(self, node: Node) -> float:
+        self.ensure_values([node])
+        return math.exp(node.value - (node.depth - self.max_depth) * self.log_drift)
+
+    def finish_stats(self) -> SampleStats:
+        self.stats.nodes = self.tree.size
+        self.stats.wall_s = time.perf_counter() - self.t0
+        return self.stats

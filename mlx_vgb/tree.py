@@ -1,0 +1,92 @@
+"""The prefix store: a trie of token prefixes memoizing pi_ref and V^ per node.
+
+Every token prefix the sampler has touched is one ``Node``. Nodes at action boundaries (the root,
+ends of blocks, leaves) are the walk's nodes: they know their walk parent (``up``) and their
+depth in actions. A revisited node costs no model or verifier call: its next-token distribution
+(``dist``) and its value are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class NextTokenDist:
+    """pi_ref(. | node) after temperature / top-k / top-p: log-probs over ``ids`` (all if None)."""
+
+    logp: np.ndarray  # float32, normalized
+    ids: np.ndarray | None = None
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        """Inverse-CDF draws for uniforms ``u`` -> token ids."""
+        p = np.exp(self.logp.astype(np.float64))
+        c = np.cumsum(p)
+        idx = np.searchsorted(c, u * c[-1], side="right")
+        idx = np.minimum(idx, len(c) - 1)
+        return idx if self.ids is None else self.ids[idx]
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, log-probs) of the tokens with positive probability."""
+        ids = np.arange(self.logp.size) if self.ids is None else self.ids
+        keep = np.isfinite(self.logp)
+        return ids[keep], self.logp[keep].astype(np.float64)
+
+
+class Node:
+    """One token prefix (tokens after the prompt)."""
+
+    __slots__ = (
+        "tokens", "parent", "children", "dist", "value", "up", "depth", "is_leaf", "eos", "kids",
+    )
+
+    def __init__(self, tokens: tuple[int, ...], parent: "Node | None", is_leaf: bool, eos: bool):
+        self.tokens = tokens
+        self.parent = parent
+        self.children: dict[int, Node] = {}
+        self.dist: NextTokenDist | None = None
+        # log V'(node): log V^ for internal walk nodes, log(tau) + drift correction for leaves
+        self.value: float | None = None
+        self.up: Node | None = None  # walk parent (start of the block that ends here)
+        self.depth: int = -1  # depth in actions; -1 for nodes inside a block
+        self.is_leaf = is_leaf
+        self.eos = eos
+        self.kids: tuple | None = None  # Enumerate: (children, their log weights), memoized
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __repr__(self) -> str:
+        return f"Node({self.tokens}, depth={self.depth}, leaf={self.is_leaf})"
+
+
+class PrefixTree:
+    """Owns the nodes; decides leaves (EOS or horizon)."""
+
+    def __init__(self, horizon: int, eos_token_ids: frozenset[int]):
+        self.horizon = horizon
+        self.eos_token_ids = eos_token_ids
+        self.root = Node((), None, is_leaf=False, eos=False)
+        self.root.depth = 0
+        self.size = 1
+
+    def child(self, node: Node, token: int) -> Node:
+        c = node.children.get(token)
+        if c is None:
+            tokens = node.tokens + (token,)
+            eos = token in self.eos_token_ids
+            c = Node(tokens, node, is_leaf=eos or len(tokens) >= self.horizon, eos=eos)
+            node.children[token] = c
+            self.size += 1
+        return c
+
+    def walk_nodes(self):
+        """All walk nodes (depth >= 0) in depth-first order."""
+        stack = [self.root]
+        while stack:
+            n = stack.pop()
+            if n.depth >= 0:
+                yield n
+            stack.extend(n.children.values())
