@@ -14,7 +14,6 @@ file as a script (`python -I -B sandbox.py CONFIG`), so that half imports only c
 modules. The host half (public API) follows the `__main__` guard.
 """
 
-import marshal
 import os
 import sys
 
@@ -48,6 +47,9 @@ _ESCAPE_EVENTS = ("ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "os.exec", "o
 _PATH_EVENTS = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
                 "os.link", "os.symlink", "os.truncate", "os.utime", "shutil.rmtree",
                 "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod")
+_PRELOAD = ("traceback", "linecache", "collections", "functools", "itertools", "math", "re",
+            "string", "heapq", "bisect", "random", "typing", "json", "copy", "fractions",
+            "decimal", "statistics", "operator", "hashlib", "dataclasses", "unittest")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -217,7 +219,9 @@ def _run_program(cfg: dict, status_fd: int) -> None:
     nonce = cfg["nonce"].encode()
     sys.argv = [_MAIN_FILENAME]
     sys.path.insert(0, os.getcwd())
-    namespace = {"__name__": "__main__", "__file__": _MAIN_FILENAME, "__builtins__": __builtins__}
+    import builtins
+
+    namespace = {"__name__": "__main__", "__file__": _MAIN_FILENAME, "__builtins__": builtins}
     del cfg
     try:
         exec(compile(code, _MAIN_FILENAME, "exec"), namespace)
@@ -245,11 +249,19 @@ def _child(cfg: dict, status_fd: int, isolation: list) -> None:
                 _mount(libc, "proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
             except OSError:
                 pass
+        if "fs" not in isolation and cfg["preload"]:
+            # The interpreter's files may not be readable by the sandbox uid (a Python under
+            # /root, say): import what programs commonly use while still able to.
+            for name in _PRELOAD:
+                try:
+                    __import__(name)
+                except ImportError:
+                    pass
+        libc = _libc() if sys.platform.startswith("linux") else None
         _set_limits(cfg)
         if cfg["uid"] is not None:
             _drop_privileges(cfg["uid"])
-        if sys.platform.startswith("linux"):
-            libc = _libc()
+        if libc is not None:
             libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
             libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # after setuid, which clears it
         if "net" not in isolation or "fs" not in isolation:
@@ -264,12 +276,10 @@ def _child(cfg: dict, status_fd: int, isolation: list) -> None:
 _SETUP_FAILED = 125
 
 
-def _bootstrap(config_path: str) -> None:
+def _bootstrap(cfg: dict) -> None:
     """Entry point of the sandboxed interpreter (runs as the caller's user, maybe root)."""
     import signal
 
-    with open(config_path, "rb") as f:
-        cfg = marshal.load(f)
     os.umask(0o022)
     status_fd = cfg["status_fd"]
     isolation = []
@@ -305,9 +315,9 @@ def _bootstrap(config_path: str) -> None:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
-def _bootstrap_entry() -> None:
+def _bootstrap_entry(cfg: dict) -> None:
     try:
-        _bootstrap(sys.argv[1])
+        _bootstrap(cfg)
     except SystemExit:
         raise
     except BaseException as e:
@@ -315,13 +325,11 @@ def _bootstrap_entry() -> None:
         os._exit(_SETUP_FAILED)
 
 
-if __name__ == "__main__":
-    _bootstrap_entry()
-
 # ---------------------------------------------------------------------------------------------
-# Host half: public API. Imported only by the caller's process.
+# Host half: public API. Everything above this line is the bootstrap.
 
 import enum  # noqa: E402
+import marshal  # noqa: E402
 import math  # noqa: E402
 import secrets  # noqa: E402
 import selectors  # noqa: E402
@@ -492,8 +500,40 @@ def _darwin_profile(work: str) -> str:
             f'(allow file-write* (subpath "{work}") (literal "/dev/null"))')
 
 
+_HOST_HALF = "# Host half: public API."
+# The sandboxed interpreter runs this: load the compiled bootstrap and its config, run it.
+_STUB = ("import marshal,sys\nwith open(sys.argv[1],'rb') as f:\n c=marshal.load(f);a=marshal.load(f)\n"
+         "g={'__name__':'mlx_vgb.sandbox.bootstrap'}\nexec(c,g)\ng['_bootstrap_entry'](a)\n")
+_bootstrap_code = None
+
+
+def _compiled_bootstrap():
+    """The bootstrap half of this file, compiled once per host process (saves ~10 ms a run)."""
+    global _bootstrap_code
+    if _bootstrap_code is None:
+        with open(__file__, encoding="utf-8") as f:
+            source = f.read()
+        _bootstrap_code = compile(source[:source.index(_HOST_HALF)], __file__, "exec")
+    return _bootstrap_code
+
+
+def _readable_by_others(path: str) -> bool:
+    """Whether a uid with no relation to the owner can reach `path` (its folders searchable)."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
 def _command(config_path: str, work: str) -> list:
-    cmd = [sys.executable, "-I", "-B", os.path.abspath(__file__), config_path]
+    cmd = [sys.executable, "-I", "-B", "-c", _STUB, config_path]
     if sys.platform == "darwin" and shutil.which("sandbox-exec"):
         cmd = [shutil.which("sandbox-exec"), "-p", _darwin_profile(work)] + cmd
     return cmd
@@ -538,10 +578,13 @@ def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
         cfg = {"code": code, "work": work, "uid": uid, "status_fd": status_w, "nonce": nonce,
                "isolate": isolate, "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb,
                "max_file_mb": limits.max_file_mb, "disk_mb": limits.disk_mb, "nproc": nproc,
+               "preload": uid is not None and not all(map(_readable_by_others,
+                                                          _interpreter_paths())),
                "mask": _home_folders(), "expose": _interpreter_paths() + [base]}
         config_path = os.path.join(base, "config")
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
+            marshal.dump(_compiled_bootstrap(), f)
             marshal.dump(cfg, f)
         stdin_file = None
         if stdin:
@@ -573,76 +616,78 @@ def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
 
 def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: Optional[int],
                limits: SandboxLimits, require_completion: bool, start: float) -> SandboxResult:
-    cap = limits.max_output_bytes
+    """Read capped output until the run ends or a limit is hit; then kill everything."""
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray(), status_r: bytearray()}
+    caps = {out_fd: limits.max_output_bytes, err_fd: limits.max_output_bytes, status_r: 4096}
     deadline = start + limits.timeout_s
-    out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), status_r: bytearray()}
-    caps = {proc.stdout.fileno(): cap, proc.stderr.fileno(): cap, status_r: 4096}
     sel = selectors.DefaultSelector()
-    for fd in out:
+    for fd in bufs:
         sel.register(fd, selectors.EVENT_READ)
-    pidfd = None
+    reading = set(bufs)
+    pidfd = None  # readable when the process exits (Linux); elsewhere poll every 10 ms
     if hasattr(os, "pidfd_open"):
         try:
             pidfd = os.pidfd_open(proc.pid)
             sel.register(pidfd, selectors.EVENT_READ)
         except OSError:
             pidfd = None
-    timed_out = overflow = truncated = False
+    timed_out = overflow = False
     exited_at = None
+
+    def in_pid_namespace() -> bool:
+        return bufs[status_r].split(b"\n", 1)[0].find(b"pid") >= 0
+
     try:
-        while len(sel.get_map()) > (1 if pidfd is not None and exited_at is None else 0):
+        while reading and not overflow:
             now = time.monotonic()
             if exited_at is None and proc.poll() is not None:
-                exited_at = now
-                _kill_all(proc.pid, uid, sweep=True)  # stragglers: the run is over
+                exited_at = now  # kill stragglers (the PID namespace already took them)
+                _kill_all(proc.pid, uid, sweep=not in_pid_namespace())
                 if pidfd is not None:
                     sel.unregister(pidfd)
-            if exited_at is not None and now > exited_at + _DRAIN_S:
-                break  # something we could not kill still holds a pipe
-            if now >= deadline:
+            end = deadline if exited_at is None else min(deadline, exited_at + _DRAIN_S)
+            if now >= end:
                 timed_out = exited_at is None
-                break
-            wait = deadline - now if pidfd is not None else min(deadline - now, 0.01)
-            if exited_at is not None:
-                wait = min(wait, exited_at + _DRAIN_S - now)
+                break  # past the drain time, something unkillable still holds a pipe
+            wait = end - now if pidfd is not None or exited_at is not None else min(end - now,
+                                                                                     0.01)
             for key, _ in sel.select(wait):
                 fd = key.fd
                 if fd == pidfd:
-                    continue  # handled by proc.poll() above
+                    continue  # seen by proc.poll() on the next round
                 try:
                     chunk = os.read(fd, 65536)
                 except OSError:
                     chunk = b""
                 if not chunk:
                     sel.unregister(fd)
+                    reading.discard(fd)
                     continue
-                room = caps[fd] - len(out[fd])
-                out[fd] += chunk[:max(room, 0)]
-                if len(chunk) > room and fd != status_r:
-                    truncated = overflow = True
-            if overflow:
-                break
+                room = max(caps[fd] - len(bufs[fd]), 0)
+                bufs[fd] += chunk[:room]
+                overflow |= len(chunk) > room and fd != status_r
     finally:
-        _kill_all(proc.pid, uid, sweep=True)
+        _kill_all(proc.pid, uid, sweep=exited_at is None or not in_pid_namespace())
         sel.close()
         if pidfd is not None:
             os.close(pidfd)
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+        proc.stdout.close()
+        proc.stderr.close()
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
     wall = time.monotonic() - start
-    stdout = out[proc.stdout.fileno() if False else list(out)[0]].decode("utf-8", "replace")
-    stderr = out[list(out)[1]].decode("utf-8", "replace")
-    status = bytes(out[status_r]).decode("ascii", "replace").splitlines()
-    isolation = tuple(x for x in status[0].split(" ", 1)[-1].split(",") if x) if status else ()
+    stdout = bufs[out_fd].decode("utf-8", "replace")
+    stderr = bufs[err_fd].decode("utf-8", "replace")
+    status = bufs[status_r].decode("ascii", "replace").splitlines()
+    isolation = tuple(x for x in status[0].partition(" ")[2].split(",") if x) if status else ()
     completed = f"done {nonce}" in status[1:]
-    rc = proc.returncode
-    verdict, reason = _judge(rc, timed_out, overflow, completed, require_completion, stderr,
-                             limits)
-    return SandboxResult(verdict, rc, stdout, stderr, wall, truncated, reason, isolation)
+    verdict, reason = _judge(proc.returncode, timed_out, overflow, completed,
+                             require_completion, stderr, limits)
+    return SandboxResult(verdict, proc.returncode, stdout, stderr, wall, overflow, reason,
+                         isolation)
 
 
 def _judge(rc: Optional[int], timed_out: bool, overflow: bool, completed: bool,
