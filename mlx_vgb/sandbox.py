@@ -9,14 +9,27 @@ small tmpfs), home folders masked, and every process it started killed with it. 
 runs as a fresh unprivileged uid. Elsewhere an in-process audit hook blocks sockets, ctypes,
 exec and writes outside the working folder (best effort). See docs/sandbox.md.
 
-This file has two halves. The first is the bootstrap: the sandboxed interpreter runs this
-file as a script (`python -I -B sandbox.py CONFIG`), so that half imports only cheap stdlib
-modules. The host half (public API) follows the `__main__` guard.
+The bootstrap section below runs inside the sandboxed interpreter: the host compiles it once
+and sends the code object with each run's config, so the child imports nothing it does not
+need (only `os` and `sys` are in its namespace; it imports the rest lazily).
 """
 
+import enum
+import marshal
+import math
 import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, fields
 
+# ---- bootstrap: begin ------------------------------------------------------------------------
 # Linux constants (generic syscall numbers, same on x86-64 and arm64).
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
@@ -68,7 +81,9 @@ def _check(ret: int, what: str) -> None:
 
 
 def _mount(libc, src, target: str, fstype, flags: int, data=None) -> None:
-    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+    def enc(s):
+        return None if s is None else os.fsencode(s)
+
     _check(libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
@@ -325,22 +340,7 @@ def _bootstrap_entry(cfg: dict) -> None:
         os._exit(_SETUP_FAILED)
 
 
-# ---------------------------------------------------------------------------------------------
-# Host half: public API. Everything above this line is the bootstrap.
-
-import enum  # noqa: E402
-import marshal  # noqa: E402
-import math  # noqa: E402
-import secrets  # noqa: E402
-import selectors  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, fields  # noqa: E402
-from typing import Optional  # noqa: E402
+# ---- bootstrap: end --------------------------------------------------------------------------
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_MB = 512
@@ -403,7 +403,7 @@ class SandboxLimits:
 @dataclass(frozen=True)
 class SandboxResult:
     verdict: Verdict
-    returncode: Optional[int]  # negative: killed by that signal; None: never started
+    returncode: int | None  # negative: killed by that signal; None: never started
     stdout: str
     stderr: str
     wall_s: float
@@ -420,7 +420,7 @@ _uid_lock = threading.Lock()
 _uids_in_use: set = set()
 
 
-def _allocate_uid() -> Optional[int]:
+def _allocate_uid() -> int | None:
     if os.name != "posix" or os.geteuid() != 0:
         return None
     with _uid_lock:
@@ -431,7 +431,7 @@ def _allocate_uid() -> Optional[int]:
                 return uid
 
 
-def _release_uid(uid: Optional[int]) -> None:
+def _release_uid(uid: int | None) -> None:
     if uid is not None:
         with _uid_lock:
             _uids_in_use.discard(uid)
@@ -461,7 +461,7 @@ def _processes_of(uid: int) -> list:
     return pids
 
 
-def _kill_all(pgid: int, uid: Optional[int], sweep: bool) -> None:
+def _kill_all(pgid: int, uid: int | None, sweep: bool) -> None:
     """SIGKILL the process group and, if asked, every process of the sandbox uid."""
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -500,10 +500,11 @@ def _darwin_profile(work: str) -> str:
             f'(allow file-write* (subpath "{work}") (literal "/dev/null"))')
 
 
-_HOST_HALF = "# Host half: public API."
 # The sandboxed interpreter runs this: load the compiled bootstrap and its config, run it.
-_STUB = ("import marshal,sys\nwith open(sys.argv[1],'rb') as f:\n c=marshal.load(f);a=marshal.load(f)\n"
-         "g={'__name__':'mlx_vgb.sandbox.bootstrap'}\nexec(c,g)\ng['_bootstrap_entry'](a)\n")
+_STUB = ("import marshal,os,sys\nwith open(sys.argv[1],'rb') as f:\n"
+         " c=marshal.load(f);a=marshal.load(f)\n"
+         "g={'__name__':'mlx_vgb.sandbox.bootstrap','os':os,'sys':sys}\n"
+         "exec(c,g)\ng['_bootstrap_entry'](a)\n")
 _bootstrap_code = None
 
 
@@ -513,7 +514,11 @@ def _compiled_bootstrap():
     if _bootstrap_code is None:
         with open(__file__, encoding="utf-8") as f:
             source = f.read()
-        _bootstrap_code = compile(source[:source.index(_HOST_HALF)], __file__, "exec")
+        begin = source.index("# ---- bootstrap: begin")
+        end = source.index("# ---- bootstrap: end")
+        # Pad with newlines so tracebacks point at the right lines of this file.
+        code = "\n" * source.count("\n", 0, begin) + source[begin:end]
+        _bootstrap_code = compile(code, __file__, "exec")
     return _bootstrap_code
 
 
@@ -614,7 +619,7 @@ def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
         _release_uid(uid)
 
 
-def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: Optional[int],
+def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: int | None,
                limits: SandboxLimits, require_completion: bool, start: float) -> SandboxResult:
     """Read capped output until the run ends or a limit is hit; then kill everything."""
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
@@ -690,7 +695,7 @@ def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: Optional[
                          isolation)
 
 
-def _judge(rc: Optional[int], timed_out: bool, overflow: bool, completed: bool,
+def _judge(rc: int | None, timed_out: bool, overflow: bool, completed: bool,
            require_completion: bool, stderr: str, limits: SandboxLimits) -> tuple:
     memory = "MemoryError" in stderr[-2000:]
     if timed_out:
