@@ -1,0 +1,374 @@
+"""pi_ref on an mlx-lm model, with a KV cache that follows the walk.
+
+The adapter keeps one *trunk* cache for the walk's current prefix (a backtrack trims it, a move
+down extends it) and one *branch* cache for the rows of the last batched call (the K candidate
+children of a node; the next call extends those rows by one token, gathering rows from the
+branch instead of recomputing). A prefix whose keys and values are in either cache is never
+computed again; ``recomputed_tokens`` counts the positions that were (zero on trimmable caches).
+
+Caches that cannot be trimmed (rotating windows, SSM / hybrid layers) fall back to a snapshot of
+the cache right after the prompt, then re-prefill of the prefix (counted in
+``recomputed_tokens``).
+
+With a ``value_head`` (``mlx_vgb.verifier_format.ValueHead``) the forward that gives
+pi_ref(.|s) also gives V^(s) from the same last hidden state: ``value_verifier()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from typing import Callable, Sequence
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_map
+from mlx_lm.models.cache import (
+    KVCache,
+    RotatingKVCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+)
+
+from .errors import ConfigError, EmptyPromptError
+from .protocols import BaseLanguageModel, BaseVerifier
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _slice_cache(cache: list, rows: list[int] | None, length: int, repeat: int = 1) -> list:
+    """New KV caches holding ``rows`` (or row 0 repeated) of ``cache`` up to ``length``."""
+    out = []
+    for c in cache:
+        n = copy.copy(c)
+        k, v = c.keys[..., :length, :], c.values[..., :length, :]
+        if rows is not None:
+            idx = mx.array(rows)
+            k, v = k[idx], v[idx]
+        elif repeat > 1:
+            k, v = mx.repeat(k, repeat, axis=0), mx.repeat(v, repeat, axis=0)
+        else:
+            k, v = mx.array(k), mx.array(v)
+        n.keys, n.values, n.offset = k, v, length
+        out.append(n)
+    return out
+
+
+class MLXLanguageModel(BaseLanguageModel):
+    """``LanguageModel`` over any mlx-lm model (``mlx_lm.load(...)`` gives model, tokenizer)."""
+
+    def __init__(self, model, tokenizer=None, *, eos_token_ids: Sequence[int] | None = None,
+                 value_head=None, hidden_layer: int = -1, max_kv_size: int | None = None,
+                 max_branches: int = 32):
+        self.model, self.tokenizer = model, tokenizer
+        args = getattr(model, "args", None)
+        vocab = getattr(args, "vocab_size", None)
+        if vocab is None:
+            raise ConfigError("cannot read vocab_size from the model's args")
+        self.vocab_size = int(vocab)
+        if eos_token_ids is None:
+            eos_token_ids = getattr(tokenizer, "eos_token_ids", None) or []
+            if not eos_token_ids and getattr(tokenizer, "eos_token_id", None) is not None:
+                eos_token_ids = [tokenizer.eos_token_id]
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.context_length = getattr(args, "max_position_embeddings", None)
+        if value_head is not None and hidden_layer != -1:
+            raise ConfigError("value heads read the final hidden state (hidden_layer=-1) only")
+        self.value_head = value_head
+        self._hidden_path = hasattr(model, "model") and (
+            hasattr(model, "lm_head") or hasattr(getattr(model.model, "embed_tokens", None),
+                                                 "as_linear"))
+        if value_head is not None and not self._hidden_path:
+            raise ConfigError(f"{type(model).__module__} exposes no hidden states "
+                              "(model.model + lm_head): a value head cannot read them")
+        self.max_kv_size = max_kv_size
+        self.max_branches = max_branches  # batched caches kept for reuse (memory: K rows each)
+        probe = self._new_cache()
+        self.trimmable = can_trim_prompt_cache(probe)
+        # rows of a batch are cut from / repeated out of plain KV caches; others go one by one
+        self.batchable = all(type(c) is KVCache for c in probe)
+        self.prompt: tuple[int, ...] = ()
+        self.reset_counters()
+
+    # -- counters ------------------------------------------------------------------------
+    def reset_counters(self) -> None:
+        self.forward_tokens = 0  # positions run through the model, prompt excluded
+        self.prefill_tokens = 0  # prompt positions
+        self.recomputed_tokens = 0  # positions run again after having been computed once
+        self.reprefill_tokens = 0  # ... of which on the walk's own path (after a backtrack)
+        self.forward_calls = 0
+        self._seen: set[int] = set()  # hashes of every prefix computed in this run
+
+    def _new_cache(self) -> list:
+        if self.max_kv_size is not None:
+            return [RotatingKVCache(max_size=self.max_kv_size, keep=0)
+                    for _ in range(len(self.model.layers))]
+        return make_prompt_cache(self.model)
+
+    # -- run state -------------------------------------------------------------------------
+    def begin(self, prompt: Sequence[int]) -> None:
+        prompt = tuple(int(t) for t in prompt)
+        if not prompt:
+            raise EmptyPromptError("the prompt is empty: give at least one token of prompt text")
+        if self.context_length and len(prompt) >= self.context_length:
+            raise ConfigError(f"the prompt has {len(prompt)} tokens but the model's context is "
+                              f"{self.context_length}: shorten the prompt")
+        self.prompt = prompt
+        self.reset_counters()
+        self._trunk = self._new_cache()
+        self._trunk_tokens: tuple[int, ...] = ()
+        self._trunk_logp = None
+        self._trunk_value = None
+        # recent batched caches: (cache, row token tuples, their logp, their values)
+        self._branches: collections.deque = collections.deque(maxlen=self.max_branches)
+        self._pending: dict[tuple[int, ...], tuple[np.ndarray, float | None]] = {}
+        self._snapshot = None
+        # prefill all but the last prompt token; the first request computes the rest
+        self._extend_trunk(prompt[:-1])
+        # restored when a trim is impossible (rotating / SSM caches)
+        self._snapshot = self._copy_state(self._trunk) if len(prompt) > 1 else None
+        self.prefill_tokens, self.forward_tokens = len(prompt) - 1, 0
+
+    @staticmethod
+    def _copy_state(cache: list):
+        fresh = lambda x: x + 0 if isinstance(x, mx.array) else x  # noqa: E731 - new buffer
+        return [tree_map(fresh, c.state) for c in cache]
+
+    # -- forward -------------------------------------------------------------------------
+    def _forward(self, tokens: mx.array, cache: list):
+        """(B, S) tokens -> (log-probs at the last position (B, V), value or None)."""
+        self.forward_calls += 1
+        if self._hidden_path:
+            h = self.model.model(tokens, cache=cache)[:, -1:, :]
+            head = getattr(self.model, "lm_head", None)
+            logits = head(h) if head is not None else self.model.model.embed_tokens.as_linear(h)
+            logits = logits[:, 0, :]
+            val = self.value_head(h[:, 0, :]) if self.value_head is not None else None
+        else:
+            logits = self.model(tokens, cache=cache)[:, -1, :]
+            val = None
+        logits = logits.astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if val is not None:
+            mx.eval(logp, val)
+            return np.array(logp), np.array(val.astype(mx.float32)).reshape(-1)
+        mx.eval(logp)
+        return np.array(logp), None
+
+    def _count(self, full_rows: Sequence[tuple[int, ...]], start: int, where: str = "trunk") -> None:
+        for r in full_rows:
+            for k in range(start + 1, len(r) + 1):
+                key = hash(r[:k])
+                if key in self._seen:
+                    self.recomputed_tokens += 1
+                    if where == "trunk":
+                        self.reprefill_tokens += 1
+                else:
+                    self._seen.add(key)
+            self.forward_tokens += len(r) - start
+
+    def _extend_trunk(self, tokens: Sequence[int]):
+        if not tokens:
+            return
+        full = self._trunk_tokens + tuple(tokens)
+        self._count([full], len(self._trunk_tokens))
+        logp, val = self._forward(mx.array([list(tokens)]), self._trunk)
+        self._trunk_tokens = full
+        self._trunk_logp, self._trunk_value = logp[0], (None if val is None else float(val[0]))
+
+    def _move_trunk(self, target: tuple[int, ...], need_logits: bool = True) -> None:
+        """Make the trunk hold exactly ``target`` (prompt included), with the log-probs at its
+        end when ``need_logits``."""
+        if target == self._trunk_tokens and (self._trunk_logp is not None or not need_logits):
+            return
+        c = _lcp(self._trunk_tokens, target)
+        # a branch row may share more of the target than the trunk: promote it
+        best, best_b, best_j = c, None, -1
+        for b in self._branches:
+            for j, r in enumerate(b[1]):
+                m = _lcp(r, target)
+                if m > best:
+                    best, best_b, best_j = m, b, j
+        if best_b is not None:
+            n = min(best, len(target))
+            self._trunk = _slice_cache(best_b[0], [best_j], n)
+            self._trunk_tokens = target[:n]
+            self._trunk_logp = self._trunk_value = None
+            if n == len(best_b[1][best_j]) and best_b[2][best_j] is not None:
+                self._trunk_logp, self._trunk_value = best_b[2][best_j], best_b[3][best_j]
+            c = n
+        if target == self._trunk_tokens and (self._trunk_logp is not None or not need_logits):
+            return
+        if need_logits and c == len(target):
+            c -= 1  # the logits at target's end come only from running its last token
+        if c < len(self._trunk_tokens):
+            if self.batchable:
+                # keep the abandoned path as a branch: coming back down costs nothing
+                self._branches.append((self._trunk, [self._trunk_tokens], [self._trunk_logp],
+                                       [self._trunk_value]))
+                self._trunk = _slice_cache(self._trunk, None, c)
+                self._trunk_tokens = self._trunk_tokens[:c]
+                self._trunk_logp = self._trunk_value = None
+            elif can_trim_prompt_cache(self._trunk):
+                for layer in self._trunk:
+                    layer.trim(len(self._trunk_tokens) - c)
+                self._trunk_tokens = self._trunk_tokens[:c]
+                self._trunk_logp = self._trunk_value = None
+            else:
+                self._trunk = self._new_cache()
+                if self._snapshot is not None:
+                    for layer, st in zip(self._trunk, self._copy_state_list()):
+                        layer.state = st
+                self._trunk_tokens = self.prompt[:-1]
+                self._trunk_logp = self._trunk_value = None
+                c = len(self._trunk_tokens)
+        self._extend_trunk(target[c:])
+
+    def _copy_state_list(self):
+        fresh = lambda x: x + 0 if isinstance(x, mx.array) else x  # noqa: E731
+        return [tree_map(fresh, st) for st in self._snapshot]
+
+    def _full(self, prefix: Sequence[int]) -> tuple[int, ...]:
+        full = self.prompt + tuple(int(t) for t in prefix)
+        if self.context_length and len(full) > self.context_length:
+            raise ConfigError(f"prompt + response reach {len(full)} tokens, beyond the model's "
+                              f"context of {self.context_length}: lower max tokens (horizon)")
+        return full
+
+    def _compute(self, prefixes: Sequence[Sequence[int]]):
+        """Log-probs (and values) at the end of each prefix, using the caches."""
+        rows = [self._full(p) for p in prefixes]
+        out: list = [None] * len(rows)
+        todo = []
+        for i, r in enumerate(rows):
+            if r in self._pending:
+                out[i] = self._pending[r]
+            elif r == self._trunk_tokens and self._trunk_logp is not None:
+                out[i] = (self._trunk_logp, self._trunk_value)
+            else:
+                todo.append(i)
+        if len(todo) == 1 or (todo and not self.batchable):
+            for i in todo:
+                self._move_trunk(rows[i])
+                out[i] = (self._trunk_logp, self._trunk_value)
+        elif todo:
+            self._compute_batch([rows[i] for i in todo], todo, out)
+        return out
+
+    def _compute_batch(self, rows, idx, out) -> None:
+        # serve from the branch when every row extends a branch row by the same number of tokens
+        # serve from recent branches when every row extends a branch row by the same length
+        src = None
+        if self._branches and len({len(r) for r in rows}) == 1:
+            where = {}
+            trunk = (self._trunk, [self._trunk_tokens], [self._trunk_logp], [self._trunk_value])
+            for b in (trunk, *self._branches):
+                for j, r in enumerate(b[1]):
+                    where.setdefault(r, (b, j))
+            src, ext = [], None
+            for r in rows:
+                for cut in range(len(r) - 1, len(self.prompt) - 1, -1):
+                    hit = where.get(r[:cut])
+                    if hit is not None:
+                        break
+                else:
+                    src = None
+                    break
+                if ext not in (None, len(r) - cut):
+                    src = None
+                    break
+                ext = len(r) - cut
+                src.append(hit)
+        L = min(min(len(r) for r in rows) - 1, _lcp_many(rows))
+        if src is not None and len(rows[0]) - ext <= L:
+            src = None  # the shared prefix through the trunk covers at least as much
+        if src is not None:
+            base = len(rows[0]) - ext
+            parts, order = {}, []
+            for b, j in src:  # gather rows per source branch, then stack the branches
+                parts.setdefault(id(b), (b, []))[1].append(j)
+            pieces = [_slice_cache(b[0], js, base) for b, js in parts.values()]
+            cache = pieces[0] if len(pieces) == 1 else _concat_caches(pieces)
+            order = [(id(b), j) for b, j in src]
+            flat = [(bid, j) for bid, (_, js) in parts.items() for j in js]
+            perm = [flat.index(o) for o in order]
+            if perm != list(range(len(perm))):
+                cache = _slice_cache(cache, perm, base)
+        else:
+            lens = {len(r) for r in rows}
+            if len(lens) > 1:  # ragged rows: one group per length
+                for n in sorted(lens):
+                    g = [k for k, r in enumerate(rows) if len(r) == n]
+                    self._compute_batch([rows[k] for k in g], [idx[k] for k in g], out)
+                return
+            self._move_trunk(rows[0][:L], need_logits=False)
+            base = L
+            cache = _slice_cache(self._trunk, None, L, repeat=len(rows))
+        self._count(rows, base, "rows")
+        toks = mx.array([list(r[base:]) for r in rows])
+        logp, val = self._forward(toks, cache)
+        vals = [None] * len(rows) if val is None else [float(v) for v in val]
+        self._branches.append((cache, list(rows), list(logp), vals))
+        for k, i in enumerate(idx):
+            out[i] = (logp[k], vals[k])
+
+    # -- LanguageModel protocol -------------------------------------------------------------
+    def logprobs(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        res = self._compute(prefixes)
+        return np.stack([r[0] for r in res])
+
+    def values(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
+        """V^ from the value head at the end of each prefix (same forward as pi_ref)."""
+        if self.value_head is None:
+            raise ConfigError("this language model has no value head")
+        res = self._compute(prefixes)
+        # keep the log-probs of these prefixes: the walk asks for them next
+        self._pending = {self._full(p): r for p, r in zip(prefixes, res)}
+        return np.array([r[1] for r in res], dtype=np.float64)
+
+    def value_verifier(self, tilt: Callable[[tuple[int, ...]], float]) -> "HeadVerifier":
+        return HeadVerifier(self, tilt)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        if self.tokenizer is None:
+            return " ".join(map(str, tokens))
+        return self.tokenizer.decode(list(tokens))
+
+
+def _concat_caches(pieces: list[list]) -> list:
+    out = []
+    for layers in zip(*pieces):
+        n = copy.copy(layers[0])
+        n.keys = mx.concatenate([c.keys for c in layers], axis=0)
+        n.values = mx.concatenate([c.values for c in layers], axis=0)
+        out.append(n)
+    return out
+
+
+def _lcp_many(rows) -> int:
+    n = min(len(r) for r in rows)
+    first = rows[0]
+    for r in rows[1:]:
+        n = min(n, _lcp(first[:n], r))
+    return n
+
+
+class HeadVerifier(BaseVerifier):
+    """V^ from a value head on the generator's own hidden states; tau from ``tilt``
+    (a function of the response tokens)."""
+
+    def __init__(self, lm: MLXLanguageModel, tilt: Callable[[tuple[int, ...]], float]):
+        self.lm, self._tilt = lm, tilt
+        self.bound = 1.0
+
+    def value(self, prefixes):
+        return self.lm.values(prefixes)
+
+    def tilt(self, responses):
+        return np.array([float(self._tilt(tuple(r))) for r in responses])

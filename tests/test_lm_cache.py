@@ -1,0 +1,115 @@
+"""The MLX adapter's KV cache under backtracking: same numbers as a fresh forward, nothing
+recomputed, batched candidates equal to one-at-a-time."""
+
+import numpy as np
+import pytest
+from tiny_models import full_forward_logprobs, tiny_llama
+
+from mlx_vgb import VGB, Blocks, Candidates, FunctionVerifier
+from mlx_vgb.lm import MLXLanguageModel
+
+TOL = 2e-4  # float32 attention over <= 40 positions: observed max error ~1e-5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(seed=1)
+
+
+PROMPT = (1, 5, 9, 2)
+
+
+def check(lm, model, prefixes):
+    got = lm.logprobs(prefixes)
+    for p, row in zip(prefixes, got):
+        want = full_forward_logprobs(model, PROMPT + tuple(p))
+        assert np.max(np.abs(row - want)) < TOL, p
+
+
+def test_extend_backtrack_extend_matches_fresh_forward(model):
+    lm = MLXLanguageModel(model, eos_token_ids=[0])
+    lm.begin(PROMPT)
+    check(lm, model, [()])
+    check(lm, model, [(3, 4, 5, 6)])  # extend
+    check(lm, model, [(3, 4)])  # backtrack 2 (logits at a trimmed node: one token rerun)
+    check(lm, model, [(3, 4, 7, 8, 9)])  # extend on another branch
+    check(lm, model, [(3,)])
+    check(lm, model, [(11, 12, 13)])
+
+
+def test_batched_candidates_equal_one_at_a_time(model):
+    lm = MLXLanguageModel(model, eos_token_ids=[0])
+    lm.begin(PROMPT)
+    lm.logprobs([(3, 4)])
+    rows = [(3, 4, 10), (3, 4, 11), (3, 4, 12), (3, 4, 13)]
+    batched = lm.logprobs(rows)
+    rows2 = [r + (20,) for r in rows]  # extend each row by one token: gathered from the branch
+    batched2 = lm.logprobs(rows2)
+    one = MLXLanguageModel(model, eos_token_ids=[0])
+    one.begin(PROMPT)
+    singles = np.stack([one.logprobs([r])[0] for r in rows])
+    singles2 = np.stack([one.logprobs([r])[0] for r in rows2])
+    assert np.max(np.abs(batched - singles)) < TOL
+    assert np.max(np.abs(batched2 - singles2)) < TOL
+    assert lm.recomputed_tokens == 0
+
+
+def test_walk_with_backtracks_recomputes_no_token(model):
+    lm = MLXLanguageModel(model, eos_token_ids=[0])
+    # a verifier that makes the walk backtrack often: odd tokens are bad
+    ver = FunctionVerifier(lambda p: 0.2 if sum(p) % 2 else 1.0)
+    r = VGB(horizon=12, actions=Blocks(3), choice=Candidates(4)).sample(lm, ver, PROMPT, seed=3)
+    assert r.reached_leaf
+    assert r.stats.backtracks >= 2
+    assert lm.recomputed_tokens == 0
+    # every pi_ref the sampler asked for was a forward token, plus one per trimmed node rerun
+    assert lm.forward_tokens >= r.stats.forward_tokens
+
+
+def test_value_head_gives_value_from_the_same_forward(model):
+    import mlx.core as mx
+    from mlx_vgb.verifier_format import HeadConfig, ValueHead
+
+    head = ValueHead(HeadConfig(type="mlp", dims=[32, 8, 1], activation="relu", output="sigmoid"))
+    mx.eval(head.parameters())
+    lm = MLXLanguageModel(model, eos_token_ids=[0], value_head=head)
+    ver = lm.value_verifier(lambda y: 1.0)
+    r = VGB(horizon=9, actions=Blocks(3), choice=Candidates(3)).sample(lm, ver, PROMPT, seed=0)
+    assert r.reached_leaf and lm.recomputed_tokens == 0
+    # the values equal the head applied to a fresh forward's last hidden state
+    lm2 = MLXLanguageModel(model, eos_token_ids=[0], value_head=head)
+    lm2.begin(PROMPT)
+    pref = r.tokens[:3]
+    v = lm2.values([pref])[0]
+    h = model.model(mx.array([list(PROMPT + pref)]))[0, -1]
+    assert abs(v - float(head(h))) < 1e-4
+    # a value call leaves the log-probs of those prefixes ready: no extra forward
+    calls = lm2.forward_calls
+    lm2.logprobs([pref])
+    assert lm2.forward_calls == calls
+
+
+def test_non_trimmable_cache_falls_back_to_prompt_snapshot(model):
+    # a rotating window smaller than prompt + prefix cannot be trimmed once it wrapped
+    lm = MLXLanguageModel(model, eos_token_ids=[0], max_kv_size=6)
+    lm.begin(PROMPT)
+    lm.logprobs([(3, 4, 5, 6)])  # 8 tokens > window: the cache has rotated
+    assert not __import__("mlx_lm.models.cache", fromlist=["x"]).can_trim_prompt_cache(lm._trunk)
+    ref = MLXLanguageModel(model, eos_token_ids=[0], max_kv_size=6)
+    ref.begin(PROMPT)
+    want = ref.logprobs([(3, 7)])[0]
+    got = lm.logprobs([(3, 7)])[0]  # backtrack: restore the prompt snapshot, re-prefill
+    assert np.max(np.abs(got - want)) < TOL
+    assert lm.recomputed_tokens >= 1  # counted
+
+
+def test_context_overflow_is_a_clear_error(model):
+    from mlx_vgb.errors import ConfigError
+
+    small = tiny_llama(seed=1, context=8)
+    lm = MLXLanguageModel(small, eos_token_ids=[0])
+    with pytest.raises(ConfigError, match="context"):
+        lm.begin(tuple(range(1, 10)))
+    lm.begin(PROMPT)
+    with pytest.raises(ConfigError, match="lower max tokens"):
+        lm.logprobs([(1, 2, 3, 4, 5)])
