@@ -53,18 +53,84 @@ _PR_SET_NO_NEW_PRIVS = 38
 
 _MAIN_FILENAME = "main.py"
 # Audit events refused when kernel isolation is missing (best effort: see docs/sandbox.md).
-_NET_EVENTS = ("socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
-               "socket.sendto", "socket.sendmsg")
-_ESCAPE_EVENTS = ("ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "os.exec", "os.posix_spawn",
-                  "os.spawn", "os.system", "subprocess.Popen", "os.startfile", "sys.addaudithook")
-_PATH_EVENTS = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
-                "os.link", "os.symlink", "os.truncate", "os.utime", "shutil.rmtree",
-                "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod")
-_PRELOAD = ("traceback", "linecache", "collections", "functools", "itertools", "math", "re",
-            "string", "heapq", "bisect", "random", "typing", "json", "copy", "fractions",
-            "decimal", "statistics", "operator", "hashlib", "dataclasses", "unittest", "shutil",
-            "pathlib", "glob", "socket", "subprocess", "signal", "tempfile", "textwrap", "time",
-            "datetime", "struct", "array", "contextlib", "io", "ctypes")
+_NET_EVENTS = (
+    "socket.__new__",
+    "socket.connect",
+    "socket.bind",
+    "socket.getaddrinfo",
+    "socket.sendto",
+    "socket.sendmsg",
+)
+_ESCAPE_EVENTS = (
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.cdata",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.system",
+    "subprocess.Popen",
+    "os.startfile",
+    "os.fork",
+    "os.forkpty",
+    "pty.spawn",
+    "sys.addaudithook",
+)
+_PATH_EVENTS = (
+    "os.remove",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.chmod",
+    "os.chown",
+    "os.link",
+    "os.symlink",
+    "os.truncate",
+    "os.utime",
+    "shutil.rmtree",
+    "os.chflags",
+    "os.lchflags",
+    "os.mkfifo",
+    "os.mknod",
+)
+_PRELOAD = (
+    "traceback",
+    "linecache",
+    "collections",
+    "functools",
+    "itertools",
+    "math",
+    "re",
+    "string",
+    "heapq",
+    "bisect",
+    "random",
+    "typing",
+    "json",
+    "copy",
+    "fractions",
+    "decimal",
+    "statistics",
+    "operator",
+    "hashlib",
+    "dataclasses",
+    "unittest",
+    "shutil",
+    "pathlib",
+    "glob",
+    "socket",
+    "subprocess",
+    "signal",
+    "tempfile",
+    "textwrap",
+    "time",
+    "datetime",
+    "struct",
+    "array",
+    "contextlib",
+    "io",
+    "ctypes",
+)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -94,12 +160,17 @@ def _readonly_root(libc) -> None:
     import ctypes
 
     class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+        _fields_ = [
+            ("attr_set", ctypes.c_uint64),
+            ("attr_clr", ctypes.c_uint64),
+            ("propagation", ctypes.c_uint64),
+            ("userns_fd", ctypes.c_uint64),
+        ]
 
     attr = MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
-    ret = libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE,
-                       ctypes.byref(attr), ctypes.sizeof(attr))
+    ret = libc.syscall(
+        _SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
     if ret == 0:
         return
     # Kernels before 5.12: remount each mount point read-only, innermost last.
@@ -107,8 +178,9 @@ def _readonly_root(libc) -> None:
         points = [line.split()[4] for line in f]
     for point in points:
         point = point.encode().decode("unicode_escape")
-        libc.mount(None, os.fsencode(point), None,
-                   _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID, None)
+        libc.mount(
+            None, os.fsencode(point), None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID, None
+        )
     st = os.statvfs("/")
     if not st.f_flag & os.ST_RDONLY:
         raise OSError("could not make the root filesystem read-only")
@@ -158,9 +230,14 @@ def _isolate_linux(cfg: dict) -> list:
         done.append("home")
         _readonly_root(libc)
         sandbox_uid = cfg["uid"] if cfg["uid"] is not None else uid
-        _mount(libc, "tmpfs", cfg["work"], "tmpfs", _MS_NOSUID | _MS_NODEV,
-               f"size={cfg['disk_mb']}m,nr_inodes=8192,mode=0700,uid={sandbox_uid},"
-               f"gid={sandbox_uid}")
+        _mount(
+            libc,
+            "tmpfs",
+            cfg["work"],
+            "tmpfs",
+            _MS_NOSUID | _MS_NODEV,
+            f"size={cfg['disk_mb']}m,nr_inodes=8192,mode=0700,uid={sandbox_uid},gid={sandbox_uid}",
+        )
         os.chdir(cfg["work"])
         done.append("fs")
     except OSError as e:
@@ -201,9 +278,21 @@ def _install_guard(work: str, block_net: bool, block_fs: bool) -> None:
             return False
         return full == root or full.startswith(root + "/") or full == "/dev/null"
 
+    session = os.getsid(0)
+
+    def own_session(pid: int) -> bool:
+        try:
+            return os.getsid(pid) == session
+        except OSError:
+            return False
+
     def hook(event: str, args: tuple) -> None:
         if event in escape:
             raise PermissionError(f"sandbox: {event} is not allowed")
+        if event in ("os.kill", "os.killpg"):  # only processes of the sandbox's own session
+            target = args[0] if event == "os.kill" else -args[0]
+            if target == -1 or not own_session(abs(target) if target else os.getpid()):
+                raise PermissionError("sandbox: signalling processes outside the sandbox")
         if block_net and event in net:
             raise PermissionError("sandbox: network access is not allowed")
         if not block_fs:
@@ -442,8 +531,13 @@ class SandboxLimits:
         t = self.timeout_s
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
             raise ValueError(f"timeout_s must be a positive finite number of seconds, got {t!r}")
-        minimum = {"memory_mb": _MIN_MEMORY_MB, "max_output_bytes": 0, "max_processes": 1,
-                   "max_file_mb": 0, "disk_mb": 1}
+        minimum = {
+            "memory_mb": _MIN_MEMORY_MB,
+            "max_output_bytes": 0,
+            "max_processes": 1,
+            "max_file_mb": 0,
+            "disk_mb": 1,
+        }
         for name, low in minimum.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -509,9 +603,9 @@ def _processes_of(uid: int) -> list:
             continue
         i = status.find(b"\nUid:\t")
         j = status.find(b"\nState:\t")
-        if i < 0 or (j >= 0 and status[j + 8:j + 9] in (b"Z", b"X")):
+        if i < 0 or (j >= 0 and status[j + 8 : j + 9] in (b"Z", b"X")):
             continue
-        if int(status[i + 6:].split(b"\t", 1)[0]) == uid:
+        if int(status[i + 6 :].split(b"\t", 1)[0]) == uid:
             pids.append(int(name))
     return pids
 
@@ -543,23 +637,32 @@ def _home_folders() -> list:
 
 def _interpreter_paths() -> list:
     """What the sandboxed interpreter must still see when home folders are masked."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.realpath(sys.executable))}
+    paths = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+    }
     paths.update(p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p))
     return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
 
 
 def _darwin_profile(work: str) -> str:
     work = os.path.realpath(work).replace('"', "")
-    return ("(version 1)(allow default)(deny network*)(deny file-write*)"
-            f'(allow file-write* (subpath "{work}") (literal "/dev/null"))')
+    return (
+        "(version 1)(allow default)(deny network*)(deny file-write*)"
+        f'(allow file-write* (subpath "{work}") (literal "/dev/null"))'
+    )
 
 
 # The sandboxed interpreter runs this: load the compiled bootstrap and its config, run it.
-_STUB = ("import marshal,os,sys\nwith open(sys.argv[1],'rb') as f:\n"
-         " c=marshal.load(f);a=marshal.load(f)\n"
-         "g={'__name__':'mlx_vgb.sandbox.bootstrap','os':os,'sys':sys}\n"
-         "exec(c,g)\ng['_bootstrap_entry'](a)\n")
+_STUB = (
+    "import marshal,os,sys\nwith open(sys.argv[1],'rb') as f:\n"
+    " c=marshal.load(f);a=marshal.load(f)\n"
+    "g={'__name__':'mlx_vgb.sandbox.bootstrap','os':os,'sys':sys}\n"
+    "exec(c,g)\ng['_bootstrap_entry'](a)\n"
+)
 _bootstrap_code = None
 
 
@@ -600,9 +703,16 @@ def _command(config_path: str, work: str) -> list:
 
 
 def _environment(work: str) -> dict:
-    env = {"PATH": _SAFE_PATH, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
-           "LC_ALL": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
+    env = {
+        "PATH": _SAFE_PATH,
+        "HOME": work,
+        "TMPDIR": work,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     return env
 
 
@@ -611,14 +721,21 @@ def _crashed(reason: str, start: float) -> SandboxResult:
 
 
 def _own_process_count(uid: int) -> int:
+    """Processes `uid` runs now: RLIMIT_NPROC counts them all when we cannot switch uid."""
+    if sys.platform.startswith("linux"):
+        return len(_processes_of(uid))
     try:
-        return len(_processes_of(uid)) if sys.platform.startswith("linux") else 256
-    except Exception:
-        return 256
+        out = subprocess.run(
+            ["ps", "-U", str(uid), "-o", "pid="], capture_output=True, timeout=5, check=True
+        ).stdout
+        return len(out.split())
+    except (OSError, subprocess.SubprocessError):
+        return 4096
 
 
-def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
-         isolate: bool = True) -> SandboxResult:
+def _run(
+    code: str, limits: SandboxLimits, stdin: str, require_completion: bool, isolate: bool = True
+) -> SandboxResult:
     """Run `code`; `isolate=False` skips kernel isolation (tests use it to check the guard)."""
     start = time.monotonic()
     uid = _allocate_uid()
@@ -635,12 +752,22 @@ def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
             nproc += _own_process_count(os.getuid())
         status_r, status_w = os.pipe()
         nonce = secrets.token_hex(16)
-        cfg = {"code": code, "work": work, "uid": uid, "status_fd": status_w, "nonce": nonce,
-               "isolate": isolate, "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb,
-               "max_file_mb": limits.max_file_mb, "disk_mb": limits.disk_mb, "nproc": nproc,
-               "preload": uid is not None and not all(map(_readable_by_others,
-                                                          _interpreter_paths())),
-               "mask": _home_folders(), "expose": _interpreter_paths() + [base]}
+        cfg = {
+            "code": code,
+            "work": work,
+            "uid": uid,
+            "status_fd": status_w,
+            "nonce": nonce,
+            "isolate": isolate,
+            "cpu_s": limits.cpu_s,
+            "memory_mb": limits.memory_mb,
+            "max_file_mb": limits.max_file_mb,
+            "disk_mb": limits.disk_mb,
+            "nproc": nproc,
+            "preload": uid is not None and not all(map(_readable_by_others, _interpreter_paths())),
+            "mask": _home_folders(),
+            "expose": _interpreter_paths() + [base],
+        }
         config_path = os.path.join(base, "config")
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -654,10 +781,16 @@ def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
             stdin_file = open(stdin_path, "rb")
         try:
             proc = subprocess.Popen(
-                _command(config_path, work), stdin=stdin_file or subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work,
-                env=_environment(work), start_new_session=True, pass_fds=(status_w,),
-                close_fds=True)
+                _command(config_path, work),
+                stdin=stdin_file or subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=work,
+                env=_environment(work),
+                start_new_session=True,
+                pass_fds=(status_w,),
+                close_fds=True,
+            )
         finally:
             os.close(status_w)
             if stdin_file is not None:
@@ -674,8 +807,15 @@ def _run(code: str, limits: SandboxLimits, stdin: str, require_completion: bool,
         _release_uid(uid)
 
 
-def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: int | None,
-               limits: SandboxLimits, require_completion: bool, start: float) -> SandboxResult:
+def _supervise(
+    proc: subprocess.Popen,
+    status_r: int,
+    nonce: str,
+    uid: int | None,
+    limits: SandboxLimits,
+    require_completion: bool,
+    start: float,
+) -> SandboxResult:
     """Read capped output until the run ends or a limit is hit; then kill everything."""
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray(), status_r: bytearray()}
@@ -710,8 +850,7 @@ def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: int | Non
             if now >= end:
                 timed_out = exited_at is None
                 break  # past the drain time, something unkillable still holds a pipe
-            wait = end - now if pidfd is not None or exited_at is not None else min(end - now,
-                                                                                     0.01)
+            wait = end - now if pidfd is not None or exited_at is not None else min(end - now, 0.01)
             for key, _ in sel.select(wait):
                 fd = key.fd
                 if fd == pidfd:
@@ -747,13 +886,19 @@ def _supervise(proc: subprocess.Popen, status_r: int, nonce: str, uid: int | Non
     rc = proc.returncode
     if rc is not None and rc > 128 and f"signal {rc - 128}" in status[1:]:
         rc = 128 - rc  # killed by a signal inside the PID namespace (see _init)
-    verdict, reason = _judge(rc, timed_out, overflow, completed, require_completion, stderr,
-                             limits)
+    verdict, reason = _judge(rc, timed_out, overflow, completed, require_completion, stderr, limits)
     return SandboxResult(verdict, rc, stdout, stderr, wall, overflow, reason, isolation)
 
 
-def _judge(rc: int | None, timed_out: bool, overflow: bool, completed: bool,
-           require_completion: bool, stderr: str, limits: SandboxLimits) -> tuple:
+def _judge(
+    rc: int | None,
+    timed_out: bool,
+    overflow: bool,
+    completed: bool,
+    require_completion: bool,
+    stderr: str,
+    limits: SandboxLimits,
+) -> tuple:
     memory = "MemoryError" in stderr[-2000:]
     if timed_out:
         return Verdict.TIMED_OUT, f"wall-clock limit of {limits.timeout_s:g} s reached"
@@ -790,12 +935,17 @@ def _limits(kwargs: dict) -> SandboxLimits:
     return SandboxLimits(**kwargs)
 
 
-def run_python(code: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-               memory_mb: int = DEFAULT_MEMORY_MB,
-               max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-               max_processes: int = DEFAULT_MAX_PROCESSES, stdin: str = "",
-               max_file_mb: int = DEFAULT_MAX_FILE_MB,
-               disk_mb: int = DEFAULT_DISK_MB) -> SandboxResult:
+def run_python(
+    code: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    max_processes: int = DEFAULT_MAX_PROCESSES,
+    stdin: str = "",
+    max_file_mb: int = DEFAULT_MAX_FILE_MB,
+    disk_mb: int = DEFAULT_DISK_MB,
+) -> SandboxResult:
     """Run untrusted Python source in a sandbox. PASSED iff it exits with status 0.
 
     Never raises for anything the code does; raises ValueError for invalid arguments.
@@ -804,8 +954,9 @@ def run_python(code: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
         raise ValueError(f"code must be a str, got {type(code).__name__}")
     if not isinstance(stdin, str):
         raise ValueError(f"stdin must be a str, got {type(stdin).__name__}")
-    limits = SandboxLimits(timeout_s, memory_mb, max_output_bytes, max_processes, max_file_mb,
-                           disk_mb)
+    limits = SandboxLimits(
+        timeout_s, memory_mb, max_output_bytes, max_processes, max_file_mb, disk_mb
+    )
     return _run(code, limits, stdin, require_completion=False)
 
 

@@ -30,8 +30,9 @@ MODES = ["kernel", "guard"]
 
 
 def run(code: str, mode: str = "kernel", **limits) -> SandboxResult:
-    return _run(code, SandboxLimits(**limits), "", require_completion=False,
-                isolate=mode == "kernel")
+    return _run(
+        code, SandboxLimits(**limits), "", require_completion=False, isolate=mode == "kernel"
+    )
 
 
 def not_passed(r: SandboxResult) -> bool:
@@ -87,8 +88,9 @@ def test_syntax_error_fails_without_raising_in_caller():
 
 
 def test_stdin_reaches_the_program():
-    r = run_python("import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))",
-                   stdin="1 2 3\n4\n")
+    r = run_python(
+        "import sys\nprint(sum(int(x) for x in sys.stdin.read().split()))", stdin="1 2 3\n4\n"
+    )
     assert r.verdict is Verdict.PASSED and r.stdout == "10\n"
     r = run_python("print(input() or 'empty')")  # no stdin: EOF, not a hang
     assert r.verdict is Verdict.FAILED and "EOFError" in r.stderr
@@ -100,8 +102,9 @@ def test_exit_status_decides_run_python():
     assert r.verdict is Verdict.FAILED and r.returncode == 3
 
 
-@pytest.mark.parametrize("escape", ["import sys; sys.exit(0)", "import os; os._exit(0)",
-                                    "raise SystemExit"])
+@pytest.mark.parametrize(
+    "escape", ["import sys; sys.exit(0)", "import os; os._exit(0)", "raise SystemExit"]
+)
 def test_run_tests_early_exit_is_not_passed(escape):
     r = run_tests(f"def f():\n    return 1\n{escape}\n", "assert f() == 2")
     assert r.verdict is Verdict.FAILED and r.returncode == 0
@@ -109,13 +112,15 @@ def test_run_tests_early_exit_is_not_passed(escape):
 
 
 def test_working_folder_is_private_writable_and_removed():
-    code = ("import os, pathlib\n"
-            "pathlib.Path('out.txt').write_text('hello')\n"
-            "assert open('out.txt').read() == 'hello'\n"
-            "assert os.environ['HOME'] == os.getcwd() and sorted(os.environ) == sorted(\n"
-            "    ['HOME', 'LANG', 'LC_ALL', 'MKL_NUM_THREADS', 'OMP_NUM_THREADS',\n"
-            "     'OPENBLAS_NUM_THREADS', 'PATH', 'TMPDIR'])\n"
-            "print(os.getcwd())\n")
+    code = (
+        "import os, pathlib\n"
+        "pathlib.Path('out.txt').write_text('hello')\n"
+        "assert open('out.txt').read() == 'hello'\n"
+        "assert os.environ['HOME'] == os.getcwd() and sorted(os.environ) == sorted(\n"
+        "    ['HOME', 'LANG', 'LC_ALL', 'MKL_NUM_THREADS', 'OMP_NUM_THREADS',\n"
+        "     'OPENBLAS_NUM_THREADS', 'PATH', 'TMPDIR'])\n"
+        "print(os.getcwd())\n"
+    )
     secret = "MLX_VGB_TEST_SECRET"
     os.environ[secret] = "hunter2"
     try:
@@ -132,8 +137,14 @@ def test_segfault_is_crashed():
 
 
 def test_invalid_limits_raise_value_error():
-    for bad in ({"timeout_s": -1}, {"timeout_s": 0}, {"timeout_s": float("nan")},
-                {"memory_mb": 1}, {"max_processes": 0}, {"max_output_bytes": -5}):
+    for bad in (
+        {"timeout_s": -1},
+        {"timeout_s": 0},
+        {"timeout_s": float("nan")},
+        {"memory_mb": 1},
+        {"max_processes": 0},
+        {"max_output_bytes": -5},
+    ):
         with pytest.raises(ValueError):
             run_python("pass", **bad)
     with pytest.raises(ValueError, match="unknown sandbox limits"):
@@ -145,9 +156,11 @@ def test_invalid_limits_raise_value_error():
 
 @pytest.mark.skipif(not (LINUX and ROOT), reason="namespaces and a fresh uid need root here")
 def test_linux_root_runs_fully_isolated():
-    r = run_python("import os\n"
-                   "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
-                   "print(os.getpid(), os.getuid(), len(pids))")
+    r = run_python(
+        "import os\n"
+        "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+        "print(os.getpid(), os.getuid(), len(pids))"
+    )
     assert set(r.isolation) == {"net", "pid", "home", "fs", "uid"}
     pid, uid, visible = map(int, r.stdout.split())
     assert pid == 2 and uid != 0  # PID 1 is the namespace's reaper; the uid is unprivileged
@@ -157,8 +170,7 @@ def test_linux_root_runs_fully_isolated():
 def test_concurrent_runs_do_not_interfere():
     results: list[SandboxResult] = []
     code = "import time\ntime.sleep(0.2)\nprint('ok')"
-    threads = [threading.Thread(target=lambda: results.append(run_python(code)))
-               for _ in range(4)]
+    threads = [threading.Thread(target=lambda: results.append(run_python(code))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -192,10 +204,12 @@ def test_infinite_loop_times_out_within_the_wall_limit(mode):
 
 
 def test_sleeping_forever_with_signals_ignored_times_out():
-    code = ("import signal, time\n"
-            "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
-            "    signal.signal(s, signal.SIG_IGN)\n"
-            "time.sleep(3600)\n")
+    code = (
+        "import signal, time\n"
+        "for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+        "    signal.signal(s, signal.SIG_IGN)\n"
+        "time.sleep(3600)\n"
+    )
     start = time.monotonic()
     r = run_python(code, timeout_s=0.5)
     assert r.verdict is Verdict.TIMED_OUT and time.monotonic() - start < 1.0
@@ -210,15 +224,17 @@ def test_spawning_processes_is_stopped_and_all_are_killed(how):
         "fork": f"pid = os.fork()\n    if pid == 0:\n        os.execv(sys.executable, {sleeper})",
         "subprocess": f"subprocess.Popen({sleeper})",
     }[how]
-    code = ("import os, subprocess, sys, time\n"
-            "n = 0\n"
-            "try:\n"
-            "  for _ in range(200):  # a broken sandbox still cannot take the machine down\n"
-            f"    {spawn}\n"
-            "    n += 1\n"
-            "finally:\n"
-            "    print('spawned', n, flush=True)\n"
-            "time.sleep(60)\n")
+    code = (
+        "import os, subprocess, sys, time\n"
+        "n = 0\n"
+        "try:\n"
+        "  for _ in range(200):  # a broken sandbox still cannot take the machine down\n"
+        f"    {spawn}\n"
+        "    n += 1\n"
+        "finally:\n"
+        "    print('spawned', n, flush=True)\n"
+        "time.sleep(60)\n"
+    )
     start = time.monotonic()
     r = run_python(code, timeout_s=3.0, max_processes=16)
     assert not_passed(r)
@@ -262,18 +278,20 @@ def test_writing_or_deleting_outside_the_working_folder_is_refused(mode):
         f.write("intact")
     os.chmod(sentinel, 0o666)
     stray = f"/tmp/mlx-vgb-test-stray-{secrets.token_hex(6)}"
-    code = (f"import os, shutil\n"
-            f"errors = []\n"
-            f"for attempt in (lambda: os.remove({sentinel!r}),\n"
-            f"                lambda: open({sentinel!r}, 'w').write('pwned'),\n"
-            f"                lambda: open({stray!r}, 'w').write('pwned'),\n"
-            f"                lambda: os.rename({sentinel!r}, {sentinel!r} + '.moved'),\n"
-            f"                lambda: shutil.rmtree({outside!r})):\n"
-            f"    try:\n"
-            f"        attempt()\n"
-            f"    except Exception as e:\n"
-            f"        errors.append(repr(e))\n"
-            f"assert not errors, errors\n")
+    code = (
+        f"import os, shutil\n"
+        f"errors = []\n"
+        f"for attempt in (lambda: os.remove({sentinel!r}),\n"
+        f"                lambda: open({sentinel!r}, 'w').write('pwned'),\n"
+        f"                lambda: open({stray!r}, 'w').write('pwned'),\n"
+        f"                lambda: os.rename({sentinel!r}, {sentinel!r} + '.moved'),\n"
+        f"                lambda: shutil.rmtree({outside!r})):\n"
+        f"    try:\n"
+        f"        attempt()\n"
+        f"    except Exception as e:\n"
+        f"        errors.append(repr(e))\n"
+        f"assert not errors, errors\n"
+    )
     try:
         r = run(code, mode)
         assert not_passed(r) and r.verdict is Verdict.FAILED
@@ -296,9 +314,11 @@ def test_network_is_unreachable(mode):
     server.listen(8)
     server.settimeout(0.2)
     port = server.getsockname()[1]
-    code = (f"import socket\n"
-            f"s = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
-            f"s.sendall(b'exfiltrated')\n")
+    code = (
+        f"import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        f"s.sendall(b'exfiltrated')\n"
+    )
     try:
         r = run(code, mode, timeout_s=3.0)
         assert not_passed(r) and r.verdict is Verdict.FAILED, r
@@ -315,15 +335,16 @@ def test_home_is_not_readable():
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # world-readable
     with os.fdopen(fd, "w") as f:
         f.write(token)
-    code = (f"import glob, os\n"
-            f"print(open({secret!r}).read())\n")
-    scan = ("import glob, os\n"
-            f"for p in glob.glob({home!r} + '/.*') + glob.glob('/home/*/.*'):\n"
-            "    try:\n"
-            "        print(open(p).read())\n"
-            "    except Exception:\n"
-            "        pass\n"
-            "raise SystemExit(1)\n")
+    code = f"import glob, os\nprint(open({secret!r}).read())\n"
+    scan = (
+        "import glob, os\n"
+        f"for p in glob.glob({home!r} + '/.*') + glob.glob('/home/*/.*'):\n"
+        "    try:\n"
+        "        print(open(p).read())\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "raise SystemExit(1)\n"
+    )
     try:
         for snippet in (code, scan):
             r = run_python(snippet)
@@ -333,11 +354,14 @@ def test_home_is_not_readable():
         os.remove(secret)
 
 
-@pytest.mark.parametrize("code", [
-    "import sys\nsys.stdout.write('x' * 100_000_000)\n",
-    "while True:\n    print('y' * 1000)\n",
-    "import sys\nsys.stderr.write('z' * 100_000_000)\n",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import sys\nsys.stdout.write('x' * 100_000_000)\n",
+        "while True:\n    print('y' * 1000)\n",
+        "import sys\nsys.stderr.write('z' * 100_000_000)\n",
+    ],
+)
 def test_printing_100_mb_is_capped_fast_and_flagged(code):
     start = time.monotonic()
     r = run_python(code, max_output_bytes=100_000, timeout_s=10)
@@ -351,20 +375,24 @@ def test_printing_100_mb_is_capped_fast_and_flagged(code):
 def test_killing_the_parent_or_its_group_leaves_the_host_alive(mode):
     host_pid, host_pgid = os.getpid(), os.getpgid(0)
     # Each snippet kills a target, then exits 0 only if the target is gone (an escape).
-    attacks = [("os.getppid()", "os.kill(target, signal.SIGKILL)", "os.kill(target, 0)"),
-               (f"{host_pid}", "os.kill(target, signal.SIGKILL)", "os.kill(target, 0)"),
-               (f"{host_pgid}", "os.killpg(target, signal.SIGKILL)", "os.killpg(target, 0)"),
-               ("os.getpgid(0)", "os.killpg(target, signal.SIGKILL)", "os.killpg(target, 0)")]
+    attacks = [
+        ("os.getppid()", "os.kill(target, signal.SIGKILL)", "os.kill(target, 0)"),
+        (f"{host_pid}", "os.kill(target, signal.SIGKILL)", "os.kill(target, 0)"),
+        (f"{host_pgid}", "os.killpg(target, signal.SIGKILL)", "os.killpg(target, 0)"),
+        ("os.getpgid(0)", "os.killpg(target, signal.SIGKILL)", "os.killpg(target, 0)"),
+    ]
     for target, attack, probe in attacks:
-        code = (f"import os, signal, time\n"
-                f"target = {target}\n"
-                f"{attack}\n"
-                f"time.sleep(0.2)\n"
-                f"try:\n"
-                f"    {probe}\n"
-                f"except ProcessLookupError:\n"
-                f"    raise SystemExit(0)\n"
-                f"raise SystemExit('target survived')\n")
+        code = (
+            f"import os, signal, time\n"
+            f"target = {target}\n"
+            f"{attack}\n"
+            f"time.sleep(0.2)\n"
+            f"try:\n"
+            f"    {probe}\n"
+            f"except ProcessLookupError:\n"
+            f"    raise SystemExit(0)\n"
+            f"raise SystemExit('target survived')\n"
+        )
         r = run(code, mode, timeout_s=3.0)
         assert not_passed(r), (attack, r)
         os.kill(host_pid, 0)
