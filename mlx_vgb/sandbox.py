@@ -199,9 +199,10 @@ def _mask_homes(libc, cfg: dict) -> None:
         keep = [k for k in keep if not any(_under(k, o) for o in keep if o != k)]
         if any(_under(mask, p) for p in cfg["expose"]):
             continue  # the interpreter lives at or above this folder: leave it alone
-        fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in keep if os.path.isdir(k)]
+        keep = [k for k in keep if os.path.isdir(k)]
+        fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in keep]
         _mount(libc, "tmpfs", mask, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=64k")
-        for fd, path in zip(fds, keep):
+        for fd, path in zip(fds, keep, strict=True):
             os.makedirs(path, exist_ok=True)
             _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
             os.close(fd)
