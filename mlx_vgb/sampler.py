@@ -59,6 +59,7 @@ class Sampler:
 
             raise ConfigError(f"sampler {self.name!r} needs a verifier")
         search = self._search(lm, verifier, prompt, seed)
+        self.search = search  # the live run (its stats), for streaming UIs
         reason = None
         try:
             node, reason = yield from self._run(search)

@@ -26,3 +26,39 @@ def full_forward_logprobs(model, tokens) -> np.ndarray:
     """Log-probs after ``tokens`` from a fresh, cache-free forward of the whole sequence."""
     logits = model(mx.array([list(tokens)]))[0, -1].astype(mx.float32)
     return np.array(logits - mx.logsumexp(logits))
+
+
+def tiny_model_folder(path, seed: int = 0, hidden: int = 32, layers: int = 2, context: int = 512):
+    """Write a tiny random llama + byte-level tokenizer as an mlx-lm folder; return its path.
+
+    Vocabulary: 256 byte tokens + <|im_start|>, <|im_end|> (EOS), a ChatML chat template."""
+    import json
+    from pathlib import Path
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    assert len(byte_vocab) == 256
+    tok = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(path / "tokenizer.json"))
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% endif %}")
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
+        "bos_token": None, "chat_template": template}))
+    model = tiny_llama(seed=seed, vocab=258, hidden=hidden, layers=layers, context=context)
+    cfg = {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
+           "intermediate_size": 2 * hidden, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "rms_norm_eps": 1e-5, "vocab_size": 258, "tie_word_embeddings": True,
+           "max_position_embeddings": context}
+    (path / "config.json").write_text(json.dumps(cfg))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return path

@@ -1,0 +1,365 @@
+"""Generate with a verifier: ``load``, ``stream_generate``, ``generate`` and the
+``mlx-vgb generate`` command (flags follow ``mlx_lm.generate`` where they apply)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from . import SAMPLERS
+from .actions import Lines, make_actions
+from .children import Candidates
+from .errors import ConfigError, VGBError
+from .lm import MLXLanguageModel
+from .protocols import BaseVerifier
+from .results import Append, Backtrack, Done, Event, SampleResult, SampleStats
+
+DEFAULT_PROMPT = "Write a one-sentence story about a cat."
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_TEMP = 1.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_SEED = 0
+DEFAULT_SAMPLER = "vgb"
+DEFAULT_VERIFIER = "none"
+DEFAULT_CANDIDATES = 8
+
+VERIFIER_HELP = """verifier spec:
+  none                       V^ = tau = 1 (plain pi_ref; for baselines)
+  no-letter:e[,alpha=0.3]    the paper's letter avoidance, V^ = alpha^(H-h) * [no 'e' so far]
+  regex:PATTERN              the response must fully match PATTERN
+  forbid:word1|word2         none of these strings may appear
+  python-syntax              every finished line parses as the start of a Python program
+  unit-tests:FILE            python-syntax inside; at the end FILE's asserts run in the sandbox
+  head:PATH                  a value-head verifier folder on the generator's hidden states
+  model:PATH                 a verifier folder with its own backbone (bridged through text)
+  package.module:function    fn(text, complete) -> float, your own"""
+
+
+class _One(BaseVerifier):
+    def value(self, prefixes):
+        import numpy as np
+
+        return np.ones(len(prefixes))
+
+
+def load(path_or_hf_repo: str | None = None):
+    """(model, tokenizer): the embedded default model when None, else a local MLX folder or a
+    Hugging Face repo id (needs the hub; local folders work offline)."""
+    from mlx_lm import load as mlx_load
+
+    if path_or_hf_repo is None:
+        from .default_model import default_model_path
+
+        path_or_hf_repo = str(default_model_path())
+    p = Path(path_or_hf_repo).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ConfigError(f"{p} is not an MLX model folder (no config.json); convert it "
+                              "with `mlx-vgb convert`")
+        try:
+            return mlx_load(str(p))
+        except Exception as e:  # corrupt or truncated weights
+            raise ConfigError(f"cannot load the model in {p}: {e}") from None
+    if path_or_hf_repo.startswith((".", "/", "~")) or path_or_hf_repo.count("/") != 1:
+        raise ConfigError(f"model {path_or_hf_repo!r} not found: give an existing MLX folder or "
+                          "a Hugging Face repo id like 'mlx-community/SmolLM2-135M-Instruct'")
+    try:
+        return mlx_load(path_or_hf_repo)
+    except Exception as e:
+        raise ConfigError(f"cannot fetch {path_or_hf_repo!r} from the Hugging Face hub ({e}); "
+                          "offline, download it elsewhere and pass the local folder") from None
+
+
+def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
+                  chat_template: bool = True) -> list[int]:
+    if not prompt or not prompt.strip():
+        raise ConfigError("the prompt is empty: give the text to complete")
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        msgs.append({"role": "user", "content": prompt})
+        return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
+    text = (system_prompt + "\n" if system_prompt else "") + prompt
+    return list(tokenizer.encode(text))
+
+
+def newline_tokens(tokenizer, vocab_size: int) -> frozenset[int]:
+    """Ids of the tokens whose text contains a newline (for line blocks)."""
+    out = set()
+    for i in range(vocab_size):
+        try:
+            if "\n" in tokenizer.decode([i]):
+                out.add(i)
+        except Exception:
+            pass
+    return frozenset(out)
+
+
+def make_verifier(spec, lm: MLXLanguageModel, *, max_tokens: int = DEFAULT_MAX_TOKENS,
+                  prompt_text: str | None = None):
+    """A verifier from a spec string (see VERIFIER_HELP) or a ready verifier object."""
+    from . import verifiers as V
+
+    if not isinstance(spec, str):
+        v = spec
+    else:
+        kind, _, arg = spec.partition(":")
+        if spec in ("none", ""):
+            return _One()
+        if kind == "no-letter":
+            letter, *opts = arg.split(",")
+            kw = dict(o.split("=", 1) for o in opts if "=" in o)
+            v = V.LetterAvoidance(letter or "e", float(kw.get("alpha", 0.3)), max_tokens)
+        elif kind == "regex":
+            v = V.RegexMatch(arg)
+        elif kind == "forbid":
+            v = V.ForbiddenStrings(arg.split("|"))
+        elif spec == "python-syntax":
+            v = V.PythonSyntax()
+        elif kind == "unit-tests":
+            path = Path(arg)
+            if not path.is_file():
+                raise ConfigError(f"unit-tests: no such test file {arg!r}")
+            v = V.UnitTests(path.read_text())
+        elif kind in ("head", "model"):
+            from .model_verifier import GeneratorHeadVerifier, SeparateModelVerifier
+            from .verifier_format import load_verifier
+
+            if not Path(arg).exists():
+                raise ConfigError(f"{kind}: no verifier folder at {arg!r}")
+            if kind == "head":
+                cfg, head, backbone = load_verifier(arg)
+                if backbone is not None:
+                    raise ConfigError(f"{arg} has its own backbone: use model:{arg}")
+                hidden = getattr(lm.model.args, "hidden_size", None)
+                if hidden is not None and cfg.head.dims[0] != hidden:
+                    raise ConfigError(f"{arg}: the head reads hidden size {cfg.head.dims[0]} but "
+                                      f"the generator's is {hidden}: it was trained for "
+                                      "another model")
+                lm.value_head = head
+                return GeneratorHeadVerifier(lm)
+            return SeparateModelVerifier(arg, lm.decode, lm.eos_token_ids, prompt_text)
+        elif ":" in spec and "." in kind or (":" in spec and kind.isidentifier()):
+            v = V.CallableVerifier.from_spec(spec)
+        else:
+            raise ConfigError(f"unknown verifier {spec!r}\n{VERIFIER_HELP}")
+    if isinstance(v, V.TextVerifier) and v.decode is None:
+        v.bind(lm.decode, lm.eos_token_ids)
+    return v
+
+
+def make_sampler(name: str = DEFAULT_SAMPLER, *, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 block=None, candidates: int = DEFAULT_CANDIDATES, temp: float = DEFAULT_TEMP,
+                 top_p: float = DEFAULT_TOP_P, top_k: int = 0, max_steps: int | None = None,
+                 max_forward_tokens: int | None = None, drift: float = 1.0,
+                 line_tokens: frozenset[int] = frozenset()):
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    actions = make_actions(block, line_tokens) if block != "line" else Lines(line_tokens)
+    common = dict(horizon=max_tokens, actions=actions, temp=temp, top_p=top_p, top_k=top_k,
+                  max_steps=max_steps, max_forward_tokens=max_forward_tokens)
+    if name in ("vgb", "vgb-lazy"):
+        return SAMPLERS[name](choice=Candidates(candidates), drift=drift, **common)
+    if name == "action-rs":
+        return SAMPLERS[name](choice=Candidates(candidates), **common)
+    if name in ("bon", "block-bon", "block-rs"):
+        return SAMPLERS[name](n=candidates, **common)
+    if name == "outcome-rs":
+        return SAMPLERS[name](max_tries=candidates, **common)
+    return SAMPLERS[name](**common)
+
+
+@dataclass
+class GenerationResponse:
+    """One streamed event: the clean text after it and stats. To replay the text, drop the
+    last ``len(erased)`` characters, then add ``appended``."""
+
+    text: str
+    event: Event
+    appended: str
+    erased: str
+    depth: int
+    step: int
+    stats: SampleStats
+    tokens_per_s: float
+    finish_reason: str | None = None
+    result: SampleResult | None = None
+
+
+def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
+                    sampler=DEFAULT_SAMPLER, max_tokens: int = DEFAULT_MAX_TOKENS,
+                    temp: float = DEFAULT_TEMP, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
+                    seed: int = DEFAULT_SEED, block=None, candidates: int = DEFAULT_CANDIDATES,
+                    max_steps: int | None = None, max_forward_tokens: int | None = None,
+                    drift: float = 1.0, system_prompt: str | None = None,
+                    chat_template: bool = True) -> Iterator[GenerationResponse]:
+    """Run one sampler on ``prompt`` (text or token ids); yield a response per walk event."""
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ConfigError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    lm = MLXLanguageModel(model, tokenizer)
+    if isinstance(prompt, str):
+        ids = encode_prompt(tokenizer, prompt, system_prompt, chat_template)
+        prompt_text = prompt
+    else:
+        ids, prompt_text = [int(t) for t in prompt], None
+    if not ids:
+        raise ConfigError("the prompt is empty: give the text to complete")
+    if lm.context_length and len(ids) + max_tokens > lm.context_length:
+        raise ConfigError(f"prompt ({len(ids)} tokens) + max tokens ({max_tokens}) exceed the "
+                          f"model's context of {lm.context_length}: shorten one of them")
+    line_tokens = newline_tokens(tokenizer, lm.vocab_size) if block == "line" else frozenset()
+    smp = sampler if not isinstance(sampler, str) else make_sampler(
+        sampler, max_tokens=max_tokens, block=block, candidates=candidates, temp=temp,
+        top_p=top_p, top_k=top_k, max_steps=max_steps, max_forward_tokens=max_forward_tokens,
+        drift=drift, line_tokens=line_tokens)
+    ver = make_verifier(verifier, lm, max_tokens=max_tokens, prompt_text=prompt_text)
+    eos = lm.eos_token_ids
+    tokens: list[int] = []
+
+    def text_of(toks):
+        return lm.decode([t for t in toks if t not in eos])
+
+    text, t0 = "", time.perf_counter()
+    stream = smp.stream(lm, ver, ids, seed=seed)
+    try:
+        for ev in stream:
+            before = text
+            if isinstance(ev, Append):
+                tokens.extend(ev.tokens)
+            elif isinstance(ev, Backtrack):
+                del tokens[len(tokens) - ev.n_tokens:]
+            text = text_of(tokens)
+            # erase, then append (a multi-byte character may change when its last byte arrives)
+            c = _common_prefix(before, text)
+            erased, appended = before[c:], text[c:]
+            stats = smp.search.stats if getattr(smp, "search", None) else SampleStats()
+            el = max(time.perf_counter() - t0, 1e-9)
+            if isinstance(ev, Done):
+                r = ev.result
+                text = r.text if r.text is not None else text_of(r.tokens)
+                yield GenerationResponse(text, ev, "", "", r.stats.max_depth, r.stats.steps,
+                                         r.stats, lm.forward_tokens / el, r.finish_reason, r)
+                return
+            yield GenerationResponse(text, ev, appended, erased, ev.depth, ev.step,
+                                     replace(stats), lm.forward_tokens / el)
+    finally:
+        stream.close()
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def generate(model, tokenizer, prompt, *, verbose: bool = False, **kw) -> str:
+    """The final text (clean). With ``verbose``, stream to stdout with erased spans struck."""
+    last = None
+    for resp in stream_generate(model, tokenizer, prompt, **kw):
+        if verbose:
+            _print_event(resp, sys.stdout)
+        last = resp
+    if verbose:
+        _print_stats(last, sys.stdout)
+    return last.text
+
+
+def _strike(s: str, tty: bool) -> str:
+    if tty:
+        return f"\x1b[9;31m{s}\x1b[0m"
+    return "~~" + s + "~~"
+
+
+def _print_event(resp: GenerationResponse, out) -> None:
+    tty = out.isatty()
+    if resp.erased:
+        out.write(_strike(resp.erased, tty))
+    if resp.appended:
+        out.write(resp.appended)
+    out.flush()
+
+
+def _print_stats(resp: GenerationResponse, out) -> None:
+    s, r = resp.stats, resp.result
+    print("\n" + "=" * 10, file=out)
+    print(resp.text, file=out)
+    print("=" * 10, file=out)
+    print(f"sampler: {r.sampler}, finish: {r.finish_reason}, reached leaf: {r.reached_leaf}, "
+          f"tilt: {r.tilt}", file=out)
+    print(f"steps: {s.steps}, backtracks: {s.backtracks}, restarts: {s.restarts}, "
+          f"forward tokens: {s.forward_tokens}, verifier evals: {s.verifier_evals}, "
+          f"wall: {s.wall_s:.2f} s", file=out)
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlx-vgb generate", description="Generate with verifier-guided backtracking.",
+        epilog=VERIFIER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)")
+    p.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="prompt text, '-' for stdin")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--ignore-chat-template", action="store_true")
+    p.add_argument("--max-tokens", "-m", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="horizon H: most tokens in a response")
+    p.add_argument("--temp", type=float, default=DEFAULT_TEMP)
+    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--verifier", default=DEFAULT_VERIFIER, help="see below")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
+    p.add_argument("--block", default=None,
+                   help="action: 'token' (default), an integer L (blocks of L tokens) or 'line'")
+    p.add_argument("--candidates", "-k", type=int, default=DEFAULT_CANDIDATES,
+                   help="K candidate children per step (VGB, ActionLevelRS); n for BoN / RS")
+    p.add_argument("--drift", type=float, default=1.0, help="lambda in (0, 1]: parent weight")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-forward-tokens", type=int, default=None)
+    p.add_argument("--verbose", action="store_true",
+                   help="stream with erased text struck through, then print stats")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = setup_arg_parser().parse_args(argv)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    block = args.block
+    if block is not None and block not in ("token", "line"):
+        try:
+            block = int(block)
+        except ValueError:
+            print(f"mlx-vgb generate: --block must be 'token', 'line' or an integer, got {block!r}",
+                  file=sys.stderr)
+            sys.exit(2)
+    try:
+        model, tokenizer = load(args.model)
+        last = None
+        for resp in stream_generate(
+                model, tokenizer, prompt, verifier=args.verifier, sampler=args.sampler,
+                max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
+                seed=args.seed, block=block, candidates=args.candidates, drift=args.drift,
+                max_steps=args.max_steps, max_forward_tokens=args.max_forward_tokens,
+                system_prompt=args.system_prompt,
+                chat_template=not args.ignore_chat_template):
+            if args.verbose:
+                _print_event(resp, sys.stdout)
+            last = resp
+    except VGBError as e:
+        print(f"mlx-vgb generate: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if args.verbose:
+        _print_stats(last, sys.stdout)
+    else:
+        print(last.text)
+        r = last.result
+        if not r.reached_leaf:
+            print(f"[unfinished: {r.finish_reason}]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""`mlx_vgb.generate` and `mlx-vgb generate` on a tiny random model folder."""
+
+import subprocess
+import sys
+
+import pytest
+from tiny_models import tiny_model_folder
+
+from mlx_vgb import Append, Backtrack, Done
+from mlx_vgb.errors import ConfigError
+from mlx_vgb.generate import generate, load, stream_generate
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model", seed=2)
+
+
+@pytest.fixture(scope="module")
+def loaded(folder):
+    return load(str(folder))
+
+
+def test_stream_events_replay_to_final_text(loaded):
+    model, tok = loaded
+    # forbid two common bytes: the walk must backtrack at times
+    resps = list(stream_generate(model, tok, "Tell me", verifier="forbid:a|e|o|i", max_tokens=16,
+                                 block=2, candidates=3, seed=1))
+    kinds = {type(r.event) for r in resps}
+    assert Done in kinds and Append in kinds
+    final = resps[-1]
+    assert final.result.reached_leaf
+    for w in "aeoi":
+        assert w not in final.text.lower()
+    text = ""
+    for r in resps[:-1]:  # erase, then append: replays to the same text
+        if r.erased:
+            assert text.endswith(r.erased)
+            text = text[: len(text) - len(r.erased)]
+        text += r.appended
+        assert text == r.text
+    assert text == final.text
+
+
+def test_backtracks_are_streamed(loaded):
+    model, tok = loaded
+    seen = 0
+    for seed in range(6):
+        for r in stream_generate(model, tok, "Go", verifier="forbid:a|e|o|i|u|t|s", block=2,
+                                 max_tokens=12, candidates=2, seed=seed):
+            if isinstance(r.event, Backtrack):
+                seen += 1
+                assert r.erased or r.event.n_tokens > 0
+    assert seen > 0
+
+
+def test_same_seed_same_text(loaded):
+    model, tok = loaded
+    a = generate(model, tok, "Hi", verifier="no-letter:e,alpha=0.5", max_tokens=10, seed=5)
+    b = generate(model, tok, "Hi", verifier="no-letter:e,alpha=0.5", max_tokens=10, seed=5)
+    assert a == b
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(prompt=""), "prompt is empty"),
+    (dict(max_tokens=0), "max_tokens"),
+    (dict(max_tokens=10_000), "context"),
+    (dict(verifier="what:ever:x"), "unknown verifier|cannot import"),
+    (dict(sampler="nope"), "unknown sampler"),
+    (dict(verifier="regex:(["), "bad regex"),
+    (dict(drift=1.5), "drift"),
+    (dict(candidates=0), "K must be"),
+])
+def test_bad_settings_raise_clear_errors(loaded, kw, msg):
+    model, tok = loaded
+    args = dict(prompt="Hi", max_tokens=8)
+    args.update(kw)
+    with pytest.raises(ConfigError, match=msg):
+        list(stream_generate(model, tok, args.pop("prompt"), **args))
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found|not an MLX model folder"):
+        load(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not an MLX model folder"):
+        load(str(tmp_path / "empty"))
+
+
+def test_cli_generate_end_to_end(folder):
+    cmd = [sys.executable, "-m", "mlx_vgb.cli", "generate", "--model", str(folder), "-p", "Hi",
+           "--verifier", "no-letter:e", "--max-tokens", "12", "--block", "3", "--verbose"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "steps:" in out.stdout and "reached leaf: True" in out.stdout
+    bad = subprocess.run(cmd[:-1] + ["--sampler", "vgb", "--verifier", "nope"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1 and "unknown verifier" in bad.stderr
+    assert "Traceback" not in bad.stderr
