@@ -268,13 +268,13 @@ def _install_guard(work: str, block_net: bool, block_fs: bool) -> None:
     """Audit hook for platforms without kernel isolation. Permanent for this interpreter."""
     root = os.path.realpath(work)
     net, escape, paths = set(_NET_EVENTS), set(_ESCAPE_EVENTS), set(_PATH_EVENTS)
-    realpath, join, fsdecode = os.path.realpath, os.path.join, os.fsdecode
+    realpath, join, fsdecode, getcwd = os.path.realpath, os.path.join, os.fsdecode, os.getcwd
 
     def inside(path) -> bool:
         if isinstance(path, int):
             return True  # an fd the program already holds
         try:
-            full = realpath(join(root, fsdecode(path)))
+            full = realpath(join(getcwd(), fsdecode(path)))
         except Exception:
             return False
         return full == root or full.startswith(root + "/") or full == "/dev/null"

@@ -288,7 +288,8 @@ def test_writing_or_deleting_outside_the_working_folder_is_refused(mode):
         f"                lambda: open({sentinel!r}, 'w').write('pwned'),\n"
         f"                lambda: open({stray!r}, 'w').write('pwned'),\n"
         f"                lambda: os.rename({sentinel!r}, {sentinel!r} + '.moved'),\n"
-        f"                lambda: shutil.rmtree({outside!r})):\n"
+        f"                lambda: shutil.rmtree({outside!r}),\n"
+        f"                lambda: (os.chdir('/tmp'), open({os.path.basename(stray)!r}, 'w'))):\n"
         f"    try:\n"
         f"        attempt()\n"
         f"    except Exception as e:\n"
@@ -298,7 +299,7 @@ def test_writing_or_deleting_outside_the_working_folder_is_refused(mode):
     try:
         r = run(code, mode)
         assert not_passed(r) and r.verdict is Verdict.FAILED
-        assert r.stderr.count("Error(") >= 5, r.stderr  # all five attempts refused
+        assert r.stderr.count("Error(") >= 6, r.stderr  # all six attempts refused
         with open(sentinel) as f:
             assert f.read() == "intact"
         assert sorted(os.listdir(outside)) == ["sentinel.txt"]
