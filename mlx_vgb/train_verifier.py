@@ -1,0 +1,197 @@
+"""`mlx-vgb train-verifier`: train a value head V^ for VGB from a generator and an outcome check.
+
+1. Monte Carlo rollouts from pi_ref on every prompt (batched, a progress bar, appended to
+   ``<work>/rollouts.jsonl`` batch by batch; a re-run resumes where an interrupted one stopped).
+2. Value targets at every action boundary (``--block``) from the observed outcomes.
+3. An MLP value head trained in MLX on the frozen generator's hidden states (or those of
+   ``--backbone``), with a held-out split by prompt; MSE, AUC and a calibration table.
+4. Saved as an mlx-vgb verifier folder (``mlx_vgb.verifier_format``), for
+   ``mlx-vgb generate --verifier OUT``.
+
+Example (the shipped Dyck head)::
+
+    mlx-vgb train-verifier --model mlx_vgb/assets/dyck/lm --prompts prompts.jsonl \\
+        --reward dyck --out mlx_vgb/assets/dyck/verifier
+
+``--reward`` is a built-in task (``dyck``) or ``module:function``; the function is called as
+``fn(prompt: str, completion: str) -> float`` in [0, 1] (the completion text excludes the final
+EOS). Prompts are JSONL: ``{"id": ..., "prompt": ..., "max_tokens": ...}`` (id and max_tokens
+optional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .errors import ConfigError
+
+DEFAULT_ROLLOUTS = 8
+DEFAULT_MAX_TOKENS = 64
+DEFAULT_BATCH = 256
+DEFAULT_HIDDEN_DIMS = "128"
+DEFAULT_EPOCHS = 30
+DEFAULT_LR = 2e-3
+DEFAULT_HOLDOUT = 0.2
+DEFAULT_SEED = 0
+
+
+def resolve_reward(spec: str) -> Callable[[str, str], float]:
+    """A built-in task name (``mlx_vgb.tasks.REWARDS``) or ``module:function``."""
+    from .tasks import REWARDS
+
+    target = REWARDS.get(spec, spec)
+    if ":" not in target:
+        raise ConfigError(
+            f"--reward {spec!r}: give a built-in task ({', '.join(REWARDS)}) or "
+            "module:function (a Python function fn(prompt, completion) -> float)")
+    mod, fn = target.split(":", 1)
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # user modules in the working directory
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--reward {spec!r}: cannot import {target} ({e})") from e
+    if not callable(f):
+        raise ConfigError(f"--reward {spec!r}: {target} is not callable")
+    return f
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlx-vgb train-verifier", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--model", required=True, help="generator: an mlx-lm model folder or HF repo")
+    p.add_argument("--prompts", required=True, help="prompt set, JSONL")
+    p.add_argument("--reward", required=True, help="built-in task (dyck) or module:function")
+    p.add_argument("--out", required=True, help="verifier folder to write")
+    p.add_argument("--work-dir", default=None,
+                   help="rollouts and metrics (default: OUT.work); reuse it to resume")
+    p.add_argument("--backbone", default=None,
+                   help="a separate mlx-lm model (same tokenizer) whose hidden states feed the "
+                        "head; default: the generator's own")
+    p.add_argument("--num-rollouts", type=int, default=DEFAULT_ROLLOUTS, help="per prompt")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="rollout length when a prompt gives no max_tokens")
+    p.add_argument("--temp", type=float, default=1.0, help="sampling temperature of pi_ref")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--block", type=int, default=1,
+                   help="action length L: value targets at every L-th token")
+    p.add_argument("--pooling", choices=("last", "mean"), default="last")
+    p.add_argument("--hidden-dims", default=DEFAULT_HIDDEN_DIMS,
+                   help="comma-separated hidden widths of the MLP head ('' for linear)")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
+                   help="fraction of prompts held out for the metrics")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _load(path: str):
+    from mlx_lm import load
+
+    model, tokenizer = load(path)
+    return model, tokenizer
+
+
+def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """The whole pipeline; returns the metrics dict (also written to WORK/metrics.json)."""
+    import numpy as np
+
+    from .rollouts import collect_rollouts, load_prompts, read_rollouts
+    from .value_training import split_by_prompt, target_features, train_head, value_targets
+    from .verifier_format import (
+        DEFAULT_BACKBONE_DIR,
+        GENERATOR_BACKBONE,
+        VerifierConfig,
+        save_verifier,
+    )
+
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    work = Path(a.work_dir or f"{out}.work")
+    reward = resolve_reward(a.reward)
+    prompts = load_prompts(a.prompts)
+    model, tok = _load(a.model)
+    eos = set(getattr(tok, "eos_token_ids", None) or [tok.eos_token_id])
+
+    def encode(text):
+        return list(tok.encode(text))
+
+    def decode(ids):
+        return tok.decode(list(ids), skip_special_tokens=False)
+
+    t0 = time.perf_counter()
+    settings = {"model": str(a.model), "prompts": str(a.prompts), "reward": a.reward}
+    run = collect_rollouts(
+        model, prompts, work / "rollouts.jsonl", encode=encode, decode=decode, reward=reward,
+        eos_token_ids=eos, n=a.num_rollouts, seed=a.seed, temp=a.temp, max_tokens=a.max_tokens,
+        batch_size=a.batch_size, settings=settings, progress=not a.no_progress)
+    log(f"rollouts: {run.total} in {run.path} ({run.computed} new, {run.skipped} resumed) "
+        f"{time.perf_counter() - t0:.0f}s")
+    wanted = {p.id for p in prompts}
+    rollouts = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
+    targets = value_targets(rollouts, block=a.block)
+    backbone = model
+    if a.backbone:
+        backbone, btok = _load(a.backbone)
+        if btok.vocab_size != tok.vocab_size or btok.encode("a b") != tok.encode("a b"):
+            raise ConfigError("--backbone must share the generator's tokenizer")
+    t1 = time.perf_counter()
+    feats = target_features(backbone, rollouts, targets, pooling=a.pooling,
+                            pad_id=tok.pad_token_id or 0)
+    log(f"features: {feats.shape[0]} prefixes x {feats.shape[1]} ({time.perf_counter() - t1:.0f}s)")
+    tr, ho = split_by_prompt(targets, a.holdout, a.seed)
+    dims = [int(d) for d in a.hidden_dims.split(",") if d.strip()]
+    res = train_head(feats, targets, train_idx=tr, held_idx=ho, hidden_dims=dims,
+                     epochs=a.epochs, lr=a.lr, seed=a.seed, log=log)
+    metrics = {
+        "rollouts": run.total, "success_rate": float(np.mean([r.reward for r in rollouts])),
+        "prefixes": len(targets), "train": res.train.as_dict(),
+        "held_out": res.held_out.as_dict() if res.held_out else None,
+        "final_loss": res.losses[-1], "command": "mlx-vgb train-verifier " + " ".join(sys.argv[1:]),
+    }
+    cfg = VerifierConfig(
+        head=res.head.config, backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,
+        hidden_layer=-1, pooling=a.pooling, read_at="every_token",
+        metadata={"trained_by": "mlx-vgb train-verifier", "generator": str(a.model),
+                  "reward": a.reward, "block": a.block, "num_rollouts": a.num_rollouts,
+                  "seed": a.seed, "held_out": _summary(res.held_out), "train": _summary(res.train)})
+    save_verifier(out, cfg, res.head, backbone_src=a.backbone, force=a.force)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    m = res.held_out or res.train
+    log(f"{'held-out' if res.held_out else 'train'}: AUC {m.auc:.3f}  Brier {m.brier:.4f}  "
+        f"MSE vs MC mean {m.mse_mc:.4f}  ({m.n_prefixes} prefixes, {m.n_outcomes} outcomes)")
+    log(m.calibration_table())
+    log(f"saved verifier to {out}")
+    return metrics
+
+
+def _summary(m) -> dict | None:
+    if m is None:
+        return None
+    d = m.as_dict()
+    return {"auc": d["auc"], "brier"": m.brier, "mse_mc": m.mse_mc, "n_prefixes": m.n_prefixes}
+
+
+def main(argv=None) -> None:
+    a = setup_arg_parser().parse_args(argv)
+    try:
+        train_verifier(a)
+    except ConfigError as e:
+        print(f"mlx-vgb train-verifier: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Value targets from Monte Carlo rollouts, and an MLP value head trained on them in MLX.
+
+Targets: every rollout of prompt x gives its outcome r to each action boundary it passes: the
+prefixes x.y_1..t for t = 0, L, 2L, ... < |y| (L = block length; 1 = every token). Rollouts that
+share a prefix are pooled, so a prefix's target is the Monte Carlo estimate of
+V*(prefix) = E_{pi_ref}[tau | prefix], weighted by its number of rollouts.
+
+Features: the frozen backbone's final normed hidden state at the prefix's last token (the
+verifier format's ``hidden_layer = -1``, ``pooling = "last"``; ``"mean"`` is supported too).
+Head: ``mlx_vgb.verifier_format.ValueHead`` (Linear-ReLU-...-Linear, sigmoid), trained with
+weighted binary cross-entropy on soft targets, Adam. The split is by prompt.
+Metrics (``evaluate``): Brier / MSE against the observed outcomes, MSE against the pooled
+Monte Carlo means, AUC of the value as a predictor of the outcome, and a calibration table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from .errors import ConfigError
+from .rollouts import Rollout
+from .verifier_format import HeadConfig, ValueHead, pool_hidden
+
+DEFAULT_HIDDEN_DIMS = (128,)
+DEFAULT_EPOCHS = 30
+DEFAULT_LR = 2e-3
+DEFAULT_BATCH = 512
+DEFAULT_HOLDOUT = 0.2
+DEFAULT_FEATURE_BATCH = 64
+
+
+@dataclass
+class ValueTargets:
+    """Pooled targets. Row i: prefix ``prefixes[i]`` (prompt ids + response tokens), observed
+    ``successes[i]`` of ``counts[i]`` rollouts; ``source[i] = (rollout row, position)`` is where
+    its hidden state is read; ``prompt_ids[i]`` names its prompt."""
+
+    prefixes: list[tuple[int, ...]]
+    successes: np.ndarray
+    counts: np.ndarray
+    source: np.ndarray  # (n, 2) int: rollout index, token position of the prefix's last token
+    prompt_ids: list[str]
+
+    @property
+    def means(self) -> np.ndarray:
+        return self.successes / self.counts
+
+    def __len__(self) -> int:
+        return len(self.prefixes)
+
+    def subset(self, idx: np.ndarray) -> "ValueTargets":
+        return ValueTargets([self.prefixes[i] for i in idx], self.successes[idx], self.counts[idx],
+                            self.source[idx], [self.prompt_ids[i] for i in idx])
+
+
+def value_targets(rollouts: Sequence[Rollout], block: int = 1) -> ValueTargets:
+    """Pool outcomes over the internal action boundaries every rollout passes."""
+    if block < 1:
+        raise ConfigError(f"block length must be >= 1, got {block}")
+    index: dict[tuple[int, ...], int] = {}
+    prefixes, succ, cnt, src, pids = [], [], [], [], []
+    for j, r in enumerate(rollouts):
+        if not 0.0 <= r.reward <= 1.0:
+            raise ConfigError(
+                f"rollout {r.prompt_id}/{r.index} has reward {r.reward}: value targets need "
+                "outcomes in [0, 1] (a success probability); rescale the reward")
+        full = tuple(r.prompt_ids) + tuple(r.completion_ids)
+        P = len(r.prompt_ids)
+        for t in range(0, len(r.completion_ids), block):
+            key = full[: P + t]
+            i = index.get(key)
+            if i is None:
+                index[key] = i = len(prefixes)
+                prefixes.append(key)
+                succ.append(0.0)
+                cnt.append(0)
+                src.append((j, P + t - 1))
+                pids.append(r.prompt_id)
+            succ[i] += r.reward
+            cnt[i] += 1
+    return ValueTargets(prefixes, np.asarray(succ), np.asarray(cnt, dtype=np.float64),
+                        np.asarray(src, dtype=np.int64).reshape(-1, 2), pids)
+
+
+def hidden_states(model, sequences: Sequence[Sequence[int]], *, hidden_layer: int = -1,
+                  pooling: str = "last", batch_size: int = DEFAULT_FEATURE_BATCH,
+                  pad_id: int = 0) -> list[np.ndarray]:
+    """Per-position hidden states (T_i, hidden) of each sequence, from the backbone's final
+    normed hidden state (``model.model(x)``). Sequences are right-padded in batches; causal
+    attention keeps the padding from reaching real positions."""
+    if hidden_layer != -1:
+        raise ConfigError(
+            f"hidden_layer {hidden_layer} is not supported for training; use -1 (the final, "
+            "normed hidden state)")
+    inner = getattr(model, "model", None)
+    if inner is None:
+        raise ConfigError("the backbone has no .model (an mlx-lm model is needed)")
+    order = np.argsort([len(s) for s in sequences], kind="stable")
+    out: list[np.ndarray | None] = [None] * len(sequences)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        T = max(len(sequences[i]) for i in idx)
+        x = np.full((len(idx), T), pad_id, dtype=np.int32)
+        for r, i in enumerate(idx):
+            x[r, : len(sequences[i])] = sequences[i]
+        h = pool_hidden(inner(mx.array(x)), pooling).astype(mx.float32)
+        h = np.array(h)
+        for r, i in enumerate(idx):
+            out[i] = h[r, : len(sequences[i])]
+    return out  # type: ignore[return-value]
+
+
+def target_features(model, rollouts: Sequence[Rollout], targets: ValueTargets, **kw) -> np.ndarray:
+    """Hidden state of each target prefix: (n, hidden) float32."""
+    need = sorted(set(int(j) for j in targets.source[:, 0]))
+    seqs = [list(rollouts[j].prompt_ids) + list(rollouts[j].completion_ids) for j in need]
+    hs = dict(zip(need, hidden_states(model, seqs, **kw)))
+    return np.stack([hs[j][p] for j, p in targets.source]).astype(np.float32)
+
+
+def split_by_prompt(targets: ValueTargets, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held-out): a seeded random ``holdout`` fraction of prompts is held out."""
+    ids = sorted(set(targets.prompt_ids))
+    if not 0 <= holdout < 1:
+        raise ConfigError(f"holdout fraction must be in [0, 1), got {holdout}")
+    n_out = int(round(holdout * len(ids)))
+    if holdout > 0 and n_out == 0 and len(ids) > 1:
+        n_out = 1
+    rng = np.random.default_rng(seed)
+    out = set(rng.permutation(len(ids))[:n_out].tolist())
+    held = {ids[i] for i in out}
+    mask = np.array([p in held for p in targets.prompt_ids], dtype=bool)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+@dataclass
+class CalibrationBin:
+    lo: float
+    hi: float
+    weight: float  # rollout outcomes in the bin
+    mean_value: float  # mean predicted V^
+    mean_outcome: float  # observed success rate
+
+
+@dataclass
+class ValueMetrics:
+    brier: float  # mean (V^ - outcome)^2 over (prefix, rollout) pairs
+    mse_mc: float  # mean (V^ - Monte Carlo mean)^2, weighted by rollouts
+    auc: float  # P(V^ of a success prefix > V^ of a failure prefix), ties count 1/2
+    n_prefixes: int
+    n_outcomes: int
+    base_rate: float  # mean outcome
+    calibration: list[CalibrationBin] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if np.isnan(self.auc):
+            d["auc"] = None  # one class only: AUC undefined (JSON has no NaN)
+        return d
+
+    def calibration_table(self) -> str:
+        rows = ["| V^ bin | outcomes | mean V^ | observed success |", "|---|---:|---:|---:|"]
+        for b in self.calibration:
+            rows.append(f"| {b.lo:.1f}-{b.hi:.1f} | {b.weight:.0f} | {b.mean_value:.3f} | "
+                        f"{b.mean_outcome:.3f} |")
+        return "\n".join(rows)
+
+
+def weighted_auc(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUC with per-score positive / negative weights (pooled prefixes); ties count 1/2."""
+    order = np.argsort(scores, kind="stable")
+    s, p, n = scores[order], pos[order], neg[order]
+    uniq, start = np.unique(s, return_index=True)
+    P = np.add.reduceat(p, start)
+    N = np.add.reduceat(n, start)
+    neg_below = np.cumsum(N) - N
+    total = p.sum() * n.sum()
+    if total <= 0:
+        return float("nan")
+    return float(((neg_below + 0.5 * N) * P).sum() / total)
+
+
+def evaluate(values: np.ndarray, targets: ValueTargets, bins: int = 10) -> ValueMetrics:
+    v = np.asarray(values, dtype=np.float64)
+    s, c = targets.successes, targets.counts
+    f = c - s
+    w = c.sum()
+    brier = float(((1 - v) ** 2 * s + v**2 * f).sum() / w)
+    mse_mc = float((c * (v - s / c) ** 2).sum() / w)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(v, edges[1:-1]), 0, bins - 1)
+    cal = []
+    for b in range(bins):
+        m = which == b
+        if c[m].sum() > 0:
+            cal.append(CalibrationBin(float(edges[b]), float(edges[b + 1]), float(c[m].sum()),
+                                      float((c[m] * v[m]).sum() / c[m].sum()),
+                                      float(s[m].sum() / c[m].sum())))
+    return ValueMetrics(brier, mse_mc, weighted_auc(v, s, f), len(v), int(w), float(s.sum() / w), cal)
+
+
+@dataclass
+class HeadTraining:
+    head: ValueHead
+    train: ValueMetrics
+    held_out: ValueMetrics | None
+    losses: list[float]
+    wall_s: float
+
+
+def train_head(features: np.ndarray, targets: ValueTargets, *, train_idx: np.ndarray,
+               held_idx: np.ndarray | None = None, hidden_dims: Sequence[int] = DEFAULT_HIDDEN_DIMS,
+               activation: str = "relu", epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
+               batch_size: int = DEFAULT_BATCH, weight_decay: float = 0.0, seed: int = 0,
+               log: Callable[[str], None] | None = print) -> HeadTraining:
+    """Weighted BCE of sigmoid(head(h)) against the pooled Monte Carlo means (weights: rollout
+    counts). Deterministic under ``seed`` (initialization and minibatch order)."""
+    if len(train_idx) == 0:
+        raise ConfigError("no training prefixes: collect more rollouts or lower --holdout")
+    t0 = time.perf_counter()
+    mx.random.seed(seed)
+    rng = np.random.default_rng(seed)
+    dim = int(features.shape[1])
+    head = ValueHead(HeadConfig(dims=[dim, *map(int, hidden_dims), 1], activation=activation,
+                                output="sigmoid"))
+    mx.eval(head.parameters())
+    opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
+    X = mx.array(features[train_idx])
+    Y = mx.array(targets.means[train_idx].astype(np.float32))
+    W = targets.counts[train_idx].astype(np.float32)
+    W = mx.array(W / W.mean())
+
+    def loss_fn(h, x, y, w):
+        z = h.logits(x)[..., 0]
+        return (w * nn.losses.binary_cross_entropy(z, y, with_logits=True, reduction="none")).mean()
+
+    grad_fn = nn.value_and_grad(head, loss_fn)
+    losses = []
+    n = len(train_idx)
+    for ep in range(epochs):
+        perm = rng.permutation(n)
+        tot = 0.0
+        for s in range(0, n, batch_size):
+            b = mx.array(perm[s : s + batch_size])
+            loss, g = grad_fn(head, X[b], Y[b], W[b])
+            opt.update(head, g)
+            mx.eval(head.parameters(), opt.state)
+            tot += loss.item() * len(b)
+        losses.append(tot / n)
+        if log and (ep + 1) % max(1, epochs // 5) == 0:
+            log(f"head epoch {ep + 1}/{epochs}  loss {losses[-1]:.4f}")
+
+    def predict(idx):
+        return np.array(head(mx.array(features[idx])), dtype=np.float64)
+
+    train_m = evaluate(predict(train_idx), targets.subset(train_idx))
+    held_m = None
+    if held_idx is not None and len(held_idx):
+        held_m = evaluate(predict(held_idx), targets.subset(held_idx))
+    return HeadTraining(head, train_m, held_m, losses, time.perf_counter() - t0)
+
+
+def predict_values(head: ValueHead, features: np.ndarray) -> np.ndarray:
+    return np.array(head(mx.array(features)), dtype=np.float64)
+
