@@ -181,7 +181,7 @@ def _summary(m) -> dict | None:
     if m is None:
         return None
     d = m.as_dict()
-    return {"auc": d["auc"], "brier"": m.brier, "mse_mc": m.mse_mc, "n_prefixes": m.n_prefixes}
+    return {"auc": d["auc"], "brier": m.brier, "mse_mc": m.mse_mc, "n_prefixes": m.n_prefixes}
 
 
 def main(argv=None) -> None:
