@@ -1,0 +1,1 @@
+"""Benchmarks: ``mlx-vgb bench TASK`` (one module per task, see ``mlx_vgb.bench.cli``)."""

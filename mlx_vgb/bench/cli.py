@@ -1,0 +1,66 @@
+"""`mlx-vgb bench TASK [--quick] [--out DIR] [--seed N] ...`: run one benchmark.
+
+Each task is a module ``mlx_vgb.bench.<task>`` with ``add_args(parser)`` and ``run(args)``;
+it writes results.json, results.md and PNG plots into ``args.out`` (default ``results/<task>/``;
+with ``--quick``, ``results/tmp/<task>-quick/``, which git ignores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from .report import command_line, default_out
+
+TASKS = {
+    "abc": "mlx_vgb.bench.abc",
+    "dyck": "mlx_vgb.bench.dyck",
+    "letters": "mlx_vgb.bench.letters",
+    "testcases": "mlx_vgb.bench.testcases",
+    "humaneval": "mlx_vgb.bench.humaneval",
+    "perf": "mlx_vgb.bench.perf",
+}
+
+
+def setup_arg_parser(task: str, module) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"mlx-vgb bench {task}",
+                                description=(module.__doc__ or "").strip().splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (under 2 minutes); outputs to results/tmp/<task>-quick")
+    p.add_argument("--out", type=Path, default=None, help="results folder")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+    module.add_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: mlx-vgb bench {" + ",".join(TASKS) + "} [--quick] [--out DIR] [--seed N] ...")
+        sys.exit(0 if argv else 2)
+    task = argv.pop(0)
+    if task not in TASKS:
+        print(f"mlx-vgb bench: unknown task {task!r}; choose one of {', '.join(TASKS)}",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        module = importlib.import_module(TASKS[task])
+    except ModuleNotFoundError as e:
+        print(f"mlx-vgb bench: task {task!r} is not available ({e})", file=sys.stderr)
+        sys.exit(2)
+    args = setup_arg_parser(task, module).parse_args(argv)
+    args.task = task
+    args.command = command_line([task] + argv)
+    if args.out is None:
+        args.out = default_out(task, args.quick)
+    t0 = time.perf_counter()
+    module.run(args)
+    print(f"[{task}] wrote {args.out}/results.md, results.json "
+          f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
