@@ -6,9 +6,10 @@ children of a node; the next call extends those rows by one token, gathering row
 branch instead of recomputing). A prefix whose keys and values are in either cache is never
 computed again; ``recomputed_tokens`` counts the positions that were (zero on trimmable caches).
 
-Caches that cannot be trimmed (rotating windows, SSM / hybrid layers) fall back to a snapshot of
-the cache right after the prompt, then re-prefill of the prefix (counted in
-``recomputed_tokens``).
+Caches that cannot be trimmed (rotating windows, SSM / hybrid layers) fall back to snapshots:
+the cache state after each prefix the trunk reached is kept (LRU, ``max_snapshots``; an SSM's
+state is small and of fixed size), a backtrack restores the longest snapshot on the path and
+re-prefills the rest (counted in ``recomputed_tokens``).
 
 With a ``value_head`` (``mlx_vgb.verifier_format.ValueHead``) the forward that gives
 pi_ref(.|s) also gives V^(s) from the same last hidden state: ``value_verifier()``.
@@ -65,7 +66,7 @@ class MLXLanguageModel(BaseLanguageModel):
 
     def __init__(self, model, tokenizer=None, *, eos_token_ids: Sequence[int] | None = None,
                  value_head=None, hidden_layer: int = -1, max_kv_size: int | None = None,
-                 max_branches: int = 32):
+                 max_branches: int = 32, max_snapshots: int = 256):
         self.model, self.tokenizer = model, tokenizer
         args = getattr(model, "args", None)
         vocab = getattr(args, "vocab_size", None)
@@ -89,10 +90,12 @@ class MLXLanguageModel(BaseLanguageModel):
                               "(model.model + lm_head): a value head cannot read them")
         self.max_kv_size = max_kv_size
         self.max_branches = max_branches  # batched caches kept for reuse (memory: K rows each)
+        self.max_snapshots = max_snapshots  # non-trimmable caches: states kept per prefix
         probe = self._new_cache()
-        self.trimmable = can_trim_prompt_cache(probe)
-        # rows of a batch are cut from / repeated out of plain KV caches; others go one by one
+        # plain KV caches: trimmed, and rows of a batch are cut from / repeated out of them;
+        # other caches (rotating, SSM, hybrid) go one row at a time and keep snapshots
         self.batchable = all(type(c) is KVCache for c in probe)
+        self.trimmable = self.batchable
         self.prompt: tuple[int, ...] = ()
         self.reset_counters()
 
@@ -128,17 +131,12 @@ class MLXLanguageModel(BaseLanguageModel):
         # recent batched caches: (cache, row token tuples, their logp, their values)
         self._branches: collections.deque = collections.deque(maxlen=self.max_branches)
         self._pending: dict[tuple[int, ...], tuple[np.ndarray, float | None]] = {}
-        self._snapshot = None
+        # states restored when a trim is impossible (rotating / SSM caches)
+        self._snapshots: collections.OrderedDict = collections.OrderedDict()
         # prefill all but the last prompt token; the first request computes the rest
         self._extend_trunk(prompt[:-1])
-        # restored when a trim is impossible (rotating / SSM caches)
-        self._snapshot = self._copy_state(self._trunk) if len(prompt) > 1 else None
         self.prefill_tokens, self.forward_tokens = len(prompt) - 1, 0
 
-    @staticmethod
-    def _copy_state(cache: list):
-        fresh = lambda x: x + 0 if isinstance(x, mx.array) else x  # noqa: E731 - new buffer
-        return [tree_map(fresh, c.state) for c in cache]
 
     # -- forward -------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list):
@@ -176,11 +174,18 @@ class MLXLanguageModel(BaseLanguageModel):
     def _extend_trunk(self, tokens: Sequence[int]):
         if not tokens:
             return
+        if not self.batchable and self.prompt and len(self._trunk_tokens) >= len(self.prompt) - 1:
+            if len(tokens) > 1:  # one token at a time: a snapshot at every prefix
+                for t in tokens:
+                    self._extend_trunk((t,))
+                return
         full = self._trunk_tokens + tuple(tokens)
         self._count([full], len(self._trunk_tokens))
         logp, val = self._forward(mx.array([list(tokens)]), self._trunk)
         self._trunk_tokens = full
         self._trunk_logp, self._trunk_value = logp[0], (None if val is None else float(val[0]))
+        if not self.batchable:
+            self._save_snapshot()
 
     def _move_trunk(self, target: tuple[int, ...], need_logits: bool = True) -> None:
         """Make the trunk hold exactly ``target`` (prompt included), with the log-probs at its
@@ -221,18 +226,30 @@ class MLXLanguageModel(BaseLanguageModel):
                 self._trunk_tokens = self._trunk_tokens[:c]
                 self._trunk_logp = self._trunk_value = None
             else:
+                # restore the longest snapshot on the target's path (the prompt's at least)
+                key, state = max(((k, st) for k, st in self._snapshots.items()
+                                  if len(k) <= c and target[: len(k)] == k),
+                                 key=lambda kv: len(kv[0]), default=((), None))
                 self._trunk = self._new_cache()
-                if self._snapshot is not None:
-                    for layer, st in zip(self._trunk, self._copy_state_list()):
+                if state is not None:
+                    for layer, st in zip(self._trunk, self._copy(state)):
                         layer.state = st
-                self._trunk_tokens = self.prompt[:-1]
+                self._trunk_tokens = key
                 self._trunk_logp = self._trunk_value = None
-                c = len(self._trunk_tokens)
+                c = len(key)
         self._extend_trunk(target[c:])
 
-    def _copy_state_list(self):
-        fresh = lambda x: x + 0 if isinstance(x, mx.array) else x  # noqa: E731
-        return [tree_map(fresh, st) for st in self._snapshot]
+    @staticmethod
+    def _copy(states: list) -> list:
+        fresh = lambda x: x + 0 if isinstance(x, mx.array) else x  # noqa: E731 - new buffer
+        return [tree_map(fresh, st) for st in states]
+
+    def _save_snapshot(self) -> None:
+        """Non-trimmable caches: remember the state at this prefix (LRU)."""
+        self._snapshots[self._trunk_tokens] = self._copy([c.state for c in self._trunk])
+        self._snapshots.move_to_end(self._trunk_tokens)
+        while len(self._snapshots) > self.max_snapshots:
+            self._snapshots.popitem(last=False)
 
     def _full(self, prefix: Sequence[int]) -> tuple[int, ...]:
         full = self.prompt + tuple(int(t) for t in prefix)

@@ -89,7 +89,7 @@ def test_value_head_gives_value_from_the_same_forward(model):
     assert lm2.forward_calls == calls
 
 
-def test_non_trimmable_cache_falls_back_to_prompt_snapshot(model):
+def test_rotating_cache_falls_back_to_snapshots(model):
     # a rotating window smaller than prompt + prefix cannot be trimmed once it wrapped
     lm = MLXLanguageModel(model, eos_token_ids=[0], max_kv_size=6)
     lm.begin(PROMPT)
@@ -98,9 +98,12 @@ def test_non_trimmable_cache_falls_back_to_prompt_snapshot(model):
     ref = MLXLanguageModel(model, eos_token_ids=[0], max_kv_size=6)
     ref.begin(PROMPT)
     want = ref.logprobs([(3, 7)])[0]
-    got = lm.logprobs([(3, 7)])[0]  # backtrack: restore the prompt snapshot, re-prefill
+    got = lm.logprobs([(3, 7)])[0]  # backtrack: restore the snapshot taken at (3,)
     assert np.max(np.abs(got - want)) < TOL
-    assert lm.recomputed_tokens >= 1  # counted
+    assert lm.recomputed_tokens == 0
+    got = lm.logprobs([(2,)])[0]  # the snapshot after the prompt
+    assert np.max(np.abs(got - full_forward_logprobs(model, PROMPT + (2,)))) < TOL
+    assert lm.recomputed_tokens == 0
 
 
 def test_context_overflow_is_a_clear_error(model):
@@ -113,3 +116,30 @@ def test_context_overflow_is_a_clear_error(model):
     lm.begin(PROMPT)
     with pytest.raises(ConfigError, match="lower max tokens"):
         lm.logprobs([(1, 2, 3, 4, 5)])
+
+
+def test_ssm_cache_restores_snapshots_on_backtrack():
+    import mlx.core as mx
+    from mlx_lm.models import mamba
+
+    mx.random.seed(0)
+    args = mamba.ModelArgs(model_type="mamba", vocab_size=40, hidden_size=16,
+                           intermediate_size=32, state_size=4, num_hidden_layers=2,
+                           conv_kernel=4, use_bias=False, use_conv_bias=True, time_step_rank=4)
+    m = mamba.Model(args)
+    mx.eval(m.parameters())
+    lm = MLXLanguageModel(m, eos_token_ids=[0])
+    assert not lm.trimmable and not lm.batchable  # ArraysCache: state cannot be trimmed
+    prompt = (1, 2, 3)
+    lm.begin(prompt)
+
+    def fresh(t):
+        return full_forward_logprobs(m, prompt + t)
+
+    for p in [(5, 6, 7), (5, 9), (5, 9, 1), (5, 9, 2), (5, 6, 7, 8), (4,)]:
+        assert np.max(np.abs(lm.logprobs([p])[0] - fresh(p))) < TOL
+    # backtracks restore the snapshot at the branch point: only the last token is rerun
+    assert lm.recomputed_tokens <= 3
+    r = VGB(horizon=8, actions=Blocks(2), choice=Candidates(3)).sample(
+        lm, FunctionVerifier(lambda p: 0.3 if sum(p) % 2 else 1.0), prompt, seed=1)
+    assert r.reached_leaf

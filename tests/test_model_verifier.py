@@ -66,6 +66,7 @@ def test_walk_with_separate_verifier_recomputes_nothing(gen, tmp_path):
                                                                             seed=seed)
         total_back += r.stats.backtracks
         assert r.reached_leaf
-        assert glm.reprefill_tokens == 0 and ver.lm.reprefill_tokens == 0
+        assert (glm.reprefill_tokens, ver.lm.reprefill_tokens) == (0, 0), (
+            seed, glm.reprefill_tokens, ver.lm.reprefill_tokens, r.stats)
     assert total_back > 0
     assert np.isfinite(ver.value([()])).all()

@@ -41,7 +41,8 @@ def tiny_model_folder(path, seed: int = 0, hidden: int = 32, layers: int = 2, co
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    byte_vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # sorted: alphabet() comes from a hash set, in a different order in every process
+    byte_vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     assert len(byte_vocab) == 256
     tok = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
