@@ -20,7 +20,8 @@ class Sampler:
     actions: what one step appends (``Tokens()``, ``Blocks(L)``, ``Lines(...)``).
     temp / top_k / top_p: transform pi_ref before sampling (changes the target to pi_ref' * tau).
     max_steps / max_forward_tokens: budgets; when one runs out the sampler returns its best
-    effort with ``reached_leaf=False`` and ``finish_reason="budget"``.
+    effort with ``reached_leaf=False`` and ``finish_reason="budget"``. Without ``max_steps``
+    a run stops after ``search.DEFAULT_MAX_STEPS`` steps: it never hangs.
     """
 
     horizon: int = 64

@@ -18,6 +18,9 @@ from .rng import KeyedRNG
 from .tree import NextTokenDist, Node, PrefixTree
 
 
+DEFAULT_MAX_STEPS = 1_000_000
+
+
 class BudgetExhausted(Exception):
     """Internal: a budget ran out; the sampler returns its best effort."""
 
@@ -100,7 +103,9 @@ class Search:
         self.temp, self.top_k, self.top_p = temp, top_k, top_p
         self.log_drift = math.log(drift)
         self.max_depth = actions.max_depth(horizon)
-        self.max_steps, self.max_forward_tokens = max_steps, max_forward_tokens
+        # a run always ends: without a step budget, stop after DEFAULT_MAX_STEPS
+        self.max_steps = max_steps if max_steps is not None else DEFAULT_MAX_STEPS
+        self.max_forward_tokens = max_forward_tokens
         self.rng = KeyedRNG(seed)
         self.seed = seed
         self.stats = SampleStats()
