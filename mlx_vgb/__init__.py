@@ -31,3 +31,7 @@ SAMPLERS = {
     "block-rs": BlockRS,
     "plain": Plain,
 }
+
+
+# mlx-lm's shape: mlx_vgb.load / generate / stream_generate (after SAMPLERS: generate uses it)
+from .generate import GenerationResponse, generate, load, stream_generate  # noqa: E402
