@@ -1,0 +1,430 @@
+"""Dyck grammar (the paper's Figure 1): accuracy vs diversity at matched query budgets.
+
+A small llama trained from scratch on Dyck strings (``mlx_vgb/assets/dyck/lm``) completes
+out-of-distribution prompts (bracket type probabilities 0.8 / 0.2 instead of 0.2 / 0.8); its
+value head (``mlx_vgb/assets/dyck/verifier``, trained by ``mlx-vgb train-verifier`` on Monte
+Carlo rollouts) guides the samplers; leaves are scored by the exact validity check.
+
+Every method draws samples on each prompt until a budget of model forward tokens is spent: the
+distinct prefixes whose next-token distribution or value V^ it asked for (with a value head on
+the generator's hidden states, each needs one token forward; revisits are free). A sample that
+would overrun the budget is not counted. Metrics per method: accuracy (valid samples / samples)
+and diversity (distinct valid completions per prompt, averaged over prompts).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from ..actions import Blocks, Tokens
+from ..baselines import BlockBestOfN, BlockRS, Plain
+from ..children import Candidates
+from ..protocols import BaseLanguageModel, BaseVerifier
+from ..sampler import Sampler
+from ..vgb import VGB, ActionLevelRS
+from .report import Report, atomic_write, markdown_table
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "dyck"
+DEFAULT_LM = ASSETS / "lm"
+DEFAULT_VERIFIER = ASSETS / "verifier"
+DEFAULT_PROMPTS = 32
+DEFAULT_BUDGET = 1024
+EVAL_SEED = 20_251_003  # eval prompts; the head's training prompts use other seeds
+BLOCK_LENGTHS = (1, 2, 4, 8, 16)
+BLOCK_N = (2, 4, 8, 16, 32)
+
+
+# -- pi_ref and V^ of a small-vocabulary model, memoized across runs on one prompt -----------
+
+class MemoTreeLM(BaseLanguageModel):
+    """``LanguageModel`` over an mlx-lm model with a value head on its last hidden state.
+
+    Expanding a prefix s feeds every vocabulary token after s in one batched forward (the KV
+    cache of s is rebuilt from per-token keys / values stored with each prefix), which gives
+    pi_ref(.|s.a) and V^(s.a) of every child at once. Results are kept for all runs on the
+    same prompt, so the wall time of a benchmark does not grow with the number of methods;
+    what each run *would* cost is counted separately: ``run_cost`` is the number of distinct
+    prefixes a run asked about (logprobs or value), i.e. its model forward tokens.
+    """
+
+    requires_prompt = True
+
+    def __init__(self, model, head, eos_token_ids: Sequence[int]):
+        self.model, self.head = model, head
+        self.inner = model.model
+        args = model.args
+        self.vocab_size = int(args.vocab_size)
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self._tied = getattr(args, "tie_word_embeddings", True)
+        self._prompt: tuple[int, ...] | None = None
+        self._kv: dict[tuple[int, ...], np.ndarray] = {}
+        self._logp: dict[tuple[int, ...], np.ndarray] = {}
+        self._val: dict[tuple[int, ...], float] = {}
+        self._asked: set[tuple[int, ...]] = set()
+        self.expansions = 0
+
+    def _readout(self, h: mx.array) -> tuple[np.ndarray, np.ndarray]:
+        logits = self.inner.embed_tokens.as_linear(h) if self._tied else self.model.lm_head(h)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        v = self.head(h)
+        return np.array(logp.astype(mx.float32)), np.array(v.astype(mx.float32))
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        prompt = tuple(int(t) for t in prompt)
+        self._asked = set()
+        if prompt == self._prompt:
+            return
+        self._prompt = prompt
+        self._kv, self._logp, self._val = {}, {}, {}
+        cache = make_prompt_cache(self.model)
+        h = self.inner(mx.array([list(prompt)]), cache=cache)
+        logp, v = self._readout(h)
+        k = np.stack([np.array(c.keys[0, :, : len(prompt), :]) for c in cache])
+        vv = np.stack([np.array(c.values[0, :, : len(prompt), :]) for c in cache])
+        for i in range(len(prompt)):
+            key = prompt[: i + 1]
+            self._kv[key] = np.stack([k[:, :, i], vv[:, :, i]], axis=1)  # (layers, 2, heads, hd)
+            self._logp[key] = logp[0, i]
+            self._val[key] = float(v[0, i])
+
+    @property
+    def run_cost(self) -> int:
+        return len(self._asked)
+
+    def _ensure(self, fulls: Sequence[tuple[int, ...]]) -> None:
+        missing = {f[:-1] for f in fulls if f not in self._logp}
+        if not missing:
+            return
+        self._ensure(list(missing))
+        by_len: dict[int, list[tuple[int, ...]]] = {}
+        for p in missing:
+            by_len.setdefault(len(p), []).append(p)
+        for T, parents in sorted(by_len.items()):
+            self._expand(sorted(parents), T)
+
+    def _expand(self, parents: list[tuple[int, ...]], T: int) -> None:
+        V = self.vocab_size
+        kv = np.stack([np.stack([self._kv[p[: i + 1]] for i in range(T)]) for p in parents])
+        kv = np.repeat(kv, V, axis=0).transpose(2, 3, 0, 4, 1, 5)  # (layers, 2, nV, heads, T, hd)
+        caches = [_PathCache(mx.array(np.ascontiguousarray(k)), mx.array(np.ascontiguousarray(v)), T)
+                  for k, v in kv]
+        toks = np.tile(np.arange(V, dtype=np.int32), len(parents))[:, None]
+        h = self.inner(mx.array(toks), cache=caches)
+        logits = self.inner.embed_tokens.as_linear(h) if self._tied else self.model.lm_head(h)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        new = mx.stack([mx.stack([c.new_k[:, :, 0], c.new_v[:, :, 0]], axis=1) for c in caches],
+                       axis=1)  # (nV, layers, 2, heads, hd)
+        out = mx.concatenate([logp[:, 0].astype(mx.float32), self.head(h)[:, :1].astype(mx.float32),
+                              new.reshape(len(toks), -1).astype(mx.float32)], axis=1)
+        out = np.array(out)
+        logp_np, v_np = out[:, :V], out[:, V]
+        new_np = out[:, V + 1:].reshape((len(toks),) + tuple(new.shape[1:]))
+        r = 0
+        for p in parents:
+            for a in range(V):
+                key = p + (a,)
+                self._kv[key], self._logp[key], self._val[key] = new_np[r], logp_np[r], float(v_np[r])
+                r += 1
+        self.expansions += 1
+
+    def _full(self, prefixes) -> list[tuple[int, ...]]:
+        fulls = [self._prompt + tuple(int(t) for t in p) for p in prefixes]
+        self._ensure(fulls)
+        self._asked.update(fulls)
+        return fulls
+
+    def logprobs(self, prefixes):
+        return np.stack([self._logp[f] for f in self._full(prefixes)]).astype(np.float64)
+
+    def values(self, prefixes) -> np.ndarray:
+        return np.array([self._val[f] for f in self._full(prefixes)], dtype=np.float64)
+
+
+class _PathCache(KVCache):
+    """The KV cache of one prefix (given whole); keeps the new token's keys / values apart."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: int):
+        super().__init__()
+        self.keys, self.values, self.offset = keys, values, offset
+
+    def update_and_fetch(self, keys, values):
+        self.new_k, self.new_v = keys, values
+        self.offset += keys.shape[2]
+        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate([self.values, values], axis=2)
+
+
+class MemoValueVerifier(BaseVerifier):
+    """V^ from ``MemoTreeLM``'s value head; tau from ``tilt(prompt, response)``."""
+
+    def __init__(self, lm: MemoTreeLM, tilt: Callable[[tuple[int, ...], tuple[int, ...]], float]):
+        self.lm, self._tilt = lm, tilt
+        self.bound = 1.0
+        self._prompt: tuple[int, ...] = ()
+
+    def begin(self, prompt):
+        self._prompt = tuple(prompt)
+
+    def value(self, prefixes):
+        return self.lm.values(prefixes)
+
+    def tilt(self, responses):
+        return np.array([self._tilt(self._prompt, tuple(r)) for r in responses], dtype=np.float64)
+
+
+def dyck_tilt(prompt: tuple[int, ...], response: tuple[int, ...]) -> float:
+    from ..tasks.dyck import is_valid_completion
+
+    return float(is_valid_completion(prompt, response))
+
+
+# -- methods --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Method:
+    family: str  # plain | action-rs | block-bon | block-rs | vgb
+    label: str
+    make: Callable[[int], Sampler]  # horizon -> sampler
+    block: int = 1
+    n: int | None = None  # candidates K / N
+    drift: float | None = None
+
+
+def methods(quick: bool) -> list[Method]:
+    Ls = (1, 4) if quick else BLOCK_LENGTHS
+    Ns = (2, 8) if quick else BLOCK_N
+    Ks = (4,) if quick else (2, 4, 8)
+    out = [Method("plain", "plain", lambda H: Plain(horizon=H))]
+    for k in Ks:
+        out.append(Method("action-rs", f"action-rs K={k}",
+                          lambda H, k=k: ActionLevelRS(horizon=H, choice=Candidates(k)), n=k))
+    for L in Ls:
+        for n in Ns:
+            act = Tokens() if L == 1 else Blocks(L)
+            out.append(Method("block-bon", f"block-bon L={L} N={n}",
+                              lambda H, a=act, n=n: BlockBestOfN(horizon=H, actions=a, n=n),
+                              block=L, n=n))
+            out.append(Method("block-rs", f"block-rs L={L} N={n}",
+                              lambda H, a=act, n=n: BlockRS(horizon=H, actions=a, n=n),
+                              block=L, n=n))
+    vgb = [(1, 4, 1.0), (1, 4, 0.5), (1, 4, 0.25)] if quick else [
+        (1, 4, 1.0), (1, 2, 0.5), (1, 4, 0.5), (1, 8, 0.5), (1, 4, 0.25), (2, 4, 0.5), (4, 4, 0.5)]
+    for L, k, lam in vgb:
+        act = Tokens() if L == 1 else Blocks(L)
+        out.append(Method("vgb", f"vgb L={L} K={k} lambda={lam:g}",
+                          lambda H, a=act, k=k, lam=lam: VGB(horizon=H, actions=a,
+                                                             choice=Candidates(k), drift=lam),
+                          block=L, n=k, drift=lam))
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------
+
+@dataclass
+class PromptOutcome:
+    samples: int
+    valid: int
+    distinct_valid: int
+    cost: int  # forward tokens of the counted samples
+    runs: int
+
+
+def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: MemoValueVerifier,
+                  prompt: Sequence[int], horizon: int, budget: int, seed: int,
+                  max_runs: int = 4096) -> PromptOutcome:
+    """Samples until ``budget`` forward tokens are spent; the overrunning sample is dropped."""
+    used = samples = valid = runs = 0
+    good: set[tuple[int, ...]] = set()
+    base = method.make(horizon)
+    while used < budget and runs < max_runs:
+        sampler = replace(base, max_forward_tokens=budget - used)
+        r = sampler.sample(lm, verifier, prompt=prompt, seed=seed + runs)
+        runs += 1
+        cost = lm.run_cost
+        if used + cost > budget or not r.reached_leaf:
+            used += cost
+            break
+        used += cost
+        samples += 1
+        if r.tilt:
+            valid += 1
+            good.add(r.tokens)
+    return PromptOutcome(samples, valid, len(good), used, runs)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated (higher is better in both coordinates)."""
+    idx = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points)
+                   if j != i):
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
+def add_args(p) -> None:
+    p.add_argument("--lm", default=str(DEFAULT_LM), help="Dyck LM folder (mlx-lm)")
+    p.add_argument("--verifier", default=str(DEFAULT_VERIFIER), help="verifier folder")
+    p.add_argument("--prompts", type=int, default=None,
+                   help=f"number of OOD prompts (default {DEFAULT_PROMPTS}; quick 6)")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"forward tokens per prompt and method (default {DEFAULT_BUDGET}; quick 256)")
+
+
+def lm_alone_accuracy(model, prompts: list[dict], n: int, seed: int) -> float:
+    """Accuracy of plain sampling from the LM, by batched ancestral sampling (n per prompt)."""
+    from ..rollouts import rollout_rng, sample_completions
+    from ..tasks import dyck
+
+    ok = tot = 0
+    for p in prompts:
+        ids = [dyck.BOS] + dyck.encode(p["prompt"])
+        u = np.stack([rollout_rng(seed, p["id"], k).random(p["max_tokens"]) for k in range(n)])
+        for c in sample_completions(model, ids, u, p["max_tokens"], [dyck.EOS]):
+            ok += dyck.is_valid_completion(ids, c)
+            tot += 1
+    return ok / tot
+
+
+def head_auc_on(model, head, prompts: list[dict], n: int, seed: int):
+    """Held-out check of the value head: fresh rollouts on ``prompts``, AUC etc."""
+    from ..rollouts import Rollout, rollout_rng, sample_completions
+    from ..tasks import dyck
+    from ..value_training import evaluate, predict_values, target_features, value_targets
+
+    rolls = []
+    for p in prompts:
+        ids = [dyck.BOS] + dyck.encode(p["prompt"])
+        u = np.stack([rollout_rng(seed, p["id"], k).random(p["max_tokens"]) for k in range(n)])
+        for k, c in enumerate(sample_completions(model, ids, u, p["max_tokens"], [dyck.EOS])):
+            rolls.append(Rollout(p["id"], k, ids, c, "", float(dyck.is_valid_completion(ids, c)),
+                                 "stop"))
+    t = value_targets(rolls)
+    feats = target_features(model, rolls, t, pad_id=dyck.PAD)
+    return evaluate(predict_values(head, feats), t)
+
+
+def run(args) -> None:
+    from mlx_lm import load
+
+    from ..tasks import dyck
+    from ..verifier_format import load_verifier
+
+    quick = args.quick
+    n_prompts = args.prompts or (6 if quick else DEFAULT_PROMPTS)
+    budget = args.budget or (256 if quick else DEFAULT_BUDGET)
+    t0 = time.perf_counter()
+    model, _ = load(args.lm)
+    _, head, _ = load_verifier(args.verifier)
+    prompts = dyck.make_prompts(n_prompts, EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS,
+                                id_prefix="eval")
+    lm = MemoTreeLM(model, head, [dyck.EOS])
+    ver = MemoValueVerifier(lm, dyck_tilt)
+    ms = methods(quick)
+
+    n_alone = 8 if quick else 32
+    alone = lm_alone_accuracy(model, prompts, n_alone, args.seed + 1)
+    head_m = head_auc_on(model, head, prompts, 4 if quick else 16, args.seed + 2)
+    print(f"[dyck] LM alone OOD accuracy {alone:.3f}; head AUC on fresh OOD rollouts "
+          f"{head_m.auc:.3f}")
+
+    per = {m.label: [] for m in ms}
+    for i, p in enumerate(prompts):
+        ids = [dyck.BOS] + dyck.encode(p["prompt"])
+        for m in ms:
+            per[m.label].append(run_on_prompt(m, lm, ver, ids, p["max_tokens"], budget,
+                                              seed=1000 * args.seed + 7919 * i))
+        print(f"[dyck] prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t0:.0f}s, "
+              f"{lm.expansions} expansions)", flush=True)
+
+    rows = []
+    for m in ms:
+        outs = per[m.label]
+        S = sum(o.samples for o in outs)
+        rows.append({
+            "method": m.label, "family": m.family, "block": m.block, "n": m.n, "drift": m.drift,
+            "accuracy": (sum(o.valid for o in outs) / S) if S else None,
+            "distinct_correct": float(np.mean([o.distinct_valid for o in outs])),
+            "samples": S / len(outs), "valid": sum(o.valid for o in outs) / len(outs),
+            "tokens_per_sample": (sum(o.cost for o in outs) / S) if S else None,
+        })
+
+    pts = [(r["distinct_correct"], r["accuracy"]) for r in rows
+           if r["family"] != "vgb" and r["accuracy"] is not None]
+    base_rows = [r for r in rows if r["family"] != "vgb" and r["accuracy"] is not None]
+    front = [base_rows[i] for i in pareto_front(pts)]
+    for r in rows:
+        if r["family"] == "vgb" and r["accuracy"] is not None:
+            by = [b["method"] for b in base_rows if b["distinct_correct"] >= r["distinct_correct"]
+                  and b["accuracy"] >= r["accuracy"]]
+            r["vs_front"] = f"dominated by {by[0]}" + (f" (+{len(by) - 1})" if len(by) > 1 else "") \
+                if by else "not dominated"
+    out = Path(args.out)
+    rep = Report(task="dyck", command=args.command, config={
+        "lm": args.lm, "verifier": args.verifier, "prompts": n_prompts, "budget": budget,
+        "eval_prompt_seed": EVAL_SEED + args.seed, "type_probs_prompts": dyck.OOD_TYPE_PROBS,
+        "quick": quick})
+    rep.rows = rows
+    rep.summary = {"lm_alone_ood_accuracy": alone, "lm_alone_samples_per_prompt": n_alone,
+                   "head_auc_fresh_ood": head_m.auc, "head_brier_fresh_ood": head_m.brier,
+                   "pareto_front": [f["method"] for f in front],
+                   "wall_s": time.perf_counter() - t0}
+    rep.add_section("Summary", (
+        f"- LM alone (plain sampling, {n_alone} samples x {n_prompts} OOD prompts): accuracy "
+        f"**{alone:.3f}**\n"
+        f"- value head on fresh OOD rollouts: AUC **{head_m.auc:.3f}**, Brier "
+        f"{head_m.brier:.4f} ({head_m.n_prefixes} prefixes)\n"
+        f"- budget: {budget} forward tokens per prompt and method\n"
+        f"- baselines' Pareto front (distinct correct, accuracy): "
+        + ", ".join(f"{f['method']} ({f['distinct_correct']:.1f}, {f['accuracy']:.3f})"
+                    for f in front)))
+    cols = ["method", "accuracy", "distinct_correct", "samples", "tokens_per_sample", "vs_front"]
+    heads = {"distinct_correct": "distinct correct / prompt", "samples": "samples / prompt",
+             "tokens_per_sample": "forward tokens / sample", "vs_front": "VGB vs baselines' front"}
+    rep.add_section("Accuracy and diversity at matched budget", markdown_table(rows, cols, heads))
+    rep.add_section("Value head calibration (fresh OOD rollouts)", head_m.calibration_table())
+    plot_pareto(out / "accuracy_vs_diversity.png", rows, front, budget)
+    rep.plots = ["accuracy_vs_diversity.png"]
+    rep.write(out)
+
+
+def plot_pareto(path: Path, rows: list[dict], front: list[dict], budget: int) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {"plain": ("k", "s"), "action-rs": ("tab:green", "^"), "block-bon": ("tab:blue", "o"),
+             "block-rs": ("tab:orange", "o"), "vgb": ("tab:red", "*")}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    for fam, (color, marker) in style.items():
+        rs = [r for r in rows if r["family"] == fam and r["accuracy"] is not None]
+        if rs:
+            ax.scatter([r["distinct_correct"] for r in rs], [r["accuracy"] for r in rs],
+                       c=color, marker=marker, s=110 if fam == "vgb" else 30, label=fam,
+                       alpha=0.9, edgecolors="k" if fam == "vgb" else "none", zorder=3)
+    ax.plot([f["distinct_correct"] for f in front], [f["accuracy"] for f in front], "--",
+            color="gray", label="baselines' Pareto front", zorder=2)
+    for r in rows:
+        if r["family"] == "vgb" and r["accuracy"] is not None:
+            ax.annotate(r["method"].replace("vgb ", ""), (r["distinct_correct"], r["accuracy"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("distinct correct completions per prompt")
+    ax.set_ylabel("accuracy (valid / samples)")
+    ax.set_title(f"Dyck, OOD prompts, {budget} forward tokens per prompt", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())

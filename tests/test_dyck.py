@@ -1,0 +1,160 @@
+"""The Dyck task: the validity check, the generator, prompts, the tokenizer, and the shipped
+LM + value head (loadable, and the head separates good from bad prefixes on fresh data)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlx_vgb.tasks import dyck
+
+ASSETS = Path(dyck.__file__).resolve().parent.parent / "assets" / "dyck"
+SHIPPED_HEAD_MIN_AUC = 0.85  # measured on fresh OOD rollouts; see docs/training.md
+
+
+def ids(text):
+    return dyck.encode(text)
+
+
+def test_validity_accepts_balanced_strings_of_length_32():
+    assert dyck.is_valid(ids("()" * 16))
+    assert dyck.is_valid(ids("[" * 12 + "]" * 12 + "()" * 4))
+    assert dyck.is_valid(ids("([])" * 8))
+
+
+@pytest.mark.parametrize("text,why", [
+    ("()" * 15, "too short"),
+    ("()" * 17, "too long"),
+    ("(" * 13 + ")" * 13 + "()" * 3, "depth 13 > 12"),
+    ("(]" + "()" * 15, "wrong closing type"),
+    (")(" + "()" * 15, "close on empty stack"),
+    ("((" + "()" * 15, "unbalanced"),
+])
+def test_validity_rejects(text, why):
+    assert not dyck.is_valid(ids(text)), why
+
+
+def test_first_error_points_at_the_first_uncompletable_bracket():
+    assert dyck.first_error(ids("(()]")) == 3
+    assert dyck.first_error(ids("((()))")) == -1
+    assert dyck.first_error(ids("(" * 13)) == 12  # depth limit
+    # four open brackets fit in the four positions left; a fifth does not
+    assert dyck.first_error(ids("(" * 12 + ")" * 12 + "(" * 4)) == -1
+    assert dyck.first_error(ids("(" * 12 + ")" * 12 + "(" * 5)) == 28
+    assert dyck.first_error(ids("()" * 14 + "(((")) == 30
+    assert not dyck.is_valid_prefix([dyck.PAD])
+
+
+def test_generator_yields_valid_strings_with_the_requested_type_mix():
+    s = dyck.sample_strings(4000, np.random.default_rng(0), dyck.TRAIN_TYPE_PROBS)
+    assert all(dyck.is_valid(x) for x in s)
+    opens = s[s < dyck.NUM_TYPES]
+    assert abs((opens == 0).mean() - 0.2) < 0.02
+    depth = np.cumsum(np.where(s < 2, 1, -1), axis=1)
+    assert depth.max() == dyck.MAX_DEPTH
+    ood = dyck.sample_strings(4000, np.random.default_rng(1), dyck.OOD_TYPE_PROBS)
+    assert abs((ood[ood < 2] == 0).mean() - 0.8) < 0.02
+
+
+def test_generator_is_deterministic_under_a_seed():
+    a = dyck.sample_strings(50, np.random.default_rng(3))
+    b = dyck.sample_strings(50, np.random.default_rng(3))
+    assert (a == b).all()
+
+
+def test_prompts_are_valid_prefixes_with_the_right_horizon():
+    ps = dyck.make_prompts(50, seed=5)
+    for p in ps:
+        k = len(p["prompt"])
+        assert dyck.DEFAULT_PROMPT_LENGTHS[0] <= k <= dyck.DEFAULT_PROMPT_LENGTHS[1]
+        assert dyck.is_valid_prefix(ids(p["prompt"]))
+        assert p["max_tokens"] == dyck.LENGTH - k + 1
+    assert ps == dyck.make_prompts(50, seed=5)
+
+
+def test_reward_and_completion_check():
+    prompt = "(([]"
+    good = ")" + ")" + "()" * 13
+    assert dyck.reward(prompt, good) == 1.0
+    assert dyck.reward("<bos>" + prompt, good) == 1.0
+    assert dyck.reward(prompt, good[:-1]) == 0.0
+    assert dyck.reward(prompt, good[:-1] + "<pad>") == 0.0
+    p = [dyck.BOS] + ids(prompt)
+    assert dyck.is_valid_completion(p, ids(good) + [dyck.EOS])
+    assert not dyck.is_valid_completion(p, ids(good))  # no EOS
+
+
+def test_tokenizer_round_trip(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    dyck.write_tokenizer(tmp_path)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    assert tok.encode("(()[") == [dyck.BOS, 0, 0, 2, 1]
+    assert tok.decode([0, 1, 2, 3, dyck.EOS], skip_special_tokens=True) == "([)]"
+    assert tok.eos_token_id == dyck.EOS and tok.pad_token_id == dyck.PAD
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not (ASSETS / "lm" / "model.safetensors").exists():
+        pytest.skip("shipped Dyck assets not built (python -m mlx_vgb.tasks.train_dyck_lm)")
+    from mlx_lm import load
+
+    from mlx_vgb.verifier_format import load_verifier
+
+    model, tok = load(str(ASSETS / "lm"))
+    cfg, head, backbone = load_verifier(ASSETS / "verifier")
+    return model, tok, cfg, head, backbone
+
+
+def test_shipped_lm_is_a_normal_mlx_lm_folder(shipped):
+    model, tok, cfg, head, backbone = shipped
+    assert tok.encode("(()") == [dyck.BOS, 0, 0, 2]
+    assert model.args.vocab_size == len(dyck.VOCAB)
+    assert backbone is None and cfg.backbone == "generator"
+    assert cfg.head.dims[0] == model.args.hidden_size
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 5e6
+
+
+def test_shipped_head_auc_on_fresh_ood_rollouts(shipped):
+    from mlx_vgb.bench.dyck import head_auc_on
+
+    model, _, _, head, _ = shipped
+    prompts = dyck.make_prompts(24, seed=987_654, id_prefix="fresh")
+    m = head_auc_on(model, head, prompts, n=4, seed=11)
+    assert 0.0 < m.base_rate < 1.0
+    assert m.auc > SHIPPED_HEAD_MIN_AUC, m.auc
+
+
+def test_memo_tree_lm_matches_a_plain_forward(shipped):
+    import mlx.core as mx
+
+    from mlx_vgb.bench.dyck import MemoTreeLM
+
+    model, _, _, head, _ = shipped
+    lm = MemoTreeLM(model, head, [dyck.EOS])
+    prompt = [dyck.BOS] + ids("(()((")
+    lm.begin(prompt)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        p = tuple(int(t) for t in rng.integers(0, 4, size=9))
+        for i in (0, 1, 5, 9):
+            x = mx.array([prompt + list(p[:i])])
+            h = model.model(x)
+            ref = model(x)[0, -1]
+            ref = np.array(ref - mx.logsumexp(ref))
+            assert np.allclose(lm.logprobs([p[:i]])[0], ref, atol=1e-4)
+            assert abs(lm.values([p[:i]])[0] - float(head(h)[0, -1])) < 1e-4
+    lm.begin(prompt)
+    assert lm.run_cost == 0
+    lm.logprobs([(0,), (0, 2)])
+    lm.values([(0,)])
+    assert lm.run_cost == 2
+
+
+def test_pareto_front():
+    from mlx_vgb.bench.dyck import pareto_front
+
+    pts = [(1, 0.9), (2, 0.8), (1.5, 0.7), (3, 0.5), (0.5, 0.95), (2, 0.79)]
+    assert pareto_front(pts) == [4, 0, 1, 3]

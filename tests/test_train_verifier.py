@@ -1,0 +1,230 @@
+"""Verifier training: resumable rollouts, value targets, metrics, deterministic training, and
+the `mlx-vgb train-verifier` pipeline end to end on a tiny random model."""
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlx_vgb.errors import ConfigError
+from mlx_vgb.rollouts import (
+    PromptRecord,
+    Rollout,
+    collect_rollouts,
+    load_prompts,
+    read_rollouts,
+)
+from mlx_vgb.tasks import dyck
+from mlx_vgb.tasks.train_dyck_lm import model_args, save_lm, train_lm
+from mlx_vgb.value_training import (
+    evaluate,
+    split_by_prompt,
+    train_head,
+    value_targets,
+    weighted_auc,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from mlx_lm.models import llama
+
+    mx.random.seed(0)
+    m = llama.Model(model_args(hidden=16, layers=1, heads=2, intermediate=32))
+    mx.eval(m.parameters())
+    return m
+
+
+PROMPTS = [PromptRecord(f"p{i}", p["prompt"], p["max_tokens"])
+           for i, p in enumerate(dyck.make_prompts(6, seed=3, prompt_lengths=(20, 22)))]
+
+
+def encode(text):
+    return [dyck.BOS] + dyck.encode(text)
+
+
+class CountingReward:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompt, completion):
+        self.calls.append((prompt, completion))
+        return dyck.reward(prompt, completion)
+
+
+def collect(model, path, reward=None, **kw):
+    kw.setdefault("n", 4)
+    kw.setdefault("batch_size", 4)
+    return collect_rollouts(model, PROMPTS, path, encode=encode, decode=dyck.decode,
+                            reward=reward or dyck.reward, eos_token_ids=[dyck.EOS], seed=7,
+                            progress=False, **kw)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_rollouts_resume_without_recomputing(tiny_lm, tmp_path):
+    full = collect(tiny_lm, tmp_path / "full.jsonl")
+    assert full.total == full.computed == 24
+
+    part = tmp_path / "part.jsonl"
+
+    def interrupt(n_done):
+        if n_done >= 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        collect(tiny_lm, part, on_batch=interrupt)
+    first = read_rollouts(part)
+    assert len(first) == 8
+    reward = CountingReward()
+    run = collect(tiny_lm, part, reward=reward)
+    assert (run.skipped, run.computed, run.total) == (8, 16, 24)
+    assert len(reward.calls) == 16  # only the missing rollouts were scored (and sampled)
+    # the finished rollouts were kept as they were
+    assert read_rollouts(part)[:8] == first
+    # the finished file is the uninterrupted one, line for line
+    assert part.read_text() == (tmp_path / "full.jsonl").read_text()
+    # a third run computes nothing
+    again = collect(tiny_lm, part, reward=CountingReward())
+    assert again.computed == 0 and again.skipped == 24
+
+
+def test_a_line_cut_off_by_a_kill_is_redone(tiny_lm, tmp_path):
+    path = tmp_path / "r.jsonl"
+    collect(tiny_lm, path)
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    path.write_text("".join(lines[:10]) + lines[10][:25])  # killed mid-write
+    run = collect(tiny_lm, path)
+    assert run.skipped == 10 and run.computed == 14
+    assert sorted(path.read_text().splitlines()) == sorted(text.splitlines())
+
+
+def test_resuming_with_other_settings_is_refused(tiny_lm, tmp_path):
+    path = tmp_path / "r.jsonl"
+    collect(tiny_lm, path, n=2)
+    with pytest.raises(ConfigError, match="other settings"):
+        collect(tiny_lm, path, n=3)
+
+
+def test_rollouts_do_not_depend_on_batch_size(tiny_lm, tmp_path):
+    collect(tiny_lm, tmp_path / "a.jsonl", batch_size=1)
+    collect(tiny_lm, tmp_path / "b.jsonl", batch_size=64)
+    key = lambda r: (r.prompt_id, r.index)  # noqa: E731
+    a = sorted(read_rollouts(tmp_path / "a.jsonl"), key=key)
+    b = sorted(read_rollouts(tmp_path / "b.jsonl"), key=key)
+    assert [r.completion_ids for r in a] == [r.completion_ids for r in b]
+
+
+def roll(pid, k, prompt, completion, reward):
+    return Rollout(pid, k, list(prompt), list(completion), "", reward, "stop")
+
+
+def test_value_targets_pool_outcomes_over_shared_prefixes():
+    rs = [roll("a", 0, [9], [1, 2, 5], 1.0), roll("a", 1, [9], [1, 3, 5], 0.0),
+          roll("b", 0, [8], [1, 5], 1.0)]
+    t = value_targets(rs)
+    got = {p: (s, c) for p, s, c in zip(t.prefixes, t.successes, t.counts)}
+    assert got == {(9,): (1, 2), (9, 1): (1, 2), (9, 1, 2): (1, 1), (9, 1, 3): (0, 1),
+                   (8,): (1, 1), (8, 1): (1, 1)}
+    # the hidden state of a prefix is read at its last token
+    i = t.prefixes.index((9, 1, 3))
+    assert tuple(t.source[i]) == (1, 2)
+    t2 = value_targets(rs, block=2)
+    assert set(t2.prefixes) == {(9,), (9, 1, 2), (9, 1, 3), (8,)}
+    with pytest.raises(ConfigError):
+        value_targets([roll("a", 0, [1], [2], 3.0)])
+
+
+def test_weighted_auc_matches_pairwise_count():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, size=30).astype(float)  # ties on purpose
+    pos = rng.integers(0, 3, size=30).astype(float)
+    neg = rng.integers(0, 3, size=30).astype(float)
+    num = sum(pos[i] * neg[j] * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+              for i in range(30) for j in range(30))
+    assert weighted_auc(s, pos, neg) == pytest.approx(num / (pos.sum() * neg.sum()))
+
+
+def test_metrics_and_calibration():
+    rs = [roll("a", k, [1], [2], float(k % 2)) for k in range(4)]
+    t = value_targets(rs)
+    m = evaluate(np.array([0.5]), t)
+    assert m.brier == pytest.approx(0.25) and m.mse_mc == pytest.approx(0.0)
+    assert m.auc == pytest.approx(0.5) and m.base_rate == 0.5
+    assert len(m.calibration) == 1 and m.calibration[0].mean_outcome == 0.5
+    assert m.calibration[0].lo == pytest.approx(0.5)
+
+
+def synthetic_targets(n=400, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    p = 1 / (1 + np.exp(-3 * x[:, 0]))
+    rs = [roll(f"q{i % 40}", i, [i], [], 0.0) for i in range(n)]
+    from mlx_vgb.value_training import ValueTargets
+
+    succ = (rng.random(n) < p).astype(float)
+    t = ValueTargets([(i,) for i in range(n)], succ, np.ones(n), np.zeros((n, 2), int),
+                     [r.prompt_id for r in rs])
+    return x, t
+
+
+def test_head_training_is_deterministic_and_learns():
+    x, t = synthetic_targets()
+    tr, ho = split_by_prompt(t, 0.25, seed=0)
+    assert len(set(t.prompt_ids[i] for i in ho)) == 10
+    assert not {t.prompt_ids[i] for i in tr} & {t.prompt_ids[i] for i in ho}
+    a = train_head(x, t, train_idx=tr, held_idx=ho, epochs=15, seed=3, log=None)
+    b = train_head(x, t, train_idx=tr, held_idx=ho, epochs=15, seed=3, log=None)
+    wa, wb = dict(tree_flatten(a.head.parameters())), dict(tree_flatten(b.head.parameters()))
+    assert all(np.array_equal(np.array(wa[k]), np.array(wb[k])) for k in wa)
+    assert a.losses == b.losses
+    assert a.held_out.auc > 0.8
+    c = train_head(x, t, train_idx=tr, held_idx=ho, epochs=15, seed=4, log=None)
+    assert not np.array_equal(np.array(c.head.layers[0].weight), np.array(wa["layers.0.weight"]))
+
+
+def test_lm_training_is_deterministic_under_a_seed():
+    args = model_args(hidden=16, layers=1, heads=2, intermediate=32)
+    a, la = train_lm(args, steps=3, batch=8, seed=1, log=None)
+    b, lb = train_lm(args, steps=3, batch=8, seed=1, log=None)
+    assert la == lb
+    wa, wb = dict(tree_flatten(a.parameters())), dict(tree_flatten(b.parameters()))
+    assert all(np.array_equal(np.array(wa[k]), np.array(wb[k])) for k in wa)
+
+
+def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
+    from mlx_vgb.train_verifier import main
+    from mlx_vgb.verifier_format import load_verifier
+
+    lm_dir = save_lm(tiny_lm, tmp_path / "lm")
+    prompts = tmp_path / "prompts.jsonl"
+    dyck.write_prompts(prompts, dyck.make_prompts(10, seed=1, prompt_lengths=(24, 26)))
+    assert len(load_prompts(prompts)) == 10
+    out = tmp_path / "verifier"
+    argv = ["--model", str(lm_dir), "--prompts", str(prompts), "--reward", "dyck",
+            "--out", str(out), "--num-rollouts", "3", "--epochs", "2", "--no-progress"]
+    main(argv)
+    cfg, head, backbone = load_verifier(out)
+    assert cfg.head.dims == [16, 128, 1] and backbone is None
+    metrics = json.loads((tmp_path / "verifier.work" / "metrics.json").read_text())
+    assert metrics["rollouts"] == 30 and metrics["held_out"]["n_prefixes"] > 0
+    with pytest.raises(SystemExit):
+        main(argv)  # out exists, no --force
+    # a user reward given as module:function
+    (tmp_path / "myreward.py").write_text("def score(prompt, completion):\n    return 1.0\n")
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        main(argv[:5] + ["myreward:score", "--out", str(tmp_path / "v2"), "--work-dir",
+                         str(tmp_path / "w2"), "--num-rollouts", "2", "--epochs", "1",
+                         "--no-progress"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    m2 = json.loads((tmp_path / "w2" / "metrics.json").read_text())
+    assert m2["success_rate"] == 1.0
