@@ -1,13 +1,14 @@
 """Runs behind the web page: settings from the form, loaded models, one run per session, cancel.
 
 Only the public API is used (``mlx_vgb.generate.load`` / ``stream_generate``). Model work of all
-sessions goes through one ``FairLock`` a walk event at a time, so concurrent runs interleave
+sessions runs on one ``ModelWorker`` thread a walk event at a time, so concurrent runs interleave
 (first come, first served) instead of calling MLX from several threads at once.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -161,25 +162,19 @@ class RunSettings:
             system_prompt=(self.system_prompt or None))
 
 
-class FairLock:
-    """A first-come-first-served lock: waiters get it in arrival order (no starvation)."""
+class ModelWorker:
+    """The one thread that runs all model work (loading, every walk step, closing a stream).
+
+    MLX binds lazily evaluated arrays to the stream of the thread that made them, so a run must
+    not hop between Gradio's worker threads; and one thread means runs of different sessions
+    interleave a walk event at a time, first come first served, never calling MLX at once.
+    """
 
     def __init__(self):
-        self._cond = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mlx-vgb-model")
 
-    def __enter__(self):
-        with self._cond:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            while ticket != self._serving:
-                self._cond.wait()
-
-    def __exit__(self, *exc):
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
+    def call(self, fn: Callable, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs).result()
 
 
 class ModelCache:
@@ -223,6 +218,7 @@ class RunRegistry:
 
     def __init__(self):
         self._runs: dict[str, SessionRun] = {}
+        self._last: dict[str, SessionRun] = {}  # each session's latest run, ended or not
         self._lock = threading.Lock()
         self.finished = 0
         self.cancelled = 0
@@ -233,7 +229,7 @@ class RunRegistry:
             if old is not None:  # a new run replaces the session's old one
                 old.cancel.set()
             run = SessionRun()
-            self._runs[session] = run
+            self._runs[session] = self._last[session] = run
             return run
 
     def end(self, session: str, run: SessionRun) -> None:
@@ -245,8 +241,10 @@ class RunRegistry:
                 self.cancelled += 1
 
     def cancel(self, session: str) -> SessionRun | None:
+        """Flag the session's run to stop; returns it (or the session's last run if Gradio has
+        already stopped it), None if the session never ran."""
         with self._lock:
-            run = self._runs.get(session)
+            run = self._runs.get(session) or self._last.get(session)
         if run is not None:
             run.cancel.set()
         return run
@@ -271,7 +269,7 @@ class Runner:
                  update_interval_s: float = 0.1):
         self.models, self.stream_generate = models, stream_generate
         self.update_interval_s = update_interval_s
-        self.lock = FairLock()
+        self.worker = ModelWorker()
         self.registry = RunRegistry()
 
     def run(self, settings: RunSettings, session: str) -> Iterator[tuple[list[WalkView], str]]:
@@ -288,18 +286,21 @@ class Runner:
                 labels.append(settings.baseline + " (baseline)")
             run.views = [WalkView(label=lab) for lab in labels]
             yield run.views, "loading the model…"
-            with self.lock:
-                model, tokenizer = self.models.get(model_spec)
+            model, tokenizer = self.worker.call(self.models.get, model_spec)
             samplers = [settings.sampler] + ([settings.baseline] if settings.compare else [])
             for s in samplers:
                 ver = spec if s != "plain" else "none"
-                streams.append(self.stream_generate(model, tokenizer, settings.prompt,
-                                                    **settings.stream_kwargs(s, ver)))
+                streams.append(self.worker.call(
+                    self.stream_generate, model, tokenizer, settings.prompt,
+                    **settings.stream_kwargs(s, ver)))
             yield from self._pump(run, streams)
+        except GeneratorExit:  # Gradio stopped iterating: the page's Cancel, or a closed tab
+            run.cancel.set()
+            raise
         finally:
             for g in streams:  # closing a stream stops its walk and drops its caches
                 try:
-                    g.close()
+                    self.worker.call(g.close)
                 except Exception:  # pragma: no cover - closing must not hide the real error
                     log.exception("closing a stream")
             streams.clear()
@@ -315,8 +316,7 @@ class Runner:
             for i in list(live):
                 if run.cancel.is_set():
                     break
-                with self.lock:
-                    resp = next(streams[i], None)
+                resp = self.worker.call(next, streams[i], None)
                 if resp is None:
                     live.remove(i)
                     continue

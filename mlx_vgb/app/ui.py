@@ -93,14 +93,16 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
     ``update_interval_s``: the page is redrawn at most this often while a run streams.
     """
     if load is None or stream_generate is None:
-        from .. import generate as _gen
+        import importlib
+
+        _gen = importlib.import_module("mlx_vgb.generate")  # (mlx_vgb.generate is a function)
 
         load = load or _gen.load
         stream_generate = stream_generate or _gen.stream_generate
     models = ModelCache(load, model)
-    if preload:
-        models.get(model)
     runner = Runner(models, stream_generate, update_interval_s)
+    if preload:
+        runner.worker.call(models.get, model)
     fields = [f.name for f in dataclasses.fields(RunSettings)]
     d = RunSettings()
     model_label = model or "embedded SmolLM2-135M-Instruct"
@@ -215,17 +217,17 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
         on_run.__signature__ = inspect.Signature(
             [inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                default=getattr(d, f)) for f in fields]
-            + [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                 annotation=gr.Request)])
+            + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 default=None, annotation=gr.Request)])
 
         def on_cancel(request: gr.Request = None):
             session = getattr(request, "session_hash", None) or "anonymous"
             run = runner.registry.cancel(session)
-            if run is None:
+            unfinished = [v for v in (run.views if run else []) if not v.done]
+            if not unfinished:
                 return outputs_for([], _status("nothing to cancel"))
-            for v in run.views:
-                if not v.done:
-                    v.cancelled = True
+            for v in unfinished:
+                v.cancelled = True
             return outputs_for(run.views, _status("cancelled"))
 
         def on_verifier(kind):
@@ -236,7 +238,7 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                                   concurrency_limit=max_concurrent, concurrency_id="walks",
                                   show_progress="minimal")
         cancel_btn.click(on_cancel, None, outputs, api_name="cancel", cancels=[run_event],
-                         concurrency_limit=None, queue=False)
+                         concurrency_limit=None)
         c["verifier"].change(on_verifier, c["verifier"], [c[f] for f in PARAM_FIELDS],
                              api_name=False)
         c["compare"].change(lambda on: gr.update(visible=bool(on)), c["compare"],
