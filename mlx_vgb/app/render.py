@@ -246,8 +246,10 @@ CSS = """
 .vgb-cursor { color: #2f6fde; }
 .vgb-empty { color: #999; }
 .vgb-drop { fill: #c0392b; }
-.vgb-stats { font-size: 13px; border-collapse: collapse; width: 100%; }
-.vgb-stats th { text-align: left; font-weight: 500; padding: 1px 8px 1px 0; color: #555; }
+.vgb-stats { font-size: 13px; border-collapse: collapse; width: 100%; margin: 0 !important; }
+.vgb-stats th, .vgb-stats td { border: none !important; border-bottom: 1px solid #eee !important;
+  padding: 2px 6px !important; line-height: 1.3; }
+.vgb-stats th { text-align: left; font-weight: 500; color: #555; }
 .vgb-stats td { text-align: right; font-family: ui-monospace, monospace; }
 .vgb-stats caption { font-weight: 600; text-align: left; }
 .vgb-error { color: #8a1c12; background: #fdecea; border: 1px solid #e6b0aa; padding: 8px;
