@@ -283,11 +283,13 @@ def save_verifier(
     head: ValueHead,
     backbone_src: Optional[Union[str, Path]] = None,
     force: bool = False,
+    move_backbone: bool = False,
 ) -> Path:
     """Write a verifier folder atomically (temp folder, then rename).
 
-    ``backbone_src``: an mlx-lm model folder copied to ``config.backbone`` (which must then
-    name a subfolder). An existing ``path`` is refused unless ``force``.
+    ``backbone_src``: an mlx-lm model folder copied (moved if ``move_backbone``) to
+    ``config.backbone``, which must then name a subfolder. An existing ``path`` is refused
+    unless ``force``.
     """
     path = Path(path)
     if config.backbone == GENERATOR_BACKBONE and backbone_src is not None:
@@ -316,7 +318,10 @@ def save_verifier(
             metadata={"format": FORMAT},
         )
         if backbone_src is not None:
-            shutil.copytree(backbone_src, tmp / config.backbone)
+            if move_backbone:
+                shutil.move(str(backbone_src), str(tmp / config.backbone))
+            else:
+                shutil.copytree(backbone_src, tmp / config.backbone)
         _publish(tmp, path, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

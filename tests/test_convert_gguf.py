@@ -137,8 +137,9 @@ def write_gguf(path, arch="llama", qtype=T.F32, tied=True, tokenizer=True, seed=
     return hf
 
 
-def numpy_forward(hf, ids):
-    """Logits of a llama/qwen2 decoder in Hugging Face layout (rotate-half rope), float64."""
+def numpy_forward(hf, ids, hidden=False):
+    """Logits (or final normed hidden states) of a llama/qwen2 decoder in Hugging Face layout
+    (rotate-half rope), float64."""
     head_dim = HIDDEN // HEADS
 
     def rms(x, g):
@@ -175,6 +176,8 @@ def numpy_forward(hf, ids):
         g = x @ L["gate"].T
         h = h + ((g / (1 + np.exp(-g))) * (x @ L["up"].T)) @ L["down"].T
     h = rms(h, hf["norm"])
+    if hidden:
+        return h
     return h @ hf.get("lm_head", hf["embed"]).T
 
 
