@@ -5,7 +5,6 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Union
 
 from .convert.gguf import convert_gguf
 from .convert.output import ConversionError, OutputExistsError
@@ -48,7 +47,7 @@ def is_complete(folder: Path) -> bool:
     )
 
 
-def cached_conversion(gguf_path: Union[str, Path], target: Union[str, Path]) -> Path:
+def cached_conversion(gguf_path: str | Path, target: str | Path) -> Path:
     """Convert ``gguf_path`` to ``target`` unless a complete conversion is already there.
 
     Safe when several processes race: each writes its own temp folder and renames it; the

@@ -44,11 +44,12 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 FORMAT = "mlx-vgb-verifier"
 FORMAT_VERSION = 1
@@ -68,7 +69,7 @@ class VerifierFormatError(ValueError):
 
 @dataclass
 class HeadConfig:
-    dims: List[int]
+    dims: list[int]
     activation: str = "relu"
     output: str = "sigmoid"
     type: str = "mlp"
@@ -110,7 +111,7 @@ class HeadConfig:
             )
 
     @property
-    def softmax_class(self) -> Optional[int]:
+    def softmax_class(self) -> int | None:
         if not self.output.startswith("softmax:"):
             return None
         try:
@@ -126,9 +127,9 @@ class VerifierConfig:
     hidden_layer: int = -1
     pooling: str = "last"
     read_at: str = "every_token"
-    step_token: Optional[str] = None
-    step_token_id: Optional[int] = None
-    metadata: Dict[str, Any] = field(default_factory=dict)
+    step_token: str | None = None
+    step_token_id: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -172,15 +173,25 @@ class VerifierConfig:
     def hidden_size(self) -> int:
         return self.head.dims[0]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["head"] = {"type": self.head.type, **{k: v for k, v in d["head"].items() if k != "type"}}
-        order = ["format", "format_version", "backbone", "hidden_layer", "pooling", "head",
-                 "read_at", "step_token", "step_token_id", "metadata"]
+        order = [
+            "format",
+            "format_version",
+            "backbone",
+            "hidden_layer",
+            "pooling",
+            "head",
+            "read_at",
+            "step_token",
+            "step_token_id",
+            "metadata",
+        ]
         return {k: d[k] for k in order}
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "VerifierConfig":
+    def from_dict(cls, d: dict[str, Any]) -> "VerifierConfig":
         if not isinstance(d, dict):
             raise VerifierFormatError(f"{CONFIG_FILE} must hold a JSON object.")
         known = {f for f in cls.__dataclass_fields__}
@@ -214,7 +225,7 @@ class ValueHead(nn.Module):
         super().__init__()
         self.config = config
         dims = config.dims
-        self.layers = [nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:])]
+        self.layers = [nn.Linear(i, o) for i, o in pairwise(dims)]
 
     def logits(self, hidden: mx.array) -> mx.array:
         act = {"relu": nn.relu, "gelu": nn.gelu, "tanh": mx.tanh}[self.config.activation]
@@ -249,7 +260,7 @@ def pool_hidden(hidden: mx.array, pooling: str) -> mx.array:
     raise VerifierFormatError(f"pooling {pooling!r} is not supported; use one of {POOLINGS}.")
 
 
-def head_weights(head: ValueHead) -> Dict[str, mx.array]:
+def head_weights(head: ValueHead) -> dict[str, mx.array]:
     return {
         f"layers.{i}.{name}": getattr(layer, name)
         for i, layer in enumerate(head.layers)
@@ -257,10 +268,10 @@ def head_weights(head: ValueHead) -> Dict[str, mx.array]:
     }
 
 
-def _check_head_weights(weights: Dict[str, mx.array], config: HeadConfig) -> None:
+def _check_head_weights(weights: dict[str, mx.array], config: HeadConfig) -> None:
     dims = config.dims
     expected = {}
-    for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (din, dout) in enumerate(pairwise(dims)):
         expected[f"layers.{i}.weight"] = (dout, din)
         expected[f"layers.{i}.bias"] = (dout,)
     missing = sorted(set(expected) - set(weights))
@@ -278,10 +289,10 @@ def _check_head_weights(weights: Dict[str, mx.array], config: HeadConfig) -> Non
 
 
 def save_verifier(
-    path: Union[str, Path],
+    path: str | Path,
     config: VerifierConfig,
     head: ValueHead,
-    backbone_src: Optional[Union[str, Path]] = None,
+    backbone_src: str | Path | None = None,
     force: bool = False,
     move_backbone: bool = False,
 ) -> Path:
@@ -342,7 +353,7 @@ def _publish(tmp: Path, path: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_verifier_config(path: Union[str, Path]) -> VerifierConfig:
+def load_verifier_config(path: str | Path) -> VerifierConfig:
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
@@ -361,7 +372,7 @@ def load_verifier_config(path: Union[str, Path]) -> VerifierConfig:
         raise VerifierFormatError(f"{cfg_file}: {e}") from e
 
 
-def load_verifier(path: Union[str, Path]) -> Tuple[VerifierConfig, ValueHead, Optional[Path]]:
+def load_verifier(path: str | Path) -> tuple[VerifierConfig, ValueHead, Path | None]:
     """Read a verifier folder: (config, head with its weights, backbone folder or None).
 
     The backbone path is None when the head reads the generator's own hidden states.

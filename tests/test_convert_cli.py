@@ -23,15 +23,36 @@ def test_cli_converts_gguf_and_refuses_existing_output_without_force(tmp_path, c
         main(["--gguf", str(tmp_path / "m.gguf"), "--mlx-path", str(tmp_path / "out")])
     assert e.value.code == 2
     assert "already exists; pass --force" in capsys.readouterr().err
-    main(["--gguf", str(tmp_path / "m.gguf"), "--mlx-path", str(tmp_path / "out"), "--force",
-          "--dtype", "float32"])
+    main(
+        [
+            "--gguf",
+            str(tmp_path / "m.gguf"),
+            "--mlx-path",
+            str(tmp_path / "out"),
+            "--force",
+            "--dtype",
+            "float32",
+        ]
+    )
 
 
 def test_cli_reports_unsupported_input_in_one_line(tmp_path):
     write_gguf(tmp_path / "m.gguf", arch="gpt2")
     r = subprocess.run(
-        [sys.executable, "-m", "mlx_vgb.cli", "convert", "--gguf", str(tmp_path / "m.gguf"),
-         "--mlx-path", str(tmp_path / "out")], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "mlx_vgb.cli",
+            "convert",
+            "--gguf",
+            str(tmp_path / "m.gguf"),
+            "--mlx-path",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        check=False,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0  # one message, no traceback
     assert "architecture 'gpt2' is not supported" in r.stderr
@@ -48,7 +69,7 @@ def test_cli_needs_exactly_one_source(tmp_path):
 def test_second_writer_of_a_folder_loses_cleanly(tmp_path):
     with atomic_output(tmp_path / "out") as a:
         (a / "who").write_text("a")
-        with pytest.raises(OutputExistsError, match="another writer"):
+        with pytest.raises(OutputExistsError, match="another writer"):  # noqa: SIM117
             with atomic_output(tmp_path / "out") as b:
                 (b / "who").write_text("b")
                 (tmp_path / "out").mkdir()  # a rival publishes first
@@ -67,7 +88,7 @@ def test_cached_conversion_survives_racing_threads_and_repairs_incomplete_folder
     def convert():
         try:
             results.append(cached_conversion(tmp_path / "m.gguf", target))
-        except Exception as e:  # pragma: no cover - reported below
+        except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=convert) for _ in range(3)]

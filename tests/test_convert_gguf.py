@@ -43,13 +43,19 @@ def _vocab():
 
 def _permute(w, n_head):
     # llama.cpp's convert_hf_to_gguf.py LlamaModel.permute
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _hf_weights(rng, vocab, arch, tied):
     head_dim = HIDDEN // HEADS
-    w = {"embed": rng.standard_normal((vocab, HIDDEN)).astype(np.float32) * 0.5,
-         "norm": 1 + 0.1 * rng.standard_normal(HIDDEN).astype(np.float32)}
+    w = {
+        "embed": rng.standard_normal((vocab, HIDDEN)).astype(np.float32) * 0.5,
+        "norm": 1 + 0.1 * rng.standard_normal(HIDDEN).astype(np.float32),
+    }
     if not tied:
         w["lm_head"] = rng.standard_normal((vocab, HIDDEN)).astype(np.float32) * 0.2
     for i in range(LAYERS):
@@ -71,8 +77,9 @@ def _hf_weights(rng, vocab, arch, tied):
     return w
 
 
-def write_gguf(path, arch="llama", qtype=T.F32, tied=True, tokenizer=True, seed=0,
-               extra_tensor=None):
+def write_gguf(
+    path, arch="llama", qtype=T.F32, tied=True, tokenizer=True, seed=0, extra_tensor=None
+):
     """Write a tiny GGUF; return the Hugging Face layout weights it holds (dequantized)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = _vocab()
@@ -119,8 +126,13 @@ def write_gguf(path, arch="llama", qtype=T.F32, tied=True, tokenizer=True, seed=
             # undo the permutation on what the file holds to get the HF-layout truth
             inv = back.reshape(n, back.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(back.shape)
             L[hf_name] = inv if permute else back
-        for hf_name, gg_name in (("v", "attn_v"), ("o", "attn_output"), ("gate", "ffn_gate"),
-                                 ("up", "ffn_up"), ("down", "ffn_down")):
+        for hf_name, gg_name in (
+            ("v", "attn_v"),
+            ("o", "attn_output"),
+            ("gate", "ffn_gate"),
+            ("up", "ffn_up"),
+            ("down", "ffn_down"),
+        ):
             L[hf_name] = add(f"blk.{i}.{gg_name}.weight", L[hf_name])
         add(f"blk.{i}.attn_norm.weight", L["attn_norm"])
         add(f"blk.{i}.ffn_norm.weight", L["ffn_norm"])
@@ -150,7 +162,7 @@ def numpy_forward(hf, ids, hidden=False):
         inv = THETA ** (-np.arange(0, head_dim, 2) / head_dim)
         ang = pos * inv[None]
         cos, sin = np.cos(ang), np.sin(ang)
-        x1, x2 = x[..., : head_dim // 2], x[..., head_dim // 2:]
+        x1, x2 = x[..., : head_dim // 2], x[..., head_dim // 2 :]
         return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
 
     n = len(ids)
@@ -231,10 +243,12 @@ def test_folder_via_mlx_lm_load_greedy_decodes_like_gguf_read_directly(tmp_path)
     folder_model, folder_tok = mlx_lm.load(str(out))
     direct_model, direct_tok = load_gguf(tmp_path / "m.gguf")
 
-    prompt = folder_tok.apply_chat_template([{"role": "user", "content": "the tin"}],
-                                            add_generation_prompt=True)
-    assert prompt == direct_tok.apply_chat_template([{"role": "user", "content": "the tin"}],
-                                                    add_generation_prompt=True)
+    prompt = folder_tok.apply_chat_template(
+        [{"role": "user", "content": "the tin"}], add_generation_prompt=True
+    )
+    assert prompt == direct_tok.apply_chat_template(
+        [{"role": "user", "content": "the tin"}], add_generation_prompt=True
+    )
     a = np.array(folder_model(mx.array([prompt]))[0])
     b = np.array(direct_model(mx.array([prompt]))[0])
     np.testing.assert_allclose(a, b, atol=1e-3 * np.abs(b).max())
@@ -247,8 +261,12 @@ def test_quantized_blocks_repack_bit_exact_to_mx_load(tmp_path):
     ref = mx.load(str(path))  # MLX's own GGUF reader
     weights, quant = load_weights(GGUFModel(path), unpermute=False)
     assert quant["bits"] == 4 and quant["model.embed_tokens"]["bits"] == 8
-    pairs = {"blk.1.ffn_down": "model.layers.1.mlp.down_proj", "output": "lm_head",
-             "token_embd": "model.embed_tokens", "blk.0.attn_q": "model.layers.0.self_attn.q_proj"}
+    pairs = {
+        "blk.1.ffn_down": "model.layers.1.mlp.down_proj",
+        "output": "lm_head",
+        "token_embd": "model.embed_tokens",
+        "blk.0.attn_q": "model.layers.0.self_attn.q_proj",
+    }
     for g, m in pairs.items():
         for part in ("weight", "scales", "biases"):
             assert mx.array_equal(weights[f"{m}.{part}"], ref[f"{g}.{part}"]).item(), (g, part)
@@ -314,5 +332,9 @@ def test_existing_output_is_refused_unless_force(tmp_path):
     assert (tmp_path / "mlx" / "keep.txt").exists()
     convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", force=True)
     assert sorted(p.name for p in (tmp_path / "mlx").iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "mlx"]  # no temp leftovers

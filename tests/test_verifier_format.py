@@ -35,7 +35,11 @@ def _np_head(weights, x, activation, output):
 
 @pytest.mark.parametrize(
     "dims,activation,output",
-    [([16, 1], "relu", "sigmoid"), ([16, 8, 1], "tanh", "identity"), ([16, 16, 2], "relu", "softmax:1")],
+    [
+        ([16, 1], "relu", "sigmoid"),
+        ([16, 8, 1], "tanh", "identity"),
+        ([16, 16, 2], "relu", "softmax:1"),
+    ],
 )
 def test_saved_verifier_scores_match_numpy_head(tmp_path, dims, activation, output):
     mx.random.seed(0)

@@ -6,9 +6,9 @@ from .output import ConversionError, OutputExistsError
 from .verifiers import VERIFIER_KINDS, convert_verifier
 
 __all__ = [
+    "VERIFIER_KINDS",
     "ConversionError",
     "OutputExistsError",
-    "VERIFIER_KINDS",
     "convert_gguf",
     "convert_hf",
     "convert_verifier",

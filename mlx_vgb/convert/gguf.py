@@ -25,11 +25,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from .output import ConversionError, atomic_output, check_output
 
@@ -54,8 +54,12 @@ _QWEN2_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_SPLIT_PRE = {"llama-bpe": _LLAMA3_REGEX, "llama3": _LLAMA3_REGEX, "smaug-bpe": _LLAMA3_REGEX,
-              "qwen2": _QWEN2_REGEX}
+_SPLIT_PRE = {
+    "llama-bpe": _LLAMA3_REGEX,
+    "llama3": _LLAMA3_REGEX,
+    "smaug-bpe": _LLAMA3_REGEX,
+    "qwen2": _QWEN2_REGEX,
+}
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -78,7 +82,7 @@ _TOP_NAMES = {
 class GGUFModel:
     """A parsed GGUF file: metadata as Python values and the tensors, read lazily."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: str | Path):
         from gguf import GGUFReader
 
         self.path = Path(path)
@@ -98,8 +102,9 @@ class GGUFModel:
                     f"{self.path} is truncated: tensor {t.name} ends at byte "
                     f"{t.data_offset + t.n_bytes}, the file has {size}. Download it again."
                 )
-        self.metadata: Dict[str, Any] = {
-            name: field.contents() for name, field in self.reader.fields.items()
+        self.metadata: dict[str, Any] = {
+            name: field.contents()
+            for name, field in self.reader.fields.items()
             if not name.startswith("GGUF.")
         }
         self.tensors = {t.name: t for t in self.reader.tensors}
@@ -131,7 +136,11 @@ def _check_supported(gg: GGUFModel) -> None:
 
     for t in gg.tensors.values():
         kind = T(t.tensor_type)
-        if kind.name not in _KEPT and kind not in (T.F32, T.F16, T.BF16) and kind not in _type_traits:
+        if (
+            kind.name not in _KEPT
+            and kind not in (T.F32, T.F16, T.BF16)
+            and kind not in _type_traits
+        ):
             raise ConversionError(
                 f"Tensor {t.name} has GGML type {kind.name}, which is not supported (kept "
                 f"quantized: {', '.join(_KEPT)}; dequantized: F32, F16, BF16 and the types "
@@ -147,7 +156,7 @@ def _check_supported(gg: GGUFModel) -> None:
         raise ConversionError("Per-layer attention.head_count_kv is not supported.")
 
 
-def model_config(gg: GGUFModel) -> Dict[str, Any]:
+def model_config(gg: GGUFModel) -> dict[str, Any]:
     """The mlx-lm config.json of a GGUF model (Hugging Face layout, rope_traditional False)."""
     _check_supported(gg)
     hidden = int(gg.require("embedding_length"))
@@ -156,9 +165,11 @@ def model_config(gg: GGUFModel) -> Dict[str, Any]:
     head_dim = int(gg.get("attention.key_length", hidden // n_heads))
     embed = gg.tensors["token_embd.weight"]
     vocab_size = int(gg.get("vocab_size") or embed.shape[-1])
-    config: Dict[str, Any] = {
+    config: dict[str, Any] = {
         "model_type": gg.architecture,
-        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[gg.architecture]],
+        "architectures": [
+            {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[gg.architecture]
+        ],
         "hidden_size": hidden,
         "num_hidden_layers": int(gg.require("block_count")),
         "intermediate_size": int(gg.require("feed_forward_length")),
@@ -178,7 +189,10 @@ def model_config(gg: GGUFModel) -> Dict[str, Any]:
         config["mlp_bias"] = "blk.0.ffn_up.bias" in gg.tensors
     rope_type = gg.get("rope.scaling.type", "none")
     if rope_type == "linear":
-        config["rope_scaling"] = {"type": "linear", "factor": float(gg.require("rope.scaling.factor"))}
+        config["rope_scaling"] = {
+            "type": "linear",
+            "factor": float(gg.require("rope.scaling.factor")),
+        }
     elif rope_type != "none":
         raise ConversionError(f"GGUF rope scaling {rope_type!r} is not supported (only linear).")
     for key in ("bos_token_id", "eos_token_id"):
@@ -196,9 +210,9 @@ def _mlx_name(name: str) -> str:
     raise ConversionError(f"GGUF tensor {name} has no mlx-lm counterpart; it is not supported.")
 
 
-def _repack(raw: np.ndarray, kind: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _repack(raw: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GGML blocks (rows, n_blocks * block_bytes) -> MLX affine (weight uint32, scales, biases)."""
-    bits, block_bytes = _KEPT[kind]
+    _, block_bytes = _KEPT[kind]
     rows = raw.shape[0]
     blocks = raw.reshape(rows, -1, block_bytes)
     d = blocks[..., 0:2].copy().view(np.float16)[..., 0]
@@ -212,7 +226,11 @@ def _repack(raw: np.ndarray, kind: str) -> Tuple[np.ndarray, np.ndarray, np.ndar
         v = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
         # MLX: each byte holds values 2m (low nibble) and 2m + 1 (high nibble)
         q = (v[..., 0::2] | (v[..., 1::2] << 4)).astype(np.uint8)
-        bias = blocks[..., 2:4].copy().view(np.float16)[..., 0] if kind == "Q4_1" else d * np.float16(-8)
+        bias = (
+            blocks[..., 2:4].copy().view(np.float16)[..., 0]
+            if kind == "Q4_1"
+            else d * np.float16(-8)
+        )
     weight = np.ascontiguousarray(q.reshape(rows, -1)).view(np.uint32)
     return weight, d, bias
 
@@ -220,16 +238,12 @@ def _repack(raw: np.ndarray, kind: str) -> Tuple[np.ndarray, np.ndarray, np.ndar
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (rows of weight, scales, biases or bias)."""
     rows = w.shape[0]
-    return (
-        w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def load_weights(
     gg: GGUFModel, dtype: str = DEFAULT_DTYPE, unpermute: bool = True
-) -> Tuple[Dict[str, mx.array], Dict[str, Any]]:
+) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """mlx-lm weights of a GGUF model and the config's "quantization" entry (or {})."""
     from gguf import GGMLQuantizationType as T
     from gguf.quants import dequantize
@@ -240,17 +254,22 @@ def load_weights(
     mx_dtype = getattr(mx, dtype)
     permute_heads = {}
     if unpermute and gg.architecture == "llama":
-        permute_heads = {"attn_q": config["num_attention_heads"],
-                         "attn_k": config["num_key_value_heads"]}
+        permute_heads = {
+            "attn_q": config["num_attention_heads"],
+            "attn_k": config["num_key_value_heads"],
+        }
 
-    weights: Dict[str, mx.array] = {}
-    bits_of: Dict[str, int] = {}
+    weights: dict[str, mx.array] = {}
+    bits_of: dict[str, int] = {}
     for name, t in gg.tensors.items():
         key = _mlx_name(name)
         kind = T(t.tensor_type).name
         n_head = permute_heads.get(name.split(".")[2]) if name.startswith("blk.") else None
-        # contiguous copies: MLX keeps numpy strides and strided scales make qmm crawl
-        fix = (lambda a: np.ascontiguousarray(_unpermute(a, n_head) if n_head else a))
+
+        def fix(a: np.ndarray, n_head=n_head) -> np.ndarray:
+            # contiguous copies: MLX keeps numpy strides, and strided scales make qmm crawl
+            return np.ascontiguousarray(_unpermute(a, n_head) if n_head else a)
+
         if kind in _KEPT:
             w, s, b = _repack(np.asarray(t.data), kind)
             module = key.rsplit(".", 1)[0]
@@ -266,7 +285,7 @@ def load_weights(
 
     if config["tie_word_embeddings"]:
         weights.pop("lm_head.weight", None)
-    quantization: Dict[str, Any] = {}
+    quantization: dict[str, Any] = {}
     if bits_of:
         counts = {b: list(bits_of.values()).count(b) for b in set(bits_of.values())}
         default_bits = max(counts, key=counts.get)
@@ -283,15 +302,19 @@ def _pre_tokenizer(pre: str):
     if pre in _GPT2_PRE:
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in _DIGITS_PRE:
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
     if pre in _SPLIT_PRE:
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_SPLIT_PRE[pre]), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_SPLIT_PRE[pre]), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     supported = ", ".join(_GPT2_PRE + _DIGITS_PRE + tuple(_SPLIT_PRE))
     raise ConversionError(
         f"GGUF pre-tokenizer {pre!r} is not supported (supported: {supported}); pass "
@@ -299,7 +322,7 @@ def _pre_tokenizer(pre: str):
     )
 
 
-def _token(meta: Dict[str, Any], tokens: List[str], key: str) -> Optional[str]:
+def _token(meta: dict[str, Any], tokens: list[str], key: str) -> str | None:
     i = meta.get(f"tokenizer.ggml.{key}_token_id")
     return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
 
@@ -340,15 +363,18 @@ def build_tokenizer(gg: GGUFModel):
     byte_level = processors.ByteLevel(trim_offsets=False)
     if add_bos:
         bos_id = vocab[bos]
-        tok.post_processor = processors.Sequence([
-            byte_level,
-            processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                          special_tokens=[(bos, bos_id)]),
-        ])
+        tok.post_processor = processors.Sequence(
+            [
+                byte_level,
+                processors.TemplateProcessing(
+                    single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+                ),
+            ]
+        )
     else:
         tok.post_processor = byte_level
 
-    config: Dict[str, Any] = {
+    config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": add_bos,
         "add_eos_token": False,
@@ -364,7 +390,7 @@ def build_tokenizer(gg: GGUFModel):
     return tok, config
 
 
-def _write_tokenizer(gg: GGUFModel, out: Path, tokenizer_path: Optional[Path]) -> None:
+def _write_tokenizer(gg: GGUFModel, out: Path, tokenizer_path: Path | None) -> None:
     if tokenizer_path is not None:
         tokenizer_path = Path(tokenizer_path)
         if not (tokenizer_path / "tokenizer.json").is_file():
@@ -379,7 +405,7 @@ def _write_tokenizer(gg: GGUFModel, out: Path, tokenizer_path: Optional[Path]) -
         json.dump(config, f, indent=2, ensure_ascii=False)
 
 
-def _save_weights(out: Path, weights: Dict[str, mx.array]) -> None:
+def _save_weights(out: Path, weights: dict[str, mx.array]) -> None:
     from mlx_lm.utils import make_shards
 
     shards = make_shards(weights)
@@ -396,10 +422,10 @@ def _save_weights(out: Path, weights: Dict[str, mx.array]) -> None:
 
 
 def convert_gguf(
-    gguf_path: Union[str, Path],
-    mlx_path: Union[str, Path],
+    gguf_path: str | Path,
+    mlx_path: str | Path,
     dtype: str = DEFAULT_DTYPE,
-    tokenizer_path: Optional[Union[str, Path]] = None,
+    tokenizer_path: str | Path | None = None,
     force: bool = False,
 ) -> Path:
     """Convert a GGUF file into an mlx-lm model folder at ``mlx_path``.
@@ -428,9 +454,9 @@ def convert_gguf(
 
 
 def load_gguf(
-    gguf_path: Union[str, Path],
+    gguf_path: str | Path,
     dtype: str = DEFAULT_DTYPE,
-    tokenizer_path: Optional[Union[str, Path]] = None,
+    tokenizer_path: str | Path | None = None,
 ):
     """Build the mlx-lm model straight from a GGUF, keeping its q/k layout
     (``rope_traditional=True`` for llama). Returns (model, TokenizerWrapper) like mlx_lm.load.
@@ -452,8 +478,9 @@ def load_gguf(
                 return False
             return quantization.get(path, {"group_size": GROUP_SIZE, "bits": quantization["bits"]})
 
-        nn.quantize(model, group_size=GROUP_SIZE, bits=quantization["bits"],
-                    class_predicate=predicate)
+        nn.quantize(
+            model, group_size=GROUP_SIZE, bits=quantization["bits"], class_predicate=predicate
+        )
     model.load_weights(list(weights.items()))
     mx.eval(model.parameters())
     model.eval()

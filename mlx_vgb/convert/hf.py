@@ -2,21 +2,20 @@
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 from .output import ConversionError, atomic_output, check_output
 
 
 def convert_hf(
-    hf_path: Union[str, Path],
-    mlx_path: Union[str, Path],
+    hf_path: str | Path,
+    mlx_path: str | Path,
     quantize: bool = False,
-    q_bits: Optional[int] = None,
-    q_group_size: Optional[int] = None,
+    q_bits: int | None = None,
+    q_group_size: int | None = None,
     q_mode: str = "affine",
-    dtype: Optional[str] = None,
+    dtype: str | None = None,
     dequantize: bool = False,
-    revision: Optional[str] = None,
+    revision: str | None = None,
     trust_remote_code: bool = False,
     force: bool = False,
 ) -> Path:

@@ -4,9 +4,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
 
 
 class ConversionError(ValueError):
@@ -17,7 +17,7 @@ class OutputExistsError(ConversionError):
     """The output folder already exists and replacing it was not asked for."""
 
 
-def check_output(path: Union[str, Path], force: bool) -> Path:
+def check_output(path: str | Path, force: bool) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise OutputExistsError(
@@ -27,7 +27,7 @@ def check_output(path: Union[str, Path], force: bool) -> Path:
 
 
 @contextmanager
-def atomic_output(path: Union[str, Path], force: bool = False) -> Iterator[Path]:
+def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder next to ``path``; on success rename it to ``path``.
 
     A failure leaves nothing behind. Two writers racing for the same ``path`` cannot mix

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
 
 import mlx.core as mx
 
@@ -39,13 +38,20 @@ from .hf import convert_hf
 from .output import ConversionError, check_output
 
 VERIFIER_KINDS = ("value-head", "skywork-prm", "qwen-prm")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "generation_config.json",
+)
 
 
 @dataclass(frozen=True)
 class PRMSpec:
-    head_prefixes: Tuple[str, ...]  # first prefix present in the checkpoint wins
+    head_prefixes: tuple[str, ...]  # first prefix present in the checkpoint wins
     activation: str
     output: str
     step_token: str
@@ -61,14 +67,20 @@ def _natural_key(name: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def mlp_layers(weights: Dict[str, mx.array], prefix: str = "") -> List[Tuple[mx.array, mx.array]]:
+def mlp_layers(weights: dict[str, mx.array], prefix: str = "") -> list[tuple[mx.array, mx.array]]:
     """(weight (out, in), bias (out,)) of the Linear layers under ``prefix``, in index order.
 
     Works for ``prefix.weight`` (one Linear) and ``prefix.{i}.weight`` (nn.Sequential,
     ``layers.{i}``); a missing bias is zero. Consecutive layers must chain.
     """
-    keys = sorted((k for k in weights if k.startswith(prefix) and k.endswith(".weight")
-                   and weights[k].ndim == 2), key=_natural_key)
+    keys = sorted(
+        (
+            k
+            for k in weights
+            if k.startswith(prefix) and k.endswith(".weight") and weights[k].ndim == 2
+        ),
+        key=_natural_key,
+    )
     if not keys:
         raise ConversionError(f"No Linear weights (2-D '*.weight') under {prefix!r}.")
     layers = []
@@ -85,19 +97,24 @@ def mlp_layers(weights: Dict[str, mx.array], prefix: str = "") -> List[Tuple[mx.
     return layers
 
 
-def _head(layers, activation: str, output: str) -> Tuple[HeadConfig, ValueHead]:
+def _head(layers, activation: str, output: str) -> tuple[HeadConfig, ValueHead]:
     dims = [layers[0][0].shape[1]] + [w.shape[0] for w, _ in layers]
     try:
         config = HeadConfig(dims=dims, activation=activation, output=output)
     except VerifierFormatError as e:
         raise ConversionError(str(e)) from e
     head = ValueHead(config)
-    head.load_weights([(f"layers.{i}.{n}", a) for i, (w, b) in enumerate(layers)
-                       for n, a in (("weight", w), ("bias", b))])
+    head.load_weights(
+        [
+            (f"layers.{i}.{n}", a)
+            for i, (w, b) in enumerate(layers)
+            for n, a in (("weight", w), ("bias", b))
+        ]
+    )
     return config, head
 
 
-def _read_checkpoint(src: Path) -> Dict[str, mx.array]:
+def _read_checkpoint(src: Path) -> dict[str, mx.array]:
     files = sorted(src.glob("*.safetensors"))
     if not files:
         raise ConversionError(
@@ -128,8 +145,9 @@ def step_token_id(tokenizer_dir: Path, step_token: str) -> int:
     return int(tid)
 
 
-def _convert_prm(kind: str, src: Path, out: Path, step_token: Optional[str], force: bool,
-                 **convert_kwargs) -> Path:
+def _convert_prm(
+    kind: str, src: Path, out: Path, step_token: str | None, force: bool, **convert_kwargs
+) -> Path:
     spec = PRM_SPECS[kind]
     weights = _read_checkpoint(src)
     prefix = next((p for p in spec.head_prefixes if any(k.startswith(p) for k in weights)), None)
@@ -148,39 +166,55 @@ def _convert_prm(kind: str, src: Path, out: Path, step_token: Optional[str], for
             f"Head input {head_config.dims[0]} does not match the backbone hidden_size {hidden}."
         )
     backbone = {
-        k.removeprefix("pretrained_model."): v for k, v in weights.items()
+        k.removeprefix("pretrained_model."): v
+        for k, v in weights.items()
         if not k.startswith(prefix)
     }
     metadata = {"kind": kind, "source": str(src)}
     hf_config["architectures"] = [f"{hf_config.get('model_type', '').capitalize()}ForCausalLM"]
     if "lm_head.weight" not in backbone and not hf_config.get("tie_word_embeddings", False):
         hf_config["tie_word_embeddings"] = True
-        metadata["backbone_logits"] = "meaningless: no LM head, embeddings tied to let mlx-lm load it"
+        metadata["backbone_logits"] = (
+            "meaningless: no LM head, embeddings tied to let mlx-lm load it"
+        )
     hf_config.pop("auto_map", None)
 
     step = step_token if step_token is not None else spec.step_token
     config = VerifierConfig(
-        head=head_config, backbone=DEFAULT_BACKBONE_DIR, read_at="step_token",
-        step_token=step, step_token_id=step_token_id(src, step), metadata=metadata,
+        head=head_config,
+        backbone=DEFAULT_BACKBONE_DIR,
+        read_at="step_token",
+        step_token=step,
+        step_token_id=step_token_id(src, step),
+        metadata=metadata,
     )
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         stripped = Path(tmp) / "hf"
         stripped.mkdir()
-        mx.save_safetensors(str(stripped / "model.safetensors"), backbone,
-                            metadata={"format": "pt"})
+        mx.save_safetensors(
+            str(stripped / "model.safetensors"), backbone, metadata={"format": "pt"}
+        )
         with open(stripped / "config.json", "w") as f:
             json.dump(hf_config, f, indent=2)
         for name in TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copy(src / name, stripped / name)
         mlx_backbone = convert_hf(stripped, Path(tmp) / "backbone", **convert_kwargs)
-        return save_verifier(out, config, head, backbone_src=mlx_backbone, force=force,
-                             move_backbone=True)
+        return save_verifier(
+            out, config, head, backbone_src=mlx_backbone, force=force, move_backbone=True
+        )
 
 
-def _convert_value_head(src: Path, out: Path, backbone_path: Optional[Path],
-                        step_token: Optional[str], activation: str, output: str, pooling: str,
-                        force: bool) -> Path:
+def _convert_value_head(
+    src: Path,
+    out: Path,
+    backbone_path: Path | None,
+    step_token: str | None,
+    activation: str,
+    output: str,
+    pooling: str,
+    force: bool,
+) -> Path:
     if src.is_dir() and (src / "verifier_config.json").is_file():
         config, head, backbone = load_verifier(src)  # validate and copy
         return save_verifier(out, config, head, backbone_src=backbone, force=force)
@@ -204,26 +238,30 @@ def _convert_value_head(src: Path, out: Path, backbone_path: Optional[Path],
         if step_token is not None:
             token_id = step_token_id(Path(backbone_path), step_token)
     config = VerifierConfig(
-        head=head_config, backbone=backbone, pooling=pooling,
+        head=head_config,
+        backbone=backbone,
+        pooling=pooling,
         read_at="step_token" if step_token is not None else "every_token",
-        step_token=step_token, step_token_id=token_id, metadata=metadata,
+        step_token=step_token,
+        step_token_id=token_id,
+        metadata=metadata,
     )
     return save_verifier(out, config, head, backbone_src=backbone_path, force=force)
 
 
 def convert_verifier(
     kind: str,
-    src: Union[str, Path],
-    mlx_path: Union[str, Path],
-    step_token: Optional[str] = None,
-    backbone_path: Optional[Union[str, Path]] = None,
+    src: str | Path,
+    mlx_path: str | Path,
+    step_token: str | None = None,
+    backbone_path: str | Path | None = None,
     activation: str = "relu",
     output: str = "sigmoid",
     pooling: str = "last",
     quantize: bool = False,
-    q_bits: Optional[int] = None,
-    q_group_size: Optional[int] = None,
-    dtype: Optional[str] = None,
+    q_bits: int | None = None,
+    q_group_size: int | None = None,
+    dtype: str | None = None,
     force: bool = False,
 ) -> Path:
     """Convert a verifier checkpoint into an mlx-vgb verifier folder at ``mlx_path``.
@@ -240,10 +278,27 @@ def convert_verifier(
             f"Verifier kind {kind!r} is not supported; use one of {', '.join(VERIFIER_KINDS)}."
         )
     if kind == "value-head":
-        return _convert_value_head(src, out, Path(backbone_path) if backbone_path else None,
-                                   step_token, activation, output, pooling, force)
+        return _convert_value_head(
+            src,
+            out,
+            Path(backbone_path) if backbone_path else None,
+            step_token,
+            activation,
+            output,
+            pooling,
+            force,
+        )
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src} is not a Hugging Face model folder (no config.json).")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return _convert_prm(kind, src, out, step_token, force, quantize=quantize, q_bits=q_bits,
-                        q_group_size=q_group_size, dtype=dtype)
+    return _convert_prm(
+        kind,
+        src,
+        out,
+        step_token,
+        force,
+        quantize=quantize,
+        q_bits=q_bits,
+        q_group_size=q_group_size,
+        dtype=dtype,
+    )
