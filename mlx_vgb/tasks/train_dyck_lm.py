@@ -1,11 +1,16 @@
 """Train the shipped Dyck LM from scratch in MLX: a tiny llama (mlx-lm's own model class) on
 Botta et al.'s Dyck strings (type probabilities 0.2 / 0.8, length 32, depth <= 12).
 
-Regenerate the shipped folder (about 10 minutes on 2 CPU cores)::
+Regenerate the shipped LM and its value head (about 15 minutes on 2 CPU cores)::
 
-    python -m mlx_vgb.tasks.train_dyck_lm --out mlx_vgb/assets/dyck/lm
+    python -m mlx_vgb.tasks.train_dyck_lm
 
-The folder is a normal mlx-lm model folder: ``mlx_lm.load("mlx_vgb/assets/dyck/lm")`` works.
+``--stage lm`` trains the LM only; ``--stage verifier`` trains the value head of an existing
+LM: it writes ``--verifier-prompts`` out-of-distribution prompts (seed ``--verifier-seed``,
+never the benchmark's) and runs ``mlx-vgb train-verifier`` on them with the built-in ``dyck``
+reward (rollouts and metrics in ``--work-dir``; a re-run resumes the rollouts).
+
+The LM folder is a normal mlx-lm model folder: ``mlx_lm.load("mlx_vgb/assets/dyck/lm")`` works.
 Data are fresh strings every step (no epochs), drawn from ``numpy.random.default_rng(seed)``;
 initialization uses ``mx.random.seed(seed)``: the same seed gives the same weights.
 """
@@ -31,12 +36,17 @@ DEFAULT_OUT = "mlx_vgb/assets/dyck/lm"
 DEFAULT_HIDDEN = 64
 DEFAULT_LAYERS = 2
 DEFAULT_HEADS = 4
-DEFAULT_INTERMEDIATE = 256
-DEFAULT_STEPS = 1000
+DEFAULT_INTERMEDIATE = 128
+DEFAULT_STEPS = 800
 DEFAULT_BATCH = 64
 DEFAULT_LR = 3e-3
 DEFAULT_WARMUP = 50
 DEFAULT_SEED = 0
+DEFAULT_VERIFIER_OUT = "mlx_vgb/assets/dyck/verifier"
+DEFAULT_WORK_DIR = "results/tmp/dyck-verifier-work"
+DEFAULT_VERIFIER_PROMPTS = 1200
+DEFAULT_VERIFIER_ROLLOUTS = 8
+DEFAULT_VERIFIER_SEED = 1
 
 
 def model_args(hidden: int = DEFAULT_HIDDEN, layers: int = DEFAULT_LAYERS, heads: int = DEFAULT_HEADS,
@@ -126,17 +136,45 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=DEFAULT_HEADS)
     p.add_argument("--intermediate-size", type=int, default=DEFAULT_INTERMEDIATE)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--stage", choices=("all", "lm", "verifier"), default="all")
+    p.add_argument("--verifier-out", default=DEFAULT_VERIFIER_OUT)
+    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="rollouts and metrics")
+    p.add_argument("--verifier-prompts", type=int, default=DEFAULT_VERIFIER_PROMPTS)
+    p.add_argument("--verifier-rollouts", type=int, default=DEFAULT_VERIFIER_ROLLOUTS)
+    p.add_argument("--verifier-seed", type=int, default=DEFAULT_VERIFIER_SEED)
     return p
+
+
+def train_verifier_stage(a: argparse.Namespace) -> dict:
+    from ..train_verifier import setup_arg_parser as tv_parser
+    from ..train_verifier import train_verifier
+
+    work = Path(a.work_dir)
+    prompts = dyck.write_prompts(work / "prompts.jsonl", dyck.make_prompts(
+        a.verifier_prompts, a.verifier_seed, dyck.OOD_TYPE_PROBS, id_prefix="train"))
+    tv = tv_parser().parse_args([
+        "--model", a.out, "--prompts", str(prompts), "--reward", "dyck",
+        "--out", a.verifier_out, "--work-dir", str(work), "--num-rollouts",
+        str(a.verifier_rollouts), "--seed", str(a.verifier_seed), "--force"])
+    return train_verifier(tv)
 
 
 def main(argv=None) -> None:
     a = setup_arg_parser().parse_args(argv)
+    if a.stage in ("all", "lm"):
+        train_lm_stage(a)
+    if a.stage in ("all", "verifier"):
+        train_verifier_stage(a)
+
+
+def train_lm_stage(a: argparse.Namespace) -> None:
     args = model_args(a.hidden_size, a.layers, a.heads, a.intermediate_size)
     t0 = time.perf_counter()
     model, losses = train_lm(args, steps=a.steps, batch=a.batch_size, lr=a.lr, warmup=a.warmup,
                              seed=a.seed)
     meta = {"command": "python -m mlx_vgb.tasks.train_dyck_lm " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()),
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if "verifier" not in k
+        and k not in ("stage", "work_dir")) + " --stage lm",
         "final_loss": float(np.mean(losses[-50:])), "train_s": time.perf_counter() - t0,
         "data": {"type_probs": dyck.TRAIN_TYPE_PROBS, "length": dyck.LENGTH,
                  "max_depth": dyck.MAX_DEPTH}}
