@@ -88,3 +88,35 @@ def test_page_runs_a_walk_and_shows_it(app_url, tmp_path):
             assert path.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_screenshots_of_the_real_app():
+    """The README's screenshots: the app on SmolLM2 (MLX_VGB_APP_MODEL: a model folder, default
+    the embedded one), letter avoidance, VGB beside ActionLevelRS; saved in docs/img/."""
+    out = Path(__file__).resolve().parent.parent / "docs" / "img"
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = launch_app_process(os.environ.get("MLX_VGB_APP_MODEL"), port)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(url, 600, proc)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                         args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+            page.wait_for_selector("#run", timeout=120_000)
+            page.locator("#compare input[type=checkbox]").check()
+            page.locator("#run").click()
+            page.wait_for_selector("#walk-0 del.vgb-erased", timeout=300_000)
+            page.screenshot(path=str(out / "app-smollm2-running.png"), full_page=True)
+            page.wait_for_function(
+                "() => /done|⚠/.test(document.querySelector('#status').innerText)",
+                timeout=600_000)
+            assert "done" in page.locator("#status").inner_text()
+            page.screenshot(path=str(out / "app-smollm2-compare.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

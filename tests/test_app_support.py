@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -70,7 +71,9 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None =
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the app exited with code {proc.returncode} before serving")
+            tail = Path(proc.log_path).read_text()[-3000:] if hasattr(proc, "log_path") else ""
+            raise RuntimeError(f"the app exited with code {proc.returncode} before serving:\n"
+                               f"{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -80,12 +83,18 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None =
     raise TimeoutError(f"nothing served at {url} after {timeout_s:.0f} s")
 
 
-def launch_app_process(model_dir: Path, port: int, *extra: str) -> subprocess.Popen:
-    """``mlx-vgb app --model DIR --port PORT`` in a subprocess (the real CLI path)."""
+def launch_app_process(model_dir: Path | str | None, port: int, *extra: str
+                       ) -> subprocess.Popen:
+    """``mlx-vgb app --model DIR --port PORT`` in a subprocess (the real CLI path); no
+    ``--model`` (the embedded default) when ``model_dir`` is None."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen(
-        [sys.executable, "-m", "mlx_vgb.cli", "app", "--model", str(model_dir),
-         "--port", str(port), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tempfile.NamedTemporaryFile("w+", prefix="mlx-vgb-app-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_vgb.cli", "app",
+         *([] if model_dir is None else ["--model", str(model_dir)]), "--port", str(port),
+         *extra],
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log.name  # read it when something fails; a pipe could fill and block the app
+    return proc

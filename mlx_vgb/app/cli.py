@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
     from ..errors import VGBError
     from .ui import build_app
 

@@ -243,6 +243,7 @@ CSS = """
   line-height: 1.5; min-height: 4em; padding: 8px; border: 1px solid #ddd; border-radius: 6px; }
 .vgb-erased { color: #c0392b; text-decoration: line-through; opacity: 0.75;
   background: #fdecea; }
+.vgb-panel-title { font-weight: 600; font-size: 16px; }
 .vgb-cursor { color: #2f6fde; }
 .vgb-empty { color: #999; }
 .vgb-drop { fill: #c0392b; }

@@ -177,7 +177,7 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                     panels = []
                     for i, title in enumerate(("VGB", "Baseline")):
                         with gr.Column(visible=(i == 0)) as col:
-                            gr.Markdown(f"#### {title}")
+                            gr.HTML(f'<div class="vgb-panel-title">{title}</div>')
                             live = gr.HTML(label="Walk", elem_id=f"walk-{i}")
                             plot = gr.HTML(elem_id=f"depth-{i}")
                             stats = gr.HTML(elem_id=f"stats-{i}")
