@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_app_support import free_port, launch_app_process, save_tiny_model_folder, wait_http
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -45,7 +45,7 @@ def kept(view):
 
 
 def struck(html_text):
-    return re.findall(r"<del[^>]*>(.*?)</del>", html_text, re.S)
+    return re.findall(r"<del[^>]*>(.*?)</del>", html_text, re.DOTALL)
 
 
 def test_backtrack_strikes_the_erased_span_and_keeps_the_clean_text():

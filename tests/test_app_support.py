@@ -28,9 +28,8 @@ def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
     random llama with a character-level tokenizer; ``mlx_lm.load`` reads it."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     from tiny_models import tiny_llama
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import inspect
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 DEFAULT_HOST = "127.0.0.1"
 LAN_HOST = "0.0.0.0"

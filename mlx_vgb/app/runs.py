@@ -15,8 +15,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from ..errors import ConfigError, VGBError
 from .render import WalkView
