@@ -1,7 +1,8 @@
 """Value targets from Monte Carlo rollouts, and an MLP value head trained on them in MLX.
 
 Targets: every rollout of prompt x gives its outcome r to each action boundary it passes: the
-prefixes x.y_1..t for t = 0, L, 2L, ... < |y| (L = block length; 1 = every token). Rollouts that
+prefixes x.y_1..t for t = 0, L, 2L, ... < |y| (L = block length; 1 = every token), and the
+complete response x.y itself. Rollouts that
 share a prefix are pooled, so a prefix's target is the Monte Carlo estimate of
 V*(prefix) = E_{pi_ref}[tau | prefix], weighted by its number of rollouts.
 
@@ -60,8 +61,11 @@ class ValueTargets:
                             self.source[idx], [self.prompt_ids[i] for i in idx])
 
 
-def value_targets(rollouts: Sequence[Rollout], block: int = 1) -> ValueTargets:
-    """Pool outcomes over the internal action boundaries every rollout passes."""
+def value_targets(rollouts: Sequence[Rollout], block: int = 1,
+                  include_leaves: bool = True) -> ValueTargets:
+    """Pool outcomes over the internal action boundaries every rollout passes; with
+    ``include_leaves`` also the complete response (target: its own outcome), so the head can
+    stand in for tau where no exact outcome check is available at sampling time."""
     if block < 1:
         raise ConfigError(f"block length must be >= 1, got {block}")
     index: dict[tuple[int, ...], int] = {}
@@ -73,7 +77,10 @@ def value_targets(rollouts: Sequence[Rollout], block: int = 1) -> ValueTargets:
                 "outcomes in [0, 1] (a success probability); rescale the reward")
         full = tuple(r.prompt_ids) + tuple(r.completion_ids)
         P = len(r.prompt_ids)
-        for t in range(0, len(r.completion_ids), block):
+        ts = list(range(0, len(r.completion_ids), block))
+        if include_leaves and r.completion_ids:
+            ts.append(len(r.completion_ids))
+        for t in ts:
             key = full[: P + t]
             i = index.get(key)
             if i is None:

@@ -127,15 +127,18 @@ def roll(pid, k, prompt, completion, reward):
 def test_value_targets_pool_outcomes_over_shared_prefixes():
     rs = [roll("a", 0, [9], [1, 2, 5], 1.0), roll("a", 1, [9], [1, 3, 5], 0.0),
           roll("b", 0, [8], [1, 5], 1.0)]
-    t = value_targets(rs)
+    t = value_targets(rs, include_leaves=False)
     got = {p: (s, c) for p, s, c in zip(t.prefixes, t.successes, t.counts)}
     assert got == {(9,): (1, 2), (9, 1): (1, 2), (9, 1, 2): (1, 1), (9, 1, 3): (0, 1),
                    (8,): (1, 1), (8, 1): (1, 1)}
     # the hidden state of a prefix is read at its last token
     i = t.prefixes.index((9, 1, 3))
     assert tuple(t.source[i]) == (1, 2)
-    t2 = value_targets(rs, block=2)
+    t2 = value_targets(rs, block=2, include_leaves=False)
     assert set(t2.prefixes) == {(9,), (9, 1, 2), (9, 1, 3), (8,)}
+    t3 = value_targets(rs)  # leaves too, with their own outcome
+    leaves = {p: s for p, s in zip(t3.prefixes, t3.successes) if len(p) == 4 or p == (8, 1, 5)}
+    assert leaves == {(9, 1, 2, 5): 1.0, (9, 1, 3, 5): 0.0, (8, 1, 5): 1.0}
     with pytest.raises(ConfigError):
         value_targets([roll("a", 0, [1], [2], 3.0)])
 
@@ -152,7 +155,7 @@ def test_weighted_auc_matches_pairwise_count():
 
 def test_metrics_and_calibration():
     rs = [roll("a", k, [1], [2], float(k % 2)) for k in range(4)]
-    t = value_targets(rs)
+    t = value_targets(rs, include_leaves=False)
     m = evaluate(np.array([0.5]), t)
     assert m.brier == pytest.approx(0.25) and m.mse_mc == pytest.approx(0.0)
     assert m.auc == pytest.approx(0.5) and m.base_rate == 0.5

@@ -35,8 +35,8 @@ from .report import Report, atomic_write, markdown_table
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "dyck"
 DEFAULT_LM = ASSETS / "lm"
 DEFAULT_VERIFIER = ASSETS / "verifier"
-DEFAULT_PROMPTS = 32
-DEFAULT_BUDGET = 1024
+DEFAULT_PROMPTS = 12
+DEFAULT_BUDGET = 512
 EVAL_SEED = 20_251_003  # eval prompts; the head's training prompts use other seeds
 BLOCK_LENGTHS = (1, 2, 4, 8, 16)
 BLOCK_N = (2, 4, 8, 16, 32)
@@ -162,10 +162,15 @@ class _PathCache(KVCache):
 
 
 class MemoValueVerifier(BaseVerifier):
-    """V^ from ``MemoTreeLM``'s value head; tau from ``tilt(prompt, response)``."""
+    """V^ from ``MemoTreeLM``'s value head. At leaves: ``leaf="exact"`` uses
+    ``tilt(prompt, response)`` (the outcome check), ``leaf="head"`` the head's value of the
+    complete response (a learned verifier everywhere; the outcome check only scores)."""
 
-    def __init__(self, lm: MemoTreeLM, tilt: Callable[[tuple[int, ...], tuple[int, ...]], float]):
-        self.lm, self._tilt = lm, tilt
+    def __init__(self, lm: MemoTreeLM, tilt: Callable[[tuple[int, ...], tuple[int, ...]], float],
+                 leaf: str = "exact"):
+        if leaf not in ("exact", "head"):
+            raise ValueError(f"leaf must be 'exact' or 'head', got {leaf!r}")
+        self.lm, self._tilt, self.leaf = lm, tilt, leaf
         self.bound = 1.0
         self._prompt: tuple[int, ...] = ()
 
@@ -176,6 +181,8 @@ class MemoValueVerifier(BaseVerifier):
         return self.lm.values(prefixes)
 
     def tilt(self, responses):
+        if self.leaf == "head":
+            return self.lm.values(responses)
         return np.array([self._tilt(self._prompt, tuple(r)) for r in responses], dtype=np.float64)
 
 
@@ -253,10 +260,18 @@ def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: MemoValueVerifier,
             break
         used += cost
         samples += 1
-        if r.tilt:
+        if dyck_tilt(tuple(prompt), r.tokens):
             valid += 1
             good.add(r.tokens)
     return PromptOutcome(samples, valid, len(good), used, runs)
+
+
+def _dominance(r: dict, others: list[dict]) -> str:
+    by = [b["method"] for b in others if b["distinct_correct"] >= r["distinct_correct"]
+          and b["accuracy"] >= r["accuracy"]]
+    if not by:
+        return "not dominated"
+    return f"dominated by {by[0]}" + (f" (+{len(by) - 1} more)" if len(by) > 1 else "")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -276,6 +291,10 @@ def add_args(p) -> None:
                    help=f"number of OOD prompts (default {DEFAULT_PROMPTS}; quick 6)")
     p.add_argument("--budget", type=int, default=None,
                    help=f"forward tokens per prompt and method (default {DEFAULT_BUDGET}; quick 256)")
+    p.add_argument("--leaf", choices=("head", "exact"), default="head",
+                   help="value at complete responses: the learned head (default; the outcome "
+                        "check only scores) or the exact outcome check (then every sampler that "
+                        "weighs leaves by it is correct by construction)")
 
 
 def lm_alone_accuracy(model, prompts: list[dict], n: int, seed: int) -> float:
@@ -326,7 +345,7 @@ def run(args) -> None:
     prompts = dyck.make_prompts(n_prompts, EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS,
                                 id_prefix="eval")
     lm = MemoTreeLM(model, head, [dyck.EOS])
-    ver = MemoValueVerifier(lm, dyck_tilt)
+    ver = MemoValueVerifier(lm, dyck_tilt, leaf=args.leaf)
     ms = methods(quick)
 
     n_alone = 8 if quick else 32
@@ -356,21 +375,18 @@ def run(args) -> None:
             "tokens_per_sample": (sum(o.cost for o in outs) / S) if S else None,
         })
 
-    pts = [(r["distinct_correct"], r["accuracy"]) for r in rows
-           if r["family"] != "vgb" and r["accuracy"] is not None]
     base_rows = [r for r in rows if r["family"] != "vgb" and r["accuracy"] is not None]
-    front = [base_rows[i] for i in pareto_front(pts)]
+    front = [base_rows[i] for i in pareto_front(
+        [(r["distinct_correct"], r["accuracy"]) for r in base_rows])]
     for r in rows:
         if r["family"] == "vgb" and r["accuracy"] is not None:
-            by = [b["method"] for b in base_rows if b["distinct_correct"] >= r["distinct_correct"]
-                  and b["accuracy"] >= r["accuracy"]]
-            r["vs_front"] = f"dominated by {by[0]}" + (f" (+{len(by) - 1})" if len(by) > 1 else "") \
-                if by else "not dominated"
+            r["vs_front"] = _dominance(r, base_rows)
+            r["vs_block_front"] = _dominance(r, [b for b in base_rows if b["family"].startswith("block")])
     out = Path(args.out)
     rep = Report(task="dyck", command=args.command, config={
         "lm": args.lm, "verifier": args.verifier, "prompts": n_prompts, "budget": budget,
         "eval_prompt_seed": EVAL_SEED + args.seed, "type_probs_prompts": dyck.OOD_TYPE_PROBS,
-        "quick": quick})
+        "leaf_value": args.leaf, "quick": quick})
     rep.rows = rows
     rep.summary = {"lm_alone_ood_accuracy": alone, "lm_alone_samples_per_prompt": n_alone,
                    "head_auc_fresh_ood": head_m.auc, "head_brier_fresh_ood": head_m.brier,
@@ -381,13 +397,16 @@ def run(args) -> None:
         f"**{alone:.3f}**\n"
         f"- value head on fresh OOD rollouts: AUC **{head_m.auc:.3f}**, Brier "
         f"{head_m.brier:.4f} ({head_m.n_prefixes} prefixes)\n"
-        f"- budget: {budget} forward tokens per prompt and method\n"
+        f"- budget: {budget} forward tokens per prompt and method; value at leaves: "
+        f"{'the learned head (the validity check only scores)' if args.leaf == 'head' else 'the exact validity check'}\n"
         f"- baselines' Pareto front (distinct correct, accuracy): "
         + ", ".join(f"{f['method']} ({f['distinct_correct']:.1f}, {f['accuracy']:.3f})"
                     for f in front)))
-    cols = ["method", "accuracy", "distinct_correct", "samples", "tokens_per_sample", "vs_front"]
+    cols = ["method", "accuracy", "distinct_correct", "samples", "tokens_per_sample",
+            "vs_block_front", "vs_front"]
     heads = {"distinct_correct": "distinct correct / prompt", "samples": "samples / prompt",
-             "tokens_per_sample": "forward tokens / sample", "vs_front": "VGB vs baselines' front"}
+             "tokens_per_sample": "forward tokens / sample",
+             "vs_block_front": "VGB vs Block BoN / RS", "vs_front": "VGB vs all baselines"}
     rep.add_section("Accuracy and diversity at matched budget", markdown_table(rows, cols, heads))
     rep.add_section("Value head calibration (fresh OOD rollouts)", head_m.calibration_table())
     plot_pareto(out / "accuracy_vs_diversity.png", rows, front, budget)
