@@ -1,0 +1,287 @@
+"""Cost of VGB: forward passes and wall time per output token against plain mlx_lm generation of
+the same model in the same run; peak memory; Python overhead per walk step; how the cost grows
+with the horizon H, the number of candidates K and the drift lambda (and what lambda does to
+quality).
+
+Part A (SmolLM2, one process, same prompt, ratios only): ``mlx_lm.stream_generate`` (plain),
+our ``Plain`` sampler, and VGB with a value head on the generator (V^ from the same forward as
+pi_ref) or with a separate verifier (a second copy of the model with its own KV cache and a value
+head: one extra forward per valued prefix). The value heads are randomly initialised MLPs: cost
+does not depend on the weights, and a random head makes the walk wander (drift lambda keeps it
+moving down), so the numbers are a cost measurement, not a quality one.
+
+Part B (ABC toy of ``bench abc``, value learned from N = 1000 samples, no model cost): walk steps
+per output token vs H, K (``Candidates(K)``) and lambda, and the exact KL(pi* || output law) of
+the practical walk at each lambda (closed form, see ``bench abc``). The Python overhead per walk
+step is measured here, where the model costs nothing, and compared with one model forward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import VGB, ActionLevelRS, Candidates, Enumerate, Plain, toy
+from ..protocols import BaseVerifier
+from .abc import MonteCarloValue, make_lm, no_aa, vgb_law
+from .report import Report, markdown_table, plot_lines
+
+PROMPT = "Write a one-sentence story about a cat."
+FULL = dict(horizon=24, candidates=4, drift=0.5, repeats=3, toy_horizons=[6, 8, 10],
+            toy_ks=[2, 4, 8], toy_drifts=[1.0, 0.8, 0.6, 0.4, 0.2], toy_samples=150)
+QUICK = dict(horizon=8, candidates=2, drift=0.5, repeats=1, toy_horizons=[6, 8],
+             toy_ks=[2, 8], toy_drifts=[1.0, 0.5], toy_samples=10)
+
+
+def add_args(p) -> None:
+    p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
+    p.add_argument("--horizon", type=int, default=None)
+    p.add_argument("--candidates", type=int, default=None)
+    p.add_argument("--drift", type=float, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--toy-samples", type=int, default=None)
+
+
+class SeparateHeadVerifier(BaseVerifier):
+    """A verifier with its own copy of the backbone and KV cache: V^ costs its own forward."""
+
+    def __init__(self, lm):
+        self.lm = lm
+
+    def begin(self, prompt):
+        self.lm.begin(prompt)
+
+    def value(self, prefixes):
+        return np.clip(self.lm.values(prefixes), 1e-6, None)
+
+    def tilt(self, responses):
+        return self.value(responses)
+
+
+def _random_head(hidden: int, seed: int):
+    import mlx.core as mx
+
+    from ..verifier_format import HeadConfig, ValueHead
+
+    mx.random.seed(seed)
+    head = ValueHead(HeadConfig(dims=[hidden, 64, 1]))
+    mx.eval(head.parameters())
+    return head
+
+
+def _peak_reset():
+    import mlx.core as mx
+
+    try:
+        mx.reset_peak_memory()
+    except AttributeError:  # pragma: no cover - older mlx
+        mx.metal.reset_peak_memory()
+
+
+def _peak_mb() -> float:
+    import mlx.core as mx
+
+    try:
+        return mx.get_peak_memory() / 2**20
+    except AttributeError:  # pragma: no cover
+        return mx.metal.get_peak_memory() / 2**20
+
+
+@dataclass
+class ModelRow:
+    method: str
+    repeat: int
+    out_tokens: int
+    forward_tokens: int  # generator positions computed (prompt excluded)
+    verifier_forward_tokens: int  # separate verifier positions
+    steps: int
+    wall_s: float
+    peak_mb: float
+
+
+def part_a(args, cfg) -> list[ModelRow]:
+    import mlx_lm
+    from mlx_lm.sample_utils import make_sampler as lm_sampler
+
+    from ..generate import encode_prompt, load
+    from ..lm import MLXLanguageModel
+
+    model, tok = load(args.model)
+    prompt = encode_prompt(tok, PROMPT)
+    H, K, lam = cfg["horizon"], cfg["candidates"], cfg["drift"]
+    hidden = model.args.hidden_size
+    gen = MLXLanguageModel(model, tok)
+    gen_head = MLXLanguageModel(model, tok, value_head=_random_head(hidden, 1))
+    ver_lm = MLXLanguageModel(model, tok, value_head=_random_head(hidden, 2))
+    from ..model_verifier import GeneratorHeadVerifier
+
+    head_ver = GeneratorHeadVerifier(gen_head)
+    sep_ver = SeparateHeadVerifier(ver_lm)
+    rows: list[ModelRow] = []
+    # warm-up: compile kernels once for every path
+    list(mlx_lm.stream_generate(model, tok, prompt, max_tokens=4, sampler=lm_sampler(temp=1.0)))
+    Plain(horizon=4).sample(gen, None, prompt=prompt, seed=0)
+    VGB(horizon=4, choice=Candidates(K), drift=lam).sample(gen_head, head_ver, prompt=prompt)
+    for r in range(cfg["repeats"]):
+        seed = 1000 * args.seed + r
+        import mlx.core as mx
+
+        mx.random.seed(seed)
+        _peak_reset()
+        t0 = time.perf_counter()
+        n = 0
+        for resp in mlx_lm.stream_generate(model, tok, prompt, max_tokens=H,
+                                           sampler=lm_sampler(temp=1.0)):
+            n += 1
+        rows.append(ModelRow("mlx_lm plain", r, n, n, 0, n, time.perf_counter() - t0, _peak_mb()))
+        for method, sampler, lm, ver in (
+            ("plain (ours)", Plain(horizon=H), gen, None),
+            ("action-rs, head on generator", ActionLevelRS(horizon=H, choice=Candidates(K)),
+             gen_head, head_ver),
+            ("vgb, head on generator", VGB(horizon=H, choice=Candidates(K), drift=lam),
+             gen_head, head_ver),
+            ("vgb, separate verifier", VGB(horizon=H, choice=Candidates(K), drift=lam),
+             gen, sep_ver),
+        ):
+            _peak_reset()
+            t0 = time.perf_counter()
+            res = sampler.sample(lm, ver, prompt=prompt, seed=seed)
+            wall = time.perf_counter() - t0
+            rows.append(ModelRow(
+                method, r, len(res.tokens), lm.forward_tokens,
+                ver_lm.forward_tokens if ver is sep_ver else 0, res.stats.steps, wall,
+                _peak_mb()))
+        print(f"[perf] model repeat {r} done", flush=True)
+    return rows
+
+
+@dataclass
+class ToyRow:
+    sweep: str
+    horizon: int
+    candidates: int | None
+    drift: float
+    steps_per_token: float
+    verifier_evals_per_token: float
+    kl_exact: float | None
+    us_per_step: float
+
+
+def part_b(args, cfg) -> list[ToyRow]:
+    lm = make_lm("uniform", 0)
+    rows: list[ToyRow] = []
+    n = cfg["toy_samples"]
+
+    def measure(sweep, H, vhat, choice, lam, kl):
+        s = VGB(horizon=H, choice=choice, drift=lam)
+        t0 = time.perf_counter()
+        res = [s.sample(lm, vhat, seed=10_000 * args.seed + i) for i in range(n)]
+        wall = time.perf_counter() - t0
+        steps = sum(r.stats.steps for r in res)
+        rows.append(ToyRow(sweep, H, getattr(choice, "k", None), lam, steps / (n * H),
+                           sum(r.stats.verifier_evals for r in res) / (n * H), kl,
+                           1e6 * wall / max(1, steps)))
+
+    for H in cfg["toy_horizons"]:
+        vhat = MonteCarloValue(lm, no_aa, H, 1000, seed=H + 17 * args.seed)
+        pi_star = toy.target(lm, no_aa, H)
+        for lam in cfg["toy_drifts"]:
+            kl = toy.kl(pi_star, vgb_law(lm, vhat, H, drift=lam))
+            measure("drift", H, vhat, Enumerate(), lam, kl)
+        for k in cfg["toy_ks"]:
+            measure("candidates", H, vhat, Candidates(k), 1.0, None)
+        print(f"[perf] toy H={H} done", flush=True)
+    return rows
+
+
+def run(args) -> None:
+    cfg = dict(QUICK if args.quick else FULL)
+    for k in ("horizon", "candidates", "drift", "repeats", "toy_samples"):
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
+    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", prompt=PROMPT,
+               value_heads="random MLP [hidden, 64, 1] (cost only)")
+    toy_rows = part_b(args, cfg)
+    model_rows = part_a(args, cfg)
+    write(args, cfg, model_rows, toy_rows)
+
+
+def write(args, cfg, model_rows: list[ModelRow], toy_rows: list[ToyRow]) -> None:
+    out = Path(args.out)
+    rep = Report(task="perf", command=args.command, config=cfg)
+    rep.rows = [asdict(r) for r in model_rows] + [asdict(r) for r in toy_rows]
+    methods = list(dict.fromkeys(r.method for r in model_rows))
+
+    def per_tok(rs, f):
+        return sum(f(r) for r in rs) / max(1, sum(r.out_tokens for r in rs))
+
+    base = per_tok([r for r in model_rows if r.method == "mlx_lm plain"], lambda r: r.wall_s)
+    table = []
+    for m in methods:
+        rs = [r for r in model_rows if r.method == m]
+        table.append({
+            "method": m, "responses": len(rs), "out tokens": sum(r.out_tokens for r in rs),
+            "generator fwd / out tok": per_tok(rs, lambda r: r.forward_tokens),
+            "verifier fwd / out tok": per_tok(rs, lambda r: r.verifier_forward_tokens),
+            "steps / out tok": per_tok(rs, lambda r: r.steps),
+            "wall / out tok vs mlx_lm": per_tok(rs, lambda r: r.wall_s) / max(base, 1e-12),
+            "peak memory vs mlx_lm": (max(r.peak_mb for r in rs)
+                                      / max(max(x.peak_mb for x in model_rows
+                                                if x.method == "mlx_lm plain"), 1e-9)),
+        })
+    # Python overhead per walk step (toy, model free) vs one model forward token (plain, ours)
+    us_step = float(np.median([r.us_per_step for r in toy_rows]))
+    plain = [r for r in model_rows if r.method == "plain (ours)"]
+    fwd_s = sum(r.wall_s for r in plain) / max(1, sum(r.forward_tokens for r in plain))
+    overhead = us_step * 1e-6 / max(fwd_s, 1e-12)
+    rep.summary = {"model": {t["method"]: {k: v for k, v in t.items() if k != "method"}
+                             for t in table},
+                   "python_overhead_per_step_over_model_forward": overhead}
+    rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
+    rep.add_section(
+        "Part A: SmolLM2, per output token, relative to mlx_lm in the same run",
+        markdown_table(table) + f"\nH = {cfg['horizon']}, K = {cfg['candidates']}, "
+        f"lambda = {cfg['drift']} for the walks; {cfg['repeats']} response(s) per method. "
+        "Peak memory is MLX's peak allocation during the response (CPU backend here).")
+    rep.add_section(
+        "Python overhead per walk step",
+        f"Median {us_step:.0f} us per walk step on the toy (no model cost: prefix store, "
+        f"sampling, bookkeeping), which is {overhead:.3g} x one model forward of one token here.")
+    tb = [asdict(r) for r in toy_rows]
+    rep.add_section("Part B: toy, cost vs H and lambda (Enumerate) and quality at each lambda",
+                    markdown_table([r for r in tb if r["sweep"] == "drift"],
+                                   ["horizon", "drift", "steps_per_token",
+                                    "verifier_evals_per_token", "kl_exact"], digits=4)
+                    + "\nkl_exact: exact KL(pi* || law of the practical walk's first leaf) with "
+                    "the learned V^ (N = 1000).")
+    rep.add_section("Part B: toy, cost vs K (Candidates(K), lambda = 1)",
+                    markdown_table([r for r in tb if r["sweep"] == "candidates"],
+                                   ["horizon", "candidates", "steps_per_token",
+                                    "verifier_evals_per_token"], digits=3))
+    hs = cfg["toy_horizons"]
+    series = []
+    for lam in cfg["toy_drifts"]:
+        rs = [r for r in toy_rows if r.sweep == "drift" and r.drift == lam]
+        series.append({"label": f"lambda={lam:g}", "x": [r.horizon for r in rs],
+                       "y": [r.steps_per_token for r in rs]})
+    plot_lines(out / "steps_vs_horizon.png", series, xlabel="horizon H",
+               ylabel="walk steps per output token", title="Toy: cost vs H and drift")
+    series = []
+    for H in hs:
+        rs = [r for r in toy_rows if r.sweep == "drift" and r.horizon == H]
+        series.append({"label": f"H={H}", "x": [r.drift for r in rs],
+                       "y": [r.kl_exact for r in rs]})
+    plot_lines(out / "kl_vs_drift.png", series, xlabel="drift lambda",
+               ylabel="KL(pi* || output law)", title="Toy: quality vs drift (learned V^)")
+    series = []
+    for H in hs:
+        rs = [r for r in toy_rows if r.sweep == "candidates" and r.horizon == H]
+        series.append({"label": f"H={H}", "x": [r.candidates for r in rs],
+                       "y": [r.verifier_evals_per_token for r in rs]})
+    plot_lines(out / "evals_vs_k.png", series, xlabel="K candidates",
+               ylabel="V^ evaluations per output token", title="Toy: cost vs K")
+    rep.plots = ["steps_vs_horizon.png", "kl_vs_drift.png", "evals_vs_k.png"]
+    rep.write(out)
