@@ -17,13 +17,13 @@ Monte Carlo means, AUC of the value as a predictor of the outcome, and a calibra
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx import nn
 
 from .errors import ConfigError
 from .rollouts import Rollout
@@ -56,7 +56,7 @@ class ValueTargets:
     def __len__(self) -> int:
         return len(self.prefixes)
 
-    def subset(self, idx: np.ndarray) -> "ValueTargets":
+    def subset(self, idx: np.ndarray) -> ValueTargets:
         return ValueTargets([self.prefixes[i] for i in idx], self.successes[idx], self.counts[idx],
                             self.source[idx], [self.prompt_ids[i] for i in idx])
 
@@ -126,7 +126,7 @@ def hidden_states(model, sequences: Sequence[Sequence[int]], *, hidden_layer: in
 
 def target_features(model, rollouts: Sequence[Rollout], targets: ValueTargets, **kw) -> np.ndarray:
     """Hidden state of each target prefix: (n, hidden) float32."""
-    need = sorted(set(int(j) for j in targets.source[:, 0]))
+    need = sorted({int(j) for j in targets.source[:, 0]})
     seqs = [list(rollouts[j].prompt_ids) + list(rollouts[j].completion_ids) for j in need]
     hs = dict(zip(need, hidden_states(model, seqs, **kw)))
     return np.stack([hs[j][p] for j, p in targets.source]).astype(np.float32)
@@ -137,7 +137,7 @@ def split_by_prompt(targets: ValueTargets, holdout: float, seed: int) -> tuple[n
     ids = sorted(set(targets.prompt_ids))
     if not 0 <= holdout < 1:
         raise ConfigError(f"holdout fraction must be in [0, 1), got {holdout}")
-    n_out = int(round(holdout * len(ids)))
+    n_out = round(holdout * len(ids))
     if holdout > 0 and n_out == 0 and len(ids) > 1:
         n_out = 1
     rng = np.random.default_rng(seed)
@@ -184,7 +184,7 @@ def weighted_auc(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
     """AUC with per-score positive / negative weights (pooled prefixes); ties count 1/2."""
     order = np.argsort(scores, kind="stable")
     s, p, n = scores[order], pos[order], neg[order]
-    uniq, start = np.unique(s, return_index=True)
+    _uniq, start = np.unique(s, return_index=True)
     P = np.add.reduceat(p, start)
     N = np.add.reduceat(n, start)
     neg_below = np.cumsum(N) - N

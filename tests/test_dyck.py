@@ -108,7 +108,7 @@ def shipped():
 
 
 def test_shipped_lm_is_a_normal_mlx_lm_folder(shipped):
-    model, tok, cfg, head, backbone = shipped
+    model, tok, cfg, _head, backbone = shipped
     assert tok.encode("(()") == [dyck.BOS, 0, 0, 2]
     assert model.args.vocab_size == len(dyck.VOCAB)
     assert backbone is None and cfg.backbone == "generator"

@@ -114,7 +114,7 @@ def test_resuming_with_other_settings_is_refused(tiny_lm, tmp_path):
 def test_rollouts_do_not_depend_on_batch_size(tiny_lm, tmp_path):
     collect(tiny_lm, tmp_path / "a.jsonl", batch_size=1)
     collect(tiny_lm, tmp_path / "b.jsonl", batch_size=64)
-    key = lambda r: (r.prompt_id, r.index)  # noqa: E731
+    key = lambda r: (r.prompt_id, r.index)
     a = sorted(read_rollouts(tmp_path / "a.jsonl"), key=key)
     b = sorted(read_rollouts(tmp_path / "b.jsonl"), key=key)
     assert [r.completion_ids for r in a] == [r.completion_ids for r in b]
@@ -179,7 +179,7 @@ def synthetic_targets(n=400, d=8, seed=0):
 def test_head_training_is_deterministic_and_learns():
     x, t = synthetic_targets()
     tr, ho = split_by_prompt(t, 0.25, seed=0)
-    assert len(set(t.prompt_ids[i] for i in ho)) == 10
+    assert len({t.prompt_ids[i] for i in ho}) == 10
     assert not {t.prompt_ids[i] for i in tr} & {t.prompt_ids[i] for i in ho}
     a = train_head(x, t, train_idx=tr, held_idx=ho, epochs=15, seed=3, log=None)
     b = train_head(x, t, train_idx=tr, held_idx=ho, epochs=15, seed=3, log=None)
@@ -212,7 +212,7 @@ def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
     argv = ["--model", str(lm_dir), "--prompts", str(prompts), "--reward", "dyck",
             "--out", str(out), "--num-rollouts", "3", "--epochs", "2", "--no-progress"]
     main(argv)
-    cfg, head, backbone = load_verifier(out)
+    cfg, _head, backbone = load_verifier(out)
     assert cfg.head.dims == [16, 128, 1] and backbone is None
     metrics = json.loads((tmp_path / "verifier.work" / "metrics.json").read_text())
     assert metrics["rollouts"] == 30 and metrics["held_out"]["n_prefixes"] > 0

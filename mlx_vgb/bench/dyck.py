@@ -14,11 +14,10 @@ and diversity (distinct valid completions per prompt, averaged over prompts).
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import mlx.core as mx
 import numpy as np

@@ -14,8 +14,8 @@ A prompt is ``<bos>`` plus the first k brackets of a string; a completion must a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -150,8 +150,7 @@ def write_prompts(path: str | Path, prompts: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for p in prompts:
-            f.write(json.dumps(p) + "\n")
+        f.writelines(json.dumps(p) + "\n" for p in prompts)
     return path
 
 
