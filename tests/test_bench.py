@@ -1,0 +1,110 @@
+"""Smoke tests of `mlx-vgb bench TASK --quick`: each writes results.json (with its fields),
+results.md (command line and date first) and its PNG plots."""
+
+import json
+
+import pytest
+
+from mlx_vgb.bench import abc, cli, report
+
+
+def run_quick(task, tmp_path, *extra):
+    out = tmp_path / task
+    cli.main([task, "--quick", "--out", str(out), *extra])
+    data = json.loads((out / "results.json").read_text())
+    md = (out / "results.md").read_text()
+    assert data["task"] == task
+    assert data["command"].startswith(f"mlx-vgb bench {task} --quick")
+    assert md.startswith(f"# `{task}` benchmark\n\nCommand: `{data['command']}`\n\nDate: ")
+    assert data["date"] in md
+    assert data["plots"]
+    for p in data["plots"]:
+        png = (out / p).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    return data, md
+
+
+def test_abc_quick_writes_kl_for_both_samplers(tmp_path):
+    data, md = run_quick("abc", tmp_path)
+    cells = data["summary"]["cells"]
+    assert set(cells) == {"H6_N500", "H6_N10000", "H8_N500", "H8_N10000"}
+    for c in cells.values():
+        for s in ("vgb", "action-rs", "vgb-lazy"):
+            assert c[f"kl_{s}"] >= 0
+        assert c["steps_vgb"] > c["steps_action-rs"] > 0
+    # with the exact value both closed forms are pi*
+    for ref in data["summary"]["reference"]:
+        assert ref["kl_vgb_exact_value"] < 1e-9 and ref["kl_action_rs_exact_value"] < 1e-9
+    assert {r["sampler"] for r in data["rows"]} == {"vgb", "action-rs", "vgb-lazy"}
+    assert "KL(pi* || output law)" in md
+
+
+def test_abc_closed_form_laws_match_the_samplers():
+    from mlx_vgb import VGB, ActionLevelRS, Enumerate, toy
+
+    lm = abc.make_lm("random", 1)
+    v = abc.MonteCarloValue(lm, abc.no_aa, 3, 4, seed=5)
+    laws = {"vgb": abc.vgb_law(lm, v, 3), "rs": abc.action_rs_law(lm, v, 3)}
+    assert toy.tv(laws["vgb"], laws["rs"]) > 0.02  # the check can tell them apart
+    n = 4000
+    for name, s in (("vgb", VGB(horizon=3, choice=Enumerate())),
+                    ("rs", ActionLevelRS(horizon=3, choice=Enumerate()))):
+        emp = toy.empirical([s.sample(lm, v, seed=i).tokens for i in range(n)])
+        other = laws["rs" if name == "vgb" else "vgb"]
+        assert toy.tv(emp, laws[name]) < toy.tv(emp, other)
+        assert toy.tv(emp, laws[name]) < 0.5 * (len(laws[name]) / n) ** 0.5 + 0.03
+
+
+def test_report_markdown_table_and_atomic_json(tmp_path):
+    rep = report.Report(task="t", command="mlx-vgb bench t", config={"a": 1})
+    rep.rows = [{"x": 1, "y": float("nan")}]
+    rep.add_section("S", report.markdown_table([{"x": 1, "y": 0.5}]))
+    rep.write(tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["rows"] == [{"x": 1, "y": None}]
+    assert "| x | y |" in (tmp_path / "results.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unknown_task_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["nope"])
+    assert e.value.code == 2
+    assert "unknown task" in capsys.readouterr().err
+
+
+def _has_default_model() -> bool:
+    try:
+        from mlx_vgb.default_model import default_gguf_path
+
+        return default_gguf_path().is_file()
+    except Exception:
+        return False
+
+
+needs_model = pytest.mark.skipif(not _has_default_model(),
+                                 reason="the embedded SmolLM2 model is not available")
+
+
+@needs_model
+def test_letters_quick_reports_constraint_coherence_and_cost(tmp_path):
+    data, _ = run_quick("letters", tmp_path)
+    s = data["summary"]
+    assert set(s) == {"plain", "action-rs", "vgb a=0.1"}
+    for v in s.values():
+        assert 0 <= v["satisfied"] <= 1 and 0 < v["distinct"] <= 1
+        assert v["forward tok / out tok"] >= 1
+    assert s["action-rs"]["satisfied"] == 1.0 and s["vgb a=0.1"]["satisfied"] == 1.0
+    assert all(r["coherence"] < 0 for r in data["rows"])
+
+
+@pytest.mark.slow  # five real-model runs plus the toy sweeps: about 1-2 minutes idle
+@needs_model
+def test_perf_quick_reports_ratios_against_mlx_lm(tmp_path):
+    data, md = run_quick("perf", tmp_path)
+    m = data["summary"]["model"]
+    assert m["mlx_lm plain"]["wall / out tok vs mlx_lm"] == pytest.approx(1.0)
+    assert m["vgb, separate verifier"]["verifier fwd / out tok"] > 0
+    assert m["vgb, head on generator"]["verifier fwd / out tok"] == 0
+    assert data["summary"]["python_overhead_per_step_over_model_forward"] > 0
+    assert "Python overhead per walk step" in md
