@@ -6,6 +6,10 @@ protocols, ``LanguageModel`` and ``Verifier`` (``mlx_vgb.protocols``).
 
 __version__ = "0.1.0"
 
+from ._blas import preload_openblas  # noqa: E402 - before anything imports mlx
+
+preload_openblas()
+
 from .actions import Blocks, Lines, Tokens, make_actions
 from .baselines import BestOfN, BlockBestOfN, BlockRS, OutcomeLevelRS, Plain
 from .children import Candidates, Enumerate, Rejection

@@ -3,6 +3,7 @@
 
 import json
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from .convert.output import ConversionError, OutputExistsError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_DIR = "SmolLM2-135M-Instruct-Q4_1"
+# Off macOS, MLX runs on the CPU, where quantized matmuls are no faster for K rows than for one
+# and float32 BLAS matmuls (OpenBLAS, see mlx_vgb._blas) are: keep float32 weights there.
+CPU_MODEL_DIR = "SmolLM2-135M-Instruct-F32"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_HOME = "~/.cache/mlx-vgb"
 
@@ -47,7 +51,7 @@ def is_complete(folder: Path) -> bool:
     )
 
 
-def cached_conversion(gguf_path: str | Path, target: str | Path) -> Path:
+def cached_conversion(gguf_path: str | Path, target: str | Path, **convert_kw) -> Path:
     """Convert ``gguf_path`` to ``target`` unless a complete conversion is already there.
 
     Safe when several processes race: each writes its own temp folder and renames it; the
@@ -57,7 +61,7 @@ def cached_conversion(gguf_path: str | Path, target: str | Path) -> Path:
     if is_complete(target):
         return target
     try:
-        convert_gguf(gguf_path, target, force=target.exists())
+        convert_gguf(gguf_path, target, force=target.exists(), **convert_kw)
     except OutputExistsError:
         pass  # another process finished first
     if not is_complete(target):
@@ -67,4 +71,8 @@ def cached_conversion(gguf_path: str | Path, target: str | Path) -> Path:
 
 def default_model_path() -> Path:
     """Folder of the default model, loadable with ``mlx_lm.load``; converted on first use."""
-    return cached_conversion(default_gguf_path(), mlx_vgb_home() / "models" / DEFAULT_MODEL_DIR)
+    models = mlx_vgb_home() / "models"
+    if sys.platform == "darwin":
+        return cached_conversion(default_gguf_path(), models / DEFAULT_MODEL_DIR)
+    return cached_conversion(default_gguf_path(), models / CPU_MODEL_DIR, dtype="float32",
+                             dequantize=True)

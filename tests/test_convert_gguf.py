@@ -338,3 +338,18 @@ def test_existing_output_is_refused_unless_force(tmp_path):
         "tokenizer_config.json",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "mlx"]  # no temp leftovers
+
+
+def test_dequantized_conversion_matches_the_quantized_one(tmp_path):
+    import mlx_lm
+
+    write_gguf(tmp_path / "m.gguf", arch="llama", qtype=T.Q4_1, tied=True)
+    q = convert_gguf(tmp_path / "m.gguf", tmp_path / "q", dtype="float32")
+    f = convert_gguf(tmp_path / "m.gguf", tmp_path / "f", dtype="float32", dequantize=True)
+    assert "quantization" not in json.loads((f / "config.json").read_text())
+    mq, _ = mlx_lm.load(str(q))
+    mf, _ = mlx_lm.load(str(f))
+    assert not hasattr(mf.model.layers[0].mlp.up_proj, "bits")
+    lq = np.array(mq(mx.array([IDS]))[0])
+    lf = np.array(mf(mx.array([IDS]))[0])
+    assert np.abs(lq - lf).max() / np.abs(lq).max() < 1e-3

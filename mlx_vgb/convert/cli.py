@@ -50,7 +50,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     h.add_argument("--q-bits", type=int, default=None, help="Bits per weight.")
     h.add_argument("--q-group-size", type=int, default=None, help="Quantization group size.")
     h.add_argument("--q-mode", default="affine", choices=["affine", "mxfp4", "nvfp4", "mxfp8"])
-    h.add_argument("-d", "--dequantize", action="store_true", help="Dequantize a quantized model.")
+    h.add_argument("-d", "--dequantize", action="store_true",
+                   help="Dequantize a quantized model (GGUF: Q4/Q8 weights to --dtype too).")
     h.add_argument("--revision", default=None, help="Hub revision.")
     h.add_argument("--trust-remote-code", action="store_true")
 
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> str:
                 dtype=args.dtype or DEFAULT_DTYPE,
                 tokenizer_path=args.tokenizer_path,
                 force=args.force,
+                dequantize=args.dequantize,
             )
         )
     if args.hf_path:

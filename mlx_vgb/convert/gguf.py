@@ -242,11 +242,13 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def load_weights(
-    gg: GGUFModel, dtype: str = DEFAULT_DTYPE, unpermute: bool = True
+    gg: GGUFModel, dtype: str = DEFAULT_DTYPE, unpermute: bool = True, dequantize: bool = False
 ) -> tuple[dict[str, mx.array], dict[str, Any]]:
-    """mlx-lm weights of a GGUF model and the config's "quantization" entry (or {})."""
+    """mlx-lm weights of a GGUF model and the config's "quantization" entry (or {}).
+    ``dequantize``: Q4_0 / Q4_1 / Q8_0 too become ``dtype`` (MLX's CPU kernels for quantized
+    weights run several tokens no faster than one at a time; BLAS matmuls do)."""
     from gguf import GGMLQuantizationType as T
-    from gguf.quants import dequantize
+    from gguf.quants import dequantize as gguf_dequantize
 
     if dtype not in DTYPES:
         raise ConversionError(f"dtype {dtype!r} is not supported; use one of {DTYPES}.")
@@ -270,7 +272,7 @@ def load_weights(
             # contiguous copies: MLX keeps numpy strides, and strided scales make qmm crawl
             return np.ascontiguousarray(_unpermute(a, n_head) if n_head else a)
 
-        if kind in _KEPT:
+        if kind in _KEPT and not dequantize:
             w, s, b = _repack(np.asarray(t.data), kind)
             module = key.rsplit(".", 1)[0]
             weights[key] = mx.array(fix(w))
@@ -278,7 +280,7 @@ def load_weights(
             weights[f"{module}.biases"] = mx.array(fix(b)).astype(mx_dtype)
             bits_of[module] = _KEPT[kind][0]
         else:
-            a = dequantize(np.asarray(t.data), T(t.tensor_type)).astype(np.float32)
+            a = gguf_dequantize(np.asarray(t.data), T(t.tensor_type)).astype(np.float32)
             # norms and biases stay float32 (as llama.cpp keeps them): they make the
             # activations float32, and MLX's CPU kernels are far slower in float16
             weights[key] = mx.array(fix(a)).astype(mx_dtype if a.ndim > 1 else mx.float32)
@@ -427,6 +429,7 @@ def convert_gguf(
     dtype: str = DEFAULT_DTYPE,
     tokenizer_path: str | Path | None = None,
     force: bool = False,
+    dequantize: bool = False,
 ) -> Path:
     """Convert a GGUF file into an mlx-lm model folder at ``mlx_path``.
 
@@ -438,7 +441,7 @@ def convert_gguf(
     config = model_config(gg)
     if tokenizer_path is None:
         build_tokenizer(gg)  # fail before the slow part
-    weights, quantization = load_weights(gg, dtype=dtype, unpermute=True)
+    weights, quantization = load_weights(gg, dtype=dtype, unpermute=True, dequantize=dequantize)
     if quantization:
         config["quantization"] = quantization
         config["quantization_config"] = quantization
