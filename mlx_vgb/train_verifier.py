@@ -102,8 +102,10 @@ def _load(path: str):
     return model, tokenizer
 
 
-def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    """The whole pipeline; returns the metrics dict (also written to WORK/metrics.json)."""
+def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
+                   command: str | None = None) -> dict:
+    """The whole pipeline; returns the metrics dict (also written to WORK/metrics.json).
+    ``command``: the command line to record (default: this process's arguments)."""
     import numpy as np
 
     from .rollouts import collect_rollouts, load_prompts, read_rollouts
@@ -158,7 +160,8 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print) ->
         "rollouts": run.total, "success_rate": float(np.mean([r.reward for r in rollouts])),
         "prefixes": len(targets), "train": res.train.as_dict(),
         "held_out": res.held_out.as_dict() if res.held_out else None,
-        "final_loss": res.losses[-1], "command": "mlx-vgb train-verifier " + " ".join(sys.argv[1:]),
+        "final_loss": res.losses[-1],
+        "command": command or "mlx-vgb train-verifier " + " ".join(sys.argv[1:]),
     }
     cfg = VerifierConfig(
         head=res.head.config, backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,

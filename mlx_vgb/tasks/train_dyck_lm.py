@@ -152,11 +152,11 @@ def train_verifier_stage(a: argparse.Namespace) -> dict:
     work = Path(a.work_dir)
     prompts = dyck.write_prompts(work / "prompts.jsonl", dyck.make_prompts(
         a.verifier_prompts, a.verifier_seed, dyck.OOD_TYPE_PROBS, id_prefix="train"))
-    tv = tv_parser().parse_args([
-        "--model", a.out, "--prompts", str(prompts), "--reward", "dyck",
-        "--out", a.verifier_out, "--work-dir", str(work), "--num-rollouts",
-        str(a.verifier_rollouts), "--seed", str(a.verifier_seed), "--force"])
-    return train_verifier(tv)
+    argv = ["--model", a.out, "--prompts", str(prompts), "--reward", "dyck",
+            "--out", a.verifier_out, "--work-dir", str(work), "--num-rollouts",
+            str(a.verifier_rollouts), "--seed", str(a.verifier_seed), "--force"]
+    return train_verifier(tv_parser().parse_args(argv),
+                          command="mlx-vgb train-verifier " + " ".join(argv))
 
 
 def main(argv=None) -> None:
