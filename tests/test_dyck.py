@@ -158,3 +158,20 @@ def test_pareto_front():
 
     pts = [(1, 0.9), (2, 0.8), (1.5, 0.7), (3, 0.5), (0.5, 0.95), (2, 0.79)]
     assert pareto_front(pts) == [4, 0, 1, 3]
+
+
+def test_shipped_head_gives_the_same_values_through_the_generic_adapter(shipped):
+    """The head reads the generator's last hidden state the same way in ``mlx_vgb.lm`` (used by
+    ``mlx-vgb generate --verifier head:...``) as in the benchmark's memoized adapter."""
+    lm_mod = pytest.importorskip("mlx_vgb.lm")
+    from mlx_vgb.bench.dyck import MemoTreeLM
+
+    model, tok, _, head, _ = shipped
+    prompt = [dyck.BOS] + ids("([((")
+    generic = lm_mod.MLXLanguageModel(model, tok, value_head=head)
+    memo = MemoTreeLM(model, head, [dyck.EOS])
+    generic.begin(prompt)
+    memo.begin(prompt)
+    for p in [(0,), (0, 2), (0, 2, 3), (1,)]:
+        assert np.allclose(generic.values([p]), memo.values([p]), atol=1e-4)
+        assert np.allclose(generic.logprobs([p]), memo.logprobs([p]), atol=1e-4)
