@@ -32,6 +32,7 @@ from .report import Report, markdown_table, plot_lines
 PROMPT = "Write a one-sentence story about a cat."
 FULL = dict(horizon=24, candidates=4, drift=0.5, repeats=3, toy_horizons=[6, 8, 10],
             toy_ks=[2, 4, 8], toy_drifts=[1.0, 0.8, 0.6, 0.4, 0.2], toy_samples=150)
+LOW_BACKTRACK_DRIFT = 0.1
 QUICK = dict(horizon=8, candidates=2, drift=0.5, repeats=1, toy_horizons=[6, 8],
              toy_ks=[2, 8], toy_drifts=[1.0, 0.5], toy_samples=10)
 
@@ -100,6 +101,7 @@ class ModelRow:
     steps: int
     wall_s: float
     peak_mb: float
+    backtracks: int = 0
 
 
 def part_a(args, cfg) -> list[ModelRow]:
@@ -145,6 +147,13 @@ def part_a(args, cfg) -> list[ModelRow]:
              gen_head, head_ver),
             ("vgb, separate verifier", VGB(horizon=H, choice=Candidates(K), drift=lam),
              gen, sep_ver),
+            # the target regime (< 10% of steps backtrack): a strong drift
+            (f"vgb, head on generator, K=1, lambda={LOW_BACKTRACK_DRIFT}",
+             VGB(horizon=H, choice=Candidates(1), drift=LOW_BACKTRACK_DRIFT), gen_head,
+             head_ver),
+            (f"vgb, head on generator, K={K}, lambda={LOW_BACKTRACK_DRIFT}",
+             VGB(horizon=H, choice=Candidates(K), drift=LOW_BACKTRACK_DRIFT), gen_head,
+             head_ver),
         ):
             _peak_reset()
             t0 = time.perf_counter()
@@ -153,7 +162,7 @@ def part_a(args, cfg) -> list[ModelRow]:
             rows.append(ModelRow(
                 method, r, len(res.tokens), lm.forward_tokens,
                 ver_lm.forward_tokens if ver is sep_ver else 0, res.stats.steps, wall,
-                _peak_mb()))
+                _peak_mb(), res.stats.backtracks))
         print(f"[perf] model repeat {r} done", flush=True)
     return rows
 
@@ -227,6 +236,7 @@ def write(args, cfg, model_rows: list[ModelRow], toy_rows: list[ToyRow]) -> None
             "generator fwd / out tok": per_tok(rs, lambda r: r.forward_tokens),
             "verifier fwd / out tok": per_tok(rs, lambda r: r.verifier_forward_tokens),
             "steps / out tok": per_tok(rs, lambda r: r.steps),
+            "backtracks / step": sum(r.backtracks for r in rs) / max(1, sum(r.steps for r in rs)),
             "wall / out tok vs mlx_lm": per_tok(rs, lambda r: r.wall_s) / max(base, 1e-12),
             "peak memory vs mlx_lm": (max(r.peak_mb for r in rs)
                                       / max(max(x.peak_mb for x in model_rows
