@@ -1,0 +1,317 @@
+"""Test-case generation (after Botta et al.): SmolLM2 lists asserts for a small list function.
+
+Prompt (completion style, no chat template): a one-shot example (a list function with a random
+name and three asserts), then the target function (a random name ``f_xyz``, body from a fixed
+list) and ``# 8 test cases for f_xyz``. Actions are lines (``Lines(newline ids)``, at most 40
+tokens each); a response ends at EOS, at a blank line (any token containing two newlines ends
+the response, like a stop sequence) or at H tokens (the unfinished last line is then dropped).
+
+Verifier (no training): V^(prefix) = 1 if every finished line so far is an ``assert`` that calls
+the target and passes against the reference function in the sandbox, else 0. The floor is 0,
+not a small positive number, because it is exact: a prefix with a failing line can never reach
+tau = 1, so its true value is 0; the only error of V^ is optimism (V^ = 1 for a prefix whose
+continuations may all fail). tau = V^ of the finished lines and at least one assert. Each new
+line is checked once (memoized by text); all unknown lines of a batch of prefixes run in ONE
+sandbox call. The learned-head variant of the issue is not run here (see docs/benchmarks.md).
+
+Metrics per sampler: correct rate (tau = 1), distinct correct asserts per response, length
+(number of finished asserts) distribution, compared with pi* = pi_ref(. | tau = 1) estimated by
+rejection from the plain samples; forward tokens per response (cost).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..verifiers import TextVerifier
+from .report import Report, markdown_table, mean_se, plot_bars, plot_hist
+
+EXAMPLE = ("def {name}(lst):\n    return [x * 2 for x in lst]\n\n"
+           "# 3 test cases for {name}\n"
+           "assert {name}([1, 2]) == [2, 4]\n"
+           "assert {name}([]) == []\n"
+           "assert {name}([-3, 0, 5]) == [-6, 0, 10]\n")
+REFERENCES = [
+    "return sorted(set(lst))",
+    "return [x for x in lst if x % 2 == 0]",
+    "return lst[::-1]",
+    "return sum(x * x for x in lst)",
+]
+FULL = dict(horizon=64, problems=2, samples=2, plain_samples=8, candidates=4, drift=0.25,
+            max_steps=60)
+QUICK = dict(horizon=32, problems=1, samples=1, plain_samples=1, candidates=2, drift=0.25,
+             max_steps=12)
+SAMPLERS = ("plain", "action-rs", "block-bon", "vgb")
+
+
+def add_args(p) -> None:
+    p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
+    p.add_argument("--horizon", type=int, default=None, help="H, tokens per response (64)")
+    p.add_argument("--problems", type=int, default=None, help="reference functions used")
+    p.add_argument("--samples", type=int, default=None,
+                   help="responses per problem for action-rs, block-bon, vgb")
+    p.add_argument("--plain-samples", type=int, default=None,
+                   help="plain responses per problem (also the pi* rejection estimate)")
+    p.add_argument("--candidates", type=int, default=None, help="K (VGB, ActionLevelRS), n (BoN)")
+    p.add_argument("--drift", type=float, default=None, help="VGB lambda")
+    p.add_argument("--max-steps", type=int, default=None, help="walk-step budget per response")
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+
+
+def random_name(rng: random.Random) -> str:
+    return "f_" + "".join(rng.choice(string.ascii_lowercase) for _ in range(3))
+
+
+def make_problem(i: int, seed: int) -> dict:
+    rng = random.Random(1000 * seed + i)
+    name, ex = random_name(rng), random_name(rng)
+    while ex == name:
+        ex = random_name(rng)
+    body = REFERENCES[i % len(REFERENCES)]
+    ref = f"def {name}(lst):\n    {body}\n"
+    prompt = ("# A function and its test cases\n" + EXAMPLE.format(name=ex) + "\n\n"
+              "# Another function and its test cases\n" + ref + "\n"
+              f"# 8 test cases for {name}\n")
+    return dict(name=name, reference=ref, body=body, prompt=prompt)
+
+
+_HARNESS = """
+import json as _json
+_lines = _json.loads({lines!r})
+_ok = []
+for _l in _lines:
+    try:
+        exec(compile(_l, "<test>", "exec"), dict(globals()))
+        _ok.append(True)
+    except BaseException:
+        _ok.append(False)
+print("@@RESULT@@" + _json.dumps(_ok))
+"""
+
+
+class AssertLines(TextVerifier):
+    """V^ = 1 if every finished line is a passing ``assert NAME(...)`` (0 otherwise)."""
+
+    def __init__(self, name: str, reference: str, stop_ids=(), timeout_s: float = 10.0):
+        self.name, self.reference, self.timeout_s = name, reference, timeout_s
+        self.stop_ids = frozenset(stop_ids)  # end a response; kept in the text (bind: true EOS)
+        self.memo: dict[str, bool] = {}
+        self.sandbox_calls = 0
+
+    def _syntactic(self, line: str) -> bool:
+        return line.startswith("assert ") and f"{self.name}(" in line
+
+    def check_lines(self, lines) -> None:
+        """Fill the memo for ``lines`` with one sandbox call (one per line if that fails)."""
+        from ..sandbox import run_tests
+
+        todo = [ln for ln in dict.fromkeys(lines) if ln not in self.memo]
+        for ln in todo:
+            if not self._syntactic(ln):
+                self.memo[ln] = False
+        todo = [ln for ln in todo if ln not in self.memo]
+        if not todo:
+            return
+        self.sandbox_calls += 1
+        res = run_tests(self.reference, _HARNESS.format(lines=json.dumps(todo)),
+                        timeout_s=self.timeout_s)
+        out = [s for s in res.stdout.splitlines() if s.startswith("@@RESULT@@")]
+        if res.passed and out:
+            for ln, ok in zip(todo, json.loads(out[-1][len("@@RESULT@@"):])):
+                self.memo[ln] = bool(ok)
+            return
+        for ln in todo:  # a line that hangs or crashes the interpreter: check one by one
+            self.sandbox_calls += 1
+            self.memo[ln] = run_tests(self.reference, ln, timeout_s=self.timeout_s).passed
+
+    @staticmethod
+    def finished_lines(text: str, complete: bool) -> list[str]:
+        parts = text.split("\n")
+        if not complete or len(parts) > 1:
+            parts = parts[:-1]  # the last piece is unfinished (or empty after a final newline)
+        return [p.strip() for p in parts if p.strip()]
+
+    def _scores(self, texts, complete: bool, leaf: bool = False):
+        lines = [self.finished_lines(t, complete) for t in texts]
+        self.check_lines([ln for ls in lines for ln in ls])
+        out = []
+        for ls in lines:
+            ok = all(self.memo[ln] for ln in ls)
+            out.append(1.0 if ok and (ls or not leaf) else 0.0)
+        return np.array(out, float)
+
+    def value(self, prefixes):
+        return self._scores([self._text(p) for p in prefixes], False)
+
+    def tilt(self, responses):
+        texts = [self._text(r) for r in responses]
+        # an EOS / stop-token ending finishes the last line; a horizon cut drops it
+        ends = self.eos_token_ids | self.stop_ids
+        done = [bool(r) and r[-1] in ends for r in responses]
+        return np.array([self._scores([t], d, leaf=True)[0] for t, d in zip(texts, done)], float)
+
+
+@dataclass
+class TestcaseSample:
+    sampler: str
+    problem: int
+    name: str
+    seed: int
+    text: str
+    correct: bool
+    n_asserts: int
+    distinct_correct: int
+    finish: str
+    tokens: int
+    forward_tokens: int
+    steps: int
+    backtracks: int
+    wall_s: float
+
+
+def analyse(text: str, ver: AssertLines, stopped: bool) -> tuple[int, int]:
+    lines = AssertLines.finished_lines(text, stopped)
+    ver.check_lines(lines)
+    asserts = [ln for ln in lines if ln.startswith("assert")]
+    correct = {" ".join(ln.split()) for ln in lines if ver.memo.get(ln)}
+    return len(asserts), len(correct)
+
+
+def stop_tokens(tok, vocab_size: int) -> tuple[frozenset[int], frozenset[int]]:
+    """(line ends: tokens with one newline, stop: tokens with two newlines in a row)."""
+    nl, stop = set(), set()
+    for i in range(vocab_size):
+        try:
+            s = tok.decode([i])
+        except Exception:
+            continue
+        if "\n\n" in s:
+            stop.add(i)
+        elif "\n" in s:
+            nl.add(i)
+    return frozenset(nl), frozenset(stop)
+
+
+def run(args) -> None:
+    from .. import VGB, ActionLevelRS, BlockBestOfN, Candidates, Lines, Plain
+    from ..generate import load
+    from ..lm import MLXLanguageModel
+
+    cfg = dict(QUICK if args.quick else FULL)
+    for k in ("horizon", "problems", "samples", "plain_samples", "candidates", "drift",
+              "max_steps"):
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
+    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0,
+               samplers=list(args.samplers), line_max_tokens=40, verifier_floor=0.0)
+    model, tok = load(args.model)
+    base = MLXLanguageModel(model, tok)
+    nl, stop = stop_tokens(tok, base.vocab_size)
+    lm = MLXLanguageModel(model, tok, eos_token_ids=base.eos_token_ids | stop)
+    actions = Lines(nl | stop | lm.eos_token_ids, max_len=40)
+    H, K = cfg["horizon"], cfg["candidates"]
+    common = dict(horizon=H, actions=actions, max_steps=cfg["max_steps"])
+    make = {
+        "plain": lambda: Plain(horizon=H, actions=actions),
+        "action-rs": lambda: ActionLevelRS(choice=Candidates(K), **common),
+        "block-bon": lambda: BlockBestOfN(n=K, **common),
+        "vgb": lambda: VGB(choice=Candidates(K), drift=cfg["drift"], **common),
+    }
+    samples: list[TestcaseSample] = []
+    problems = [make_problem(i, args.seed) for i in range(cfg["problems"])]
+    cfg["problem_list"] = [{"name": p["name"], "reference": p["body"]} for p in problems]
+    Plain(horizon=2, actions=actions).sample(lm, None, prompt=[1, 2, 3], seed=1)  # warm-up
+    for pi, prob in enumerate(problems):
+        prompt = list(tok.encode(prob["prompt"]))
+        ver = AssertLines(prob["name"], prob["reference"], stop).bind(lm.decode,
+                                                                    base.eos_token_ids)
+        for name in cfg["samplers"]:
+            n = cfg["plain_samples"] if name == "plain" else cfg["samples"]
+            smp = make[name]()
+            for i in range(n):
+                seed = 100_000 * args.seed + 1000 * pi + i
+                t0 = time.perf_counter()
+                r = smp.sample(lm, ver, prompt=prompt, seed=seed)
+                wall = time.perf_counter() - t0
+                stopped = r.finish_reason == "stop"
+                text = ver._text(r.tokens)  # keeps the text of a stop token
+                tau = float(ver.tilt([r.tokens])[0]) if r.reached_leaf else 0.0
+                n_as, n_dc = analyse(text, ver, stopped)
+                samples.append(TestcaseSample(
+                    sampler=name, problem=pi, name=prob["name"], seed=seed, text=text,
+                    correct=bool(r.reached_leaf and tau > 0), n_asserts=n_as,
+                    distinct_correct=n_dc, finish=r.finish_reason, tokens=len(r.tokens),
+                    forward_tokens=r.stats.forward_tokens, steps=r.stats.steps,
+                    backtracks=r.stats.backtracks, wall_s=wall))
+                print(f"[testcases] p{pi} {name} #{i}: correct={samples[-1].correct} "
+                      f"asserts={n_as} fwd={r.stats.forward_tokens} {wall:.0f}s {text!r}",
+                      flush=True)
+        cfg.setdefault("sandbox_calls", 0)
+        cfg["sandbox_calls"] += ver.sandbox_calls
+    write(args, cfg, samples)
+
+
+def write(args, cfg, samples: list[TestcaseSample]) -> None:
+    out = Path(args.out)
+    rep = Report(task="testcases", command=args.command, config=cfg)
+    rep.rows = [asdict(s) for s in samples]
+    names = [n for n in cfg["samplers"] if any(s.sampler == n for s in samples)]
+    plain = [s for s in samples if s.sampler == "plain"]
+    pistar = [s.n_asserts for s in plain if s.correct]
+    table = []
+    for n in names:
+        g = [s for s in samples if s.sampler == n]
+        c, c_se = mean_se([s.correct for s in g])
+        d, d_se = mean_se([s.distinct_correct for s in g])
+        lens = [s.n_asserts for s in g if s.correct]
+        table.append({
+            "sampler": n, "n": len(g), "correct": c, "correct_se": c_se,
+            "distinct correct asserts": d, "distinct_se": d_se,
+            "mean #asserts (correct)": float(np.mean(lens)) if lens else None,
+            "mean #asserts (all)": float(np.mean([s.n_asserts for s in g])),
+            "forward tok / response": float(np.mean([s.forward_tokens for s in g])),
+            "tokens / response": float(np.mean([s.tokens for s in g])),
+            "backtracks / response": float(np.mean([s.backtracks for s in g])),
+            "wall s / response": float(np.mean([s.wall_s for s in g])),
+        })
+    rep.summary = {"samplers": {t["sampler"]: {k: v for k, v in t.items() if k != "sampler"}
+                                for t in table},
+                   "pi_star_lengths": pistar, "pi_star_accepted": len(pistar),
+                   "pi_star_proposed": len(plain),
+                   "lengths": {n: [s.n_asserts for s in samples if s.sampler == n and s.correct]
+                               for n in names}}
+    rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
+    rep.add_section("Results", markdown_table(table, [
+        "sampler", "n", "correct", "correct_se", "distinct correct asserts", "distinct_se",
+        "mean #asserts (correct)", "mean #asserts (all)", "forward tok / response",
+        "tokens / response", "backtracks / response", "wall s / response"]) +
+        f"\npi* length law: estimated by rejection from the plain samples: "
+        f"{len(pistar)} of {len(plain)} accepted (tau = 1), lengths {sorted(pistar)}. "
+        "s.e. = standard error over responses.")
+    ex = []
+    for n in names:
+        for s in [s for s in samples if s.sampler == n][:2]:
+            ex.append({"sampler": n, "correct": s.correct, "#asserts": s.n_asserts,
+                       "text": s.text.replace("|", "/").replace("\n", " ⏎ ")[:300]})
+    rep.add_section("Examples (first 2 per sampler)", markdown_table(ex))
+    plot_bars(out / "correct.png", names,
+              {"correct rate": [t["correct"] for t in table]},
+              errs={"correct rate": [t["correct_se"] for t in table]},
+              ylabel="fraction", title="Test cases: all asserts pass")
+    plot_bars(out / "distinct_cost.png", names,
+              {"distinct correct asserts": [t["distinct correct asserts"] for t in table],
+               "forward tok / 100": [t["forward tok / response"] / 100 for t in table]},
+              ylabel="count", title="Test cases: distinct correct asserts, cost")
+    hist = {"pi* (rejection from plain)": pistar}
+    hist.update({n: rep.summary["lengths"][n] for n in names if n != "plain"})
+    plot_hist(out / "lengths.png", hist, xlabel="number of asserts (correct responses)",
+              title="Test cases: length law vs pi*", bins=list(np.arange(-0.5, 12.5, 1.0)))
+    rep.plots = ["correct.png", "distinct_cost.png", "lengths.png"]
+    rep.write(out)
