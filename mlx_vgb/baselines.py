@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -42,6 +43,23 @@ def _rollouts(search: Search, starts: list[Node]) -> list[Node]:
             rows[i] = n
 
 
+def _descend(search: Search, pick: Callable[[Node], Node]):
+    """From the root to a leaf, one action per step chosen by ``pick(node)``; yields Append."""
+    node = search.tree.root
+    while not node.is_leaf:
+        search.count_step()
+        nxt = pick(node)
+        search.current = nxt
+        yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
+        node = nxt
+    return node
+
+
+def _draw(search: Search, node: Node) -> Node:
+    (nxt,) = search.sample_blocks([node])
+    return nxt
+
+
 def _bound(search: Search) -> float:
     b = getattr(search.verifier, "bound", 1.0)
     if not b > 0:
@@ -55,13 +73,7 @@ class Plain(Sampler):
     needs_verifier = False
 
     def _run(self, search):
-        node = search.tree.root
-        while not node.is_leaf:
-            search.count_step()
-            (nxt,) = search.sample_blocks([node])
-            search.current = nxt
-            yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
-            node = nxt
+        node = yield from _descend(search, lambda n: _draw(search, n))
         return node, None
 
 
@@ -73,15 +85,8 @@ class OutcomeLevelRS(Sampler):
     def _run(self, search):
         _check_n(self.max_tries, "max_tries")
         bound = _bound(search)
-        node = search.tree.root
         for t in range(self.max_tries):
-            node = search.tree.root
-            while not node.is_leaf:
-                search.count_step()
-                (nxt,) = search.sample_blocks([node])
-                search.current = nxt
-                yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
-                node = nxt
+            node = yield from _descend(search, lambda n: _draw(search, n))
             tau = search.tilt_of(node)
             if tau > bound * (1 + 1e-9):
                 from .errors import VerifierError
@@ -119,15 +124,13 @@ class BlockBestOfN(Sampler):
 
     def _run(self, search):
         _check_n(self.n)
-        node = search.tree.root
-        while not node.is_leaf:
-            search.count_step()
+
+        def best_block(node):
             kids = search.sample_blocks([node] * self.n)
             search.ensure_values(kids)
-            nxt = kids[int(np.argmax([c.value for c in kids]))]
-            search.current = nxt
-            yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
-            node = nxt
+            return kids[int(np.argmax([c.value for c in kids]))]
+
+        node = yield from _descend(search, best_block)
         return node, None
 
 
@@ -139,20 +142,17 @@ class BlockRS(Sampler):
     def _run(self, search):
         _check_n(self.n)
         log_b = math.log(_bound(search))
-        node = search.tree.root
-        while not node.is_leaf:
-            search.count_step()
+
+        def accepted_block(node):
             drawn = []
             for _ in range(self.n):
-                (c,) = search.sample_blocks([node])
+                c = _draw(search, node)
                 search.ensure_values([c])
                 drawn.append(c)
                 if math.log(search.rng.uniform() + 1e-300) < c.value - log_b:
-                    break
+                    return c
                 search.stats.backtracks += 1
-            else:
-                c = max(drawn, key=lambda x: x.value)
-            search.current = c
-            yield Append(c.tokens[len(node):], c.depth, len(c), search.stats.steps)
-            node = c
+            return max(drawn, key=lambda x: x.value)
+
+        node = yield from _descend(search, accepted_block)
         return node, None
