@@ -11,12 +11,7 @@ import pytest
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from test_app_support import (
-    free_port,
-    launch_app_process,
-    save_tiny_model_folder,
-    wait_http,
-)
+from test_app_support import running_app, save_tiny_model_folder
 
 # a letter-avoidance run on the tiny model that backtracks (fixed seed: deterministic)
 LETTER_RUN = dict(prompt="Write a one-sentence story.", verifier="no-letter", letter="e",
@@ -31,18 +26,8 @@ STATUS, COMMAND, LIVE, DEPTH, STATS, FINAL, B_LIVE, B_DEPTH, B_STATS, B_FINAL = 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     model = save_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
-    port = free_port()
-    proc = launch_app_process(model, port, "--update-interval", "0")
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, 90, proc)
+    with running_app(model, "--update-interval", "0") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except Exception:
-            proc.kill()
 
 
 def client(url):

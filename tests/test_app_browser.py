@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_app_support import free_port, launch_app_process, save_tiny_model_folder, wait_http
+from test_app_support import running_app, save_tiny_model_folder
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
@@ -39,18 +39,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     model = save_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
-    port = free_port()
-    proc = launch_app_process(model, port)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, 90, proc)
+    with running_app(model) as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except Exception:
-            proc.kill()
 
 
 def test_page_runs_a_walk_and_shows_it(app_url, tmp_path):
@@ -95,11 +85,7 @@ def test_screenshots_of_the_real_app():
     the embedded one), letter avoidance, VGB beside ActionLevelRS; saved in docs/img/."""
     out = Path(__file__).resolve().parent.parent / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = launch_app_process(os.environ.get("MLX_VGB_APP_MODEL"), port)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, 600, proc)
+    with running_app(os.environ.get("MLX_VGB_APP_MODEL"), timeout_s=600) as (url, _):
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                          args=CHROMIUM_ARGS)
@@ -116,6 +102,3 @@ def test_screenshots_of_the_real_app():
             assert "done" in page.locator("#status").inner_text()
             page.screenshot(path=str(out / "app-smollm2-compare.png"), full_page=True)
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)

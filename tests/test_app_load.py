@@ -11,7 +11,7 @@ pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from test_app import FINAL, LETTER_RUN, STATS, stat  # noqa: E402
-from test_app_support import free_port, launch_app_process, save_tiny_model_folder, wait_http  # noqa: E402
+from test_app_support import running_app, save_tiny_model_folder  # noqa: E402
 
 N = 6
 
@@ -26,11 +26,7 @@ def rss_mb(pid: int) -> float:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc (Linux)")
 def test_concurrent_runs_finish_with_their_own_results_and_memory_returns(tmp_path):
     model = save_tiny_model_folder(tmp_path / "model")
-    port = free_port()
-    proc = launch_app_process(model, port, "--update-interval", "0")
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_http(url, 90, proc)
+    with running_app(model, "--update-interval", "0") as (url, proc):
         c = gradio_client.Client(url, verbose=False)
         run = dict(LETTER_RUN, max_tokens=24)
         # alone, one after the other (also warms the server up)
@@ -71,9 +67,3 @@ def test_concurrent_runs_finish_with_their_own_results_and_memory_returns(tmp_pa
               f"{after:.0f} MB after {2 * N} more runs; status {status}")
         assert status["active_runs"] == 0
         assert after - base < 40, (base, after)  # back to baseline (allocator slack: 40 MB)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except Exception:
-            proc.kill()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -97,3 +98,20 @@ def launch_app_process(model_dir: Path | str | None, port: int, *extra: str
         env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     proc.log_path = log.name  # read it when something fails; a pipe could fill and block the app
     return proc
+
+
+@contextlib.contextmanager
+def running_app(model_dir: Path | str | None, *extra: str, timeout_s: float = 90.0):
+    """``mlx-vgb app`` serving on a free loopback port: yields (url, process); stops it after."""
+    port = free_port()
+    proc = launch_app_process(model_dir, port, *extra)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_http(url, timeout_s, proc)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
