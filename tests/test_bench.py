@@ -108,3 +108,51 @@ def test_perf_quick_reports_ratios_against_mlx_lm(tmp_path):
     assert m["vgb, head on generator"]["verifier fwd / out tok"] == 0
     assert data["summary"]["python_overhead_per_step_over_model_forward"] > 0
     assert "Python overhead per walk step" in md
+
+
+def test_testcases_verifier_checks_each_line_against_the_reference():
+    from mlx_vgb.bench.testcases import AssertLines
+
+    v = AssertLines("f_abc", "def f_abc(lst):\n    return sorted(set(lst))\n")
+    v.bind(lambda toks: "".join(chr(t) for t in toks))
+    ok = "assert f_abc([2, 1, 2]) == [1, 2]\n"
+    bad = "assert f_abc([2]) == [3]\n"
+    enc = lambda s: [ord(c) for c in s]  # noqa: E731
+    vals = v.value([enc(ok), enc(ok + bad), enc(ok + "assert f_abc([1]) == [1")])
+    assert list(vals) == [1.0, 0.0, 1.0]  # the unfinished last line is not judged yet
+    assert v.sandbox_calls == 1  # all new lines of a batch in one sandbox run
+    assert list(v.tilt([enc(""), enc(ok)])) == [0.0, 1.0]  # at least one assert
+    assert v.value([enc("print(1)\n")])[0] == 0.0  # not an assert: no sandbox run needed
+
+
+@needs_model
+def test_testcases_quick_reports_correct_rate_and_lengths(tmp_path):
+    data, md = run_quick("testcases", tmp_path)
+    s = data["summary"]
+    assert set(s["samplers"]) == {"plain", "action-rs", "block-bon", "vgb"}
+    for v in s["samplers"].values():
+        assert 0 <= v["correct"] <= 1 and v["forward tok / response"] >= 1
+    assert s["pi_star_proposed"] >= 1
+    assert {"correct", "n_asserts", "distinct_correct", "forward_tokens"} <= set(data["rows"][0])
+    assert "pi* length law" in md
+
+
+def test_humaneval_visible_examples_become_asserts():
+    from mlx_vgb.bench.humaneval import body_of, visible_examples
+
+    prompt = ('def strlen(string: str) -> int:\n    """ Length\n    >>> strlen(\'\')\n    0\n'
+              '    >>> strlen(\'abc\')\n    3\n    """\n')
+    assert visible_examples(prompt) == "assert (strlen('')) == (0)\nassert (strlen('abc')) == (3)\n"
+    assert body_of("\n    return len(string)\n\ndef g():\n    pass") == \
+        "\n    return len(string)\n"
+
+
+@needs_model
+def test_humaneval_quick_reports_pass_at_1_for_three_samplers(tmp_path):
+    data, md = run_quick("humaneval", tmp_path)
+    s = data["summary"]["samplers"]
+    assert set(s) == {"plain", "vgb", "bon"}
+    for v in s.values():
+        assert 0 <= v["pass@1 (hidden)"] <= 1 and 0 <= v["syntax valid"] <= 1
+    assert data["summary"]["bon_n"] >= 2
+    assert "not the full set" in md
