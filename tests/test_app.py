@@ -150,3 +150,17 @@ def test_concurrent_sessions_each_get_their_own_run(app_url):
     for t in threads:
         t.join(60)
     assert {s: got[s][FINAL] for s in seeds} == alone
+
+
+@pytest.mark.parametrize("function, message", [
+    ("tests.faulty_verifiers:crash_late", "crashed on purpose"),
+    ("tests.faulty_verifiers:nan_late", "must be finite"),
+])
+def test_a_run_that_fails_midway_reports_it_and_the_app_stays_usable(app_url, function, message):
+    c = client(app_url)
+    out = c.predict(**dict(LETTER_RUN, verifier="python function", function=function),
+                    api_name="/run")
+    assert message in out[STATUS] and "Traceback" not in out[STATUS]
+    assert wait_idle(c)["active_runs"] == 0
+    again = c.predict(**LETTER_RUN, api_name="/run")
+    assert stat(again[STATS], "reached leaf") == "yes"
