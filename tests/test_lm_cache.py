@@ -118,7 +118,7 @@ def test_context_overflow_is_a_clear_error(model):
         lm.logprobs([(1, 2, 3, 4, 5)])
 
 
-def test_ssm_cache_restores_snapshots_on_backtrack():
+def tiny_mamba():
     import mlx.core as mx
     from mlx_lm.models import mamba
 
@@ -128,6 +128,11 @@ def test_ssm_cache_restores_snapshots_on_backtrack():
                            conv_kernel=4, use_bias=False, use_conv_bias=True, time_step_rank=4)
     m = mamba.Model(args)
     mx.eval(m.parameters())
+    return m
+
+
+def test_ssm_cache_restores_snapshots_on_backtrack():
+    m = tiny_mamba()
     lm = MLXLanguageModel(m, eos_token_ids=[0])
     assert not lm.trimmable and not lm.batchable  # ArraysCache: state cannot be trimmed
     prompt = (1, 2, 3)
@@ -143,3 +148,14 @@ def test_ssm_cache_restores_snapshots_on_backtrack():
     r = VGB(horizon=8, actions=Blocks(2), choice=Candidates(3)).sample(
         lm, FunctionVerifier(lambda p: 0.3 if sum(p) % 2 else 1.0), prompt, seed=1)
     assert r.reached_leaf
+
+
+def test_ssm_cache_without_snapshot_re_prefills_and_counts_it():
+    m = tiny_mamba()
+    lm = MLXLanguageModel(m, eos_token_ids=[0], max_snapshots=1)  # only the newest state kept
+    prompt = (1, 2, 3)
+    lm.begin(prompt)
+    lm.logprobs([(5, 6, 7)])
+    got = lm.logprobs([(8,)])[0]  # no snapshot on this path: rebuilt from the prompt
+    assert np.max(np.abs(got - full_forward_logprobs(m, prompt + (8,)))) < TOL
+    assert lm.recomputed_tokens == 3  # the three prompt tokens, prefilled again
