@@ -98,7 +98,7 @@ def test_letters_quick_reports_constraint_coherence_and_cost(tmp_path):
     assert all(r["coherence"] < 0 for r in data["rows"])
 
 
-@pytest.mark.slow  # five real-model runs plus the toy sweeps: about 1-2 minutes idle
+
 @needs_model
 def test_perf_quick_reports_ratios_against_mlx_lm(tmp_path):
     data, md = run_quick("perf", tmp_path)
