@@ -39,3 +39,12 @@ SAMPLERS = {
 
 # mlx-lm's shape: mlx_vgb.load / generate / stream_generate (after SAMPLERS: generate uses it)
 from .generate import GenerationResponse, generate, load, stream_generate  # noqa: E402
+
+__all__ = [
+    "VGB", "ActionLevelRS", "Walk", "Plain", "OutcomeLevelRS", "BestOfN", "BlockBestOfN",
+    "BlockRS", "SAMPLERS", "Tokens", "Blocks", "Lines", "make_actions", "Candidates",
+    "Enumerate", "Rejection", "LanguageModel", "Verifier", "BaseLanguageModel", "BaseVerifier",
+    "FunctionVerifier", "Append", "Backtrack", "Done", "SampleResult", "SampleStats", "Trace",
+    "VGBError", "ConfigError", "EmptyPromptError", "VerifierError", "LanguageModelError",
+    "DeadEndError", "load", "generate", "stream_generate", "GenerationResponse",
+]
