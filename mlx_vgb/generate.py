@@ -86,16 +86,18 @@ def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
     return list(tokenizer.encode(text))
 
 
-def newline_tokens(tokenizer, vocab_size: int) -> frozenset[int]:
-    """Ids of the tokens whose text contains a newline (for line blocks)."""
-    out = set()
+def token_texts(tokenizer, vocab_size: int) -> Iterator[tuple[int, str]]:
+    """(id, text) of every token id the tokenizer can decode on its own."""
     for i in range(vocab_size):
         try:
-            if "\n" in tokenizer.decode([i]):
-                out.add(i)
+            yield i, tokenizer.decode([i])
         except Exception:
-            pass
-    return frozenset(out)
+            continue
+
+
+def newline_tokens(tokenizer, vocab_size: int) -> frozenset[int]:
+    """Ids of the tokens whose text contains a newline (for line blocks)."""
+    return frozenset(i for i, s in token_texts(tokenizer, vocab_size) if "\n" in s)
 
 
 def make_verifier(spec, lm: MLXLanguageModel, *, max_tokens: int = DEFAULT_MAX_TOKENS,

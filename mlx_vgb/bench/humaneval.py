@@ -138,12 +138,10 @@ def hidden_pass(problem: dict, body: str, timeout_s: float = 10.0) -> bool:
 
 def whitespace_stops(tok, vocab_size: int) -> tuple[frozenset[int], frozenset[int]]:
     """(tokens with a newline, whitespace-only tokens with a blank line: stop)."""
+    from ..generate import token_texts
+
     nl, stop = set(), set()
-    for i in range(vocab_size):
-        try:
-            s = tok.decode([i])
-        except Exception:
-            continue
+    for i, s in token_texts(tok, vocab_size):
         if "\n" in s:
             nl.add(i)
             if "\n\n" in s and not s.strip():

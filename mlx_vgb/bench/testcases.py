@@ -186,12 +186,10 @@ def analyse(text: str, ver: AssertLines, stopped: bool) -> tuple[int, int]:
 
 def stop_tokens(tok, vocab_size: int) -> tuple[frozenset[int], frozenset[int]]:
     """(line ends: tokens with one newline, stop: tokens with two newlines in a row)."""
+    from ..generate import token_texts
+
     nl, stop = set(), set()
-    for i in range(vocab_size):
-        try:
-            s = tok.decode([i])
-        except Exception:
-            continue
+    for i, s in token_texts(tok, vocab_size):
         if "\n\n" in s:
             stop.add(i)
         elif "\n" in s:
