@@ -1,9 +1,8 @@
 """Property-based tests (hypothesis) of the sampler's invariants under random walks."""
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import full_forward_logprobs, tiny_llama
+from tiny_models import LOGPROB_TOL, full_forward_logprobs, logprob_error, tiny_llama
 
 from mlx_vgb import (
     VGB, ActionLevelRS, Append, Backtrack, Blocks, Candidates, Done, Enumerate, Rejection,
@@ -80,7 +79,7 @@ def test_kv_cache_follows_any_request_sequence(ops):
         rows = [path + tuple(ext[:-1]) + (ext[-1] + i,) for i in range(k)]
         got = lm.logprobs(rows)
         for r, g in zip(rows, got):
-            assert np.max(np.abs(g - full_forward_logprobs(model, prompt + r))) < 2e-4
+            assert logprob_error(g, full_forward_logprobs(model, prompt + r)) < LOGPROB_TOL
         # the trunk cache offset equals the length of the prefix it claims to hold
         for layer in lm._trunk:
             assert layer.offset == len(lm._trunk_tokens)

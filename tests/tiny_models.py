@@ -28,6 +28,18 @@ def full_forward_logprobs(model, tokens) -> np.ndarray:
     return np.array(logits - mx.logsumexp(logits))
 
 
+def logprob_error(got, want) -> float:
+    """Largest error between two log-prob arrays, relative to 1 + |log-prob|.
+
+    float32 round-off is relative: a log-prob of -40 carries ~40x the absolute error of one near
+    0 (CI measured 2.1e-4 absolute at -41, i.e. 5e-6 relative), so absolute tolerances flake."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want) / (1.0 + np.abs(want))))
+
+
+LOGPROB_TOL = 5e-5  # ~400 float32 ulps relative; a wrong cache row is off by >1e-2
+
+
 def tiny_model_folder(path, seed: int = 0, hidden: int = 32, layers: int = 2, context: int = 512):
     """Write a tiny random llama + byte-level tokenizer as an mlx-lm folder; return its path.
 
