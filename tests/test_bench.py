@@ -156,3 +156,59 @@ def test_humaneval_quick_reports_pass_at_1_for_three_samplers(tmp_path):
         assert 0 <= v["pass@1 (hidden)"] <= 1 and 0 <= v["syntax valid"] <= 1
     assert data["summary"]["bon_n"] >= 2
     assert "not the full set" in md
+
+
+def test_testcases_reward_and_training_prompts_match_the_benchmark():
+    from mlx_vgb.bench.testcases import make_problem, parse_prompt, reward, training_prompts
+
+    prob = make_problem(0, 0)
+    name, ref = parse_prompt(prob["prompt"])
+    assert (name, ref) == (prob["name"], prob["reference"])
+    ok, bad = f"assert {name}([2, 1, 2]) == [1, 2]\n", f"assert {name}([]) == [1]\n"
+    assert reward(prob["prompt"], ok + ok + "\nanything after the blank line") == 1.0
+    assert reward(prob["prompt"], ok + bad + "\n") == 0.0
+    assert reward(prob["prompt"], ok + "assert " + name + "([1]) == [") == 1.0  # cut line dropped
+    assert reward(prob["prompt"], "\n\n") == 0.0  # no assert at all
+    rows = training_prompts(3, eval_seed=0, max_tokens=48)
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
+    bench = {make_problem(i, 0)["prompt"] for i in range(4)}
+    assert not bench & {r["prompt"] for r in rows}  # never the benchmark's own prompts
+    assert {r["max_tokens"] for r in rows} == {48}
+
+
+def _shard(folder, task_ids, rows, **cfg):
+    from mlx_vgb.bench.report import environment
+
+    folder.mkdir()
+    config = dict(problems=0, samples=1, horizon=64, bon_n=16, task_ids=task_ids)
+    config.update(cfg)
+    (folder / "shard.json").write_text(json.dumps({
+        "command": f"mlx-vgb bench humaneval --shard x --out {folder}", "config": config,
+        "environment": environment()}))
+    with open(folder / "rows.jsonl", "w") as f:
+        for sampler, tid, passed in rows:
+            f.write(json.dumps(dict(sampler=sampler, task_id=tid, seed=0, body="", syntax_ok=True,
+                                    visible_pass=passed, hidden_pass=passed, finish="stop",
+                                    forward_tokens=10, steps=1, backtracks=0, wall_s=1.0)) + "\n")
+        f.write('{"sampler": "vgb", "task_')  # a row torn by a kill
+
+
+def test_humaneval_merge_joins_shards_and_drops_unfinished_problems(tmp_path):
+    a, b = "HumanEval/0", "HumanEval/1"
+    _shard(tmp_path / "s0", [a], [("plain", a, True), ("vgb", a, False), ("bon", a, True)])
+    _shard(tmp_path / "s1", [b], [("plain", b, False), ("vgb", b, True)])  # bon cut off
+    cli.main(["humaneval", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
+              "--out", str(tmp_path / "m")])
+    data = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert data["config"]["task_ids"] == [a] and data["config"]["planned_problems"] == 2
+    s = data["summary"]["samplers"]
+    assert s["plain"]["pass@1 (hidden)"] == 1.0 and s["vgb"]["pass@1 (hidden)"] == 0.0
+    assert {r["task_id"] for r in data["rows"]} == {a}
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "1 of 2 planned problems" in md and "--shard x" in md
+    _shard(tmp_path / "s2", [b], [], horizon=32)
+    with pytest.raises(SystemExit, match="other settings"):
+        cli.main(["humaneval", "--merge", str(tmp_path / "s0"), str(tmp_path / "s2"),
+                  "--out", str(tmp_path / "m2")])
+    with pytest.raises(SystemExit, match="--bon-n"):
+        cli.main(["humaneval", "--problems", "0", "--shard", "0/2", "--out", str(tmp_path / "x")])

@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = default_out(task, args.quick)
     t0 = time.perf_counter()
-    module.run(args)
-    print(f"[{task}] wrote {args.out}/results.md, results.json "
-          f"({time.perf_counter() - t0:.0f} s)")
+    if module.run(args) is not False:  # False: the task wrote no report (e.g. --write-prompts)
+        print(f"[{task}] wrote {args.out}/results.md, results.json "
+              f"({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

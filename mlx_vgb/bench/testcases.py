@@ -48,7 +48,7 @@ FULL = dict(horizon=64, problems=2, samples=2, plain_samples=8, candidates=4, dr
             max_steps=60)
 QUICK = dict(horizon=32, problems=1, samples=1, plain_samples=1, candidates=2, drift=0.25,
              max_steps=12)
-SAMPLERS = ("plain", "action-rs", "block-bon", "vgb")
+SAMPLERS = ("plain", "action-rs", "block-bon", "vgb", "vgb-head")
 
 
 def add_args(p) -> None:
@@ -62,7 +62,18 @@ def add_args(p) -> None:
     p.add_argument("--candidates", type=int, default=None, help="K (VGB, ActionLevelRS), n (BoN)")
     p.add_argument("--drift", type=float, default=None, help="VGB lambda")
     p.add_argument("--max-steps", type=int, default=None, help="walk-step budget per response")
-    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    p.add_argument("--samplers", nargs="+", default=None, choices=SAMPLERS,
+                   help="default: all (vgb-head only with --head)")
+    p.add_argument("--head", default=None, metavar="DIR",
+                   help="a value head trained with `mlx-vgb train-verifier` on prompts from "
+                        "--write-prompts: adds the sampler vgb-head (V^ from the head, tau exact)")
+    p.add_argument("--pistar-samples", type=int, default=None,
+                   help="batched pi_ref samples per problem for the pi* length law (rejection)")
+    p.add_argument("--write-prompts", type=Path, default=None, metavar="JSONL",
+                   help="write training prompts for train-verifier (other seeds than the "
+                        "benchmark's) and exit")
+    p.add_argument("--prompt-seeds", type=int, default=12,
+                   help="with --write-prompts: seeds x 4 reference functions")
 
 
 def random_name(rng: random.Random) -> str:
@@ -80,6 +91,46 @@ def make_problem(i: int, seed: int) -> dict:
               "# Another function and its test cases\n" + ref + "\n"
               f"# 8 test cases for {name}\n")
     return dict(name=name, reference=ref, body=body, prompt=prompt)
+
+
+def training_prompts(n_seeds: int, eval_seed: int = 0, max_tokens: int = 64) -> list[dict]:
+    """Prompts for ``mlx-vgb train-verifier``: every reference function under ``n_seeds`` other
+    seeds (new random names and one-shot examples), never the benchmark's own problems."""
+    out = []
+    for s in range(n_seeds + 1):
+        if s == eval_seed:
+            continue
+        for i in range(len(REFERENCES)):
+            prob = make_problem(i, s)
+            out.append({"id": f"s{s}-{i}-{prob['name']}", "prompt": prob["prompt"],
+                        "max_tokens": max_tokens})
+    return out[: n_seeds * len(REFERENCES)]
+
+
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """(target name, reference source) from a prompt made by ``make_problem``."""
+    head, _, _ = prompt.rpartition("# 8 test cases for ")
+    ref = head[head.rfind("\ndef ") + 1:].strip("\n") + "\n"
+    name = ref[len("def "): ref.index("(")]
+    return name, ref
+
+
+_VERIFIERS: dict[str, "AssertLines"] = {}
+
+
+def reward(prompt: str, completion: str) -> float:
+    """Outcome reward for ``mlx-vgb train-verifier --reward mlx_vgb.bench.testcases:reward``:
+    tau of the benchmark. The response ends at its first blank line (the benchmark's stop) or at
+    EOS; a response cut by the token limit loses its unfinished last line."""
+    name, ref = parse_prompt(prompt)
+    ver = _VERIFIERS.setdefault(ref, AssertLines(name, ref))
+    cut = completion.find("\n\n")
+    # without a blank line the text cannot say whether EOS or the limit ended it: the last
+    # piece counts as unfinished (conservative: an assert right before EOS is not counted)
+    text = completion[: cut + 1] if cut >= 0 else completion
+    lines = AssertLines.finished_lines(text, complete=cut >= 0)
+    ver.check_lines(lines)
+    return 1.0 if lines and all(ver.memo[ln] for ln in lines) else 0.0
 
 
 _HARNESS = """
@@ -202,17 +253,39 @@ def run(args) -> None:
     from ..generate import load
     from ..lm import MLXLanguageModel
 
+    if args.write_prompts is not None:
+        from .report import atomic_write
+
+        rows = training_prompts(args.prompt_seeds, args.seed, args.horizon or FULL["horizon"])
+        atomic_write(args.write_prompts, "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"[testcases] wrote {len(rows)} training prompts to {args.write_prompts}")
+        return False
+
     cfg = dict(QUICK if args.quick else FULL)
     for k in ("horizon", "problems", "samples", "plain_samples", "candidates", "drift",
               "max_steps"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
+    samplers = args.samplers or [n for n in SAMPLERS if n != "vgb-head" or args.head]
+    if "vgb-head" in samplers and not args.head:
+        raise SystemExit("mlx-vgb bench testcases: the sampler vgb-head needs --head DIR (train "
+                         "one: see docs/benchmarks.md, 'testcases')")
     cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0,
-               samplers=list(args.samplers), line_max_tokens=40, verifier_floor=0.0)
+               samplers=samplers, line_max_tokens=40, verifier_floor=0.0)
+    if args.head:
+        cfg["head"] = str(args.head)
+    cfg["pistar_samples"] = args.pistar_samples or 0
     model, tok = load(args.model)
     base = MLXLanguageModel(model, tok)
     nl, stop = stop_tokens(tok, base.vocab_size)
     lm = MLXLanguageModel(model, tok, eos_token_ids=base.eos_token_ids | stop)
+    head_lm = None
+    if args.head:
+        from ..generate import make_verifier
+
+        # a second runtime over the same weights whose forward also gives V^ from the head
+        head_lm = MLXLanguageModel(model, tok, eos_token_ids=lm.eos_token_ids)
+        make_verifier(f"head:{args.head}", head_lm)
     actions = Lines(nl | stop | lm.eos_token_ids, max_len=40)
     H, K = cfg["horizon"], cfg["candidates"]
     common = dict(horizon=H, actions=actions, max_steps=cfg["max_steps"])
@@ -221,8 +294,10 @@ def run(args) -> None:
         "action-rs": lambda: ActionLevelRS(choice=Candidates(K), **common),
         "block-bon": lambda: BlockBestOfN(n=K, **common),
         "vgb": lambda: VGB(choice=Candidates(K), drift=cfg["drift"], **common),
+        "vgb-head": lambda: VGB(choice=Candidates(K), drift=cfg["drift"], **common),
     }
     samples: list[TestcaseSample] = []
+    pistar: list[tuple[int, bool, int]] = []  # (problem, correct, #asserts) of pi_ref samples
     problems = [make_problem(i, args.seed) for i in range(cfg["problems"])]
     cfg["problem_list"] = [{"name": p["name"], "reference": p["body"]} for p in problems]
     Plain(horizon=2, actions=actions).sample(lm, None, prompt=[1, 2, 3], seed=1)  # warm-up
@@ -230,13 +305,20 @@ def run(args) -> None:
         prompt = list(tok.encode(prob["prompt"]))
         ver = AssertLines(prob["name"], prob["reference"], stop).bind(lm.decode,
                                                                     base.eos_token_ids)
+        if cfg["pistar_samples"]:
+            pistar.extend(pistar_lengths(model, prompt, ver, lm.eos_token_ids, base.eos_token_ids,
+                                         cfg["pistar_samples"], H, seed=1000 * args.seed + pi))
         for name in cfg["samplers"]:
             n = cfg["plain_samples"] if name == "plain" else cfg["samples"]
             smp = make[name]()
+            run_lm, run_ver = lm, ver
+            if name == "vgb-head":  # V^ from the learned head, tau still the exact check
+                run_lm = head_lm
+                run_ver = head_lm.value_verifier(lambda r, ver=ver: ver.tilt([r])[0])
             for i in range(n):
                 seed = 100_000 * args.seed + 1000 * pi + i
                 t0 = time.perf_counter()
-                r = smp.sample(lm, ver, prompt=prompt, seed=seed)
+                r = smp.sample(run_lm, run_ver, prompt=prompt, seed=seed)
                 wall = time.perf_counter() - t0
                 stopped = r.finish_reason == "stop"
                 text = ver._text(r.tokens)  # keeps the text of a stop token
@@ -253,16 +335,42 @@ def run(args) -> None:
                       flush=True)
         cfg.setdefault("sandbox_calls", 0)
         cfg["sandbox_calls"] += ver.sandbox_calls
-    write(args, cfg, samples)
+    write(args, cfg, samples, pistar)
 
 
-def write(args, cfg, samples: list[TestcaseSample]) -> None:
+def pistar_lengths(model, prompt, ver: AssertLines, stop_ids, eos_ids, n: int, horizon: int,
+                   seed: int, batch: int = 16) -> list[tuple[int, bool, int]]:
+    """``n`` responses of pi_ref (batched ancestral sampling, the same law as ``plain``: a row
+    ends at EOS / a blank-line token or after ``horizon`` tokens), scored by tau: the accepted
+    ones are exact samples of pi* = pi_ref(. | tau = 1) (rejection sampling)."""
+    from ..rollouts import sample_completions
+
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for start in range(0, n, batch):
+        u = rng.random((min(batch, n - start), horizon))
+        for toks in sample_completions(model, prompt, u, horizon, stop_ids):
+            tau = float(ver.tilt([tuple(toks)])[0])
+            stopped = bool(toks) and toks[-1] in stop_ids
+            n_as, _ = analyse(ver._text(toks), ver, stopped)
+            out.append((ver.name, tau > 0, n_as))
+    print(f"[testcases] pi* estimate for {ver.name}: {sum(c for _, c, _ in out)} of {len(out)} "
+          "pi_ref samples accepted", flush=True)
+    return out
+
+
+def write(args, cfg, samples: list[TestcaseSample], pistar_rows=()) -> None:
     out = Path(args.out)
     rep = Report(task="testcases", command=args.command, config=cfg)
     rep.rows = [asdict(s) for s in samples]
     names = [n for n in cfg["samplers"] if any(s.sampler == n for s in samples)]
     plain = [s for s in samples if s.sampler == "plain"]
-    pistar = [s.n_asserts for s in plain if s.correct]
+    if pistar_rows:  # the batched pi_ref samples (plain's law), else the plain responses
+        pistar = [k for _, ok, k in pistar_rows if ok]
+        n_proposed, source = len(pistar_rows), "batched pi_ref samples"
+    else:
+        pistar = [s.n_asserts for s in plain if s.correct]
+        n_proposed, source = len(plain), "the plain samples"
     table = []
     for n in names:
         g = [s for s in samples if s.sampler == n]
@@ -282,7 +390,7 @@ def write(args, cfg, samples: list[TestcaseSample]) -> None:
     rep.summary = {"samplers": {t["sampler"]: {k: v for k, v in t.items() if k != "sampler"}
                                 for t in table},
                    "pi_star_lengths": pistar, "pi_star_accepted": len(pistar),
-                   "pi_star_proposed": len(plain),
+                   "pi_star_proposed": n_proposed, "pi_star_source": source,
                    "lengths": {n: [s.n_asserts for s in samples if s.sampler == n and s.correct]
                                for n in names}}
     rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
@@ -290,8 +398,8 @@ def write(args, cfg, samples: list[TestcaseSample]) -> None:
         "sampler", "n", "correct", "correct_se", "distinct correct asserts", "distinct_se",
         "mean #asserts (correct)", "mean #asserts (all)", "forward tok / response",
         "tokens / response", "backtracks / response", "wall s / response"]) +
-        f"\npi* length law: estimated by rejection from the plain samples: "
-        f"{len(pistar)} of {len(plain)} accepted (tau = 1), lengths {sorted(pistar)}. "
+        f"\npi* length law: estimated by rejection from {source}: "
+        f"{len(pistar)} of {n_proposed} accepted (tau = 1), lengths {sorted(pistar)}. "
         "s.e. = standard error over responses.")
     ex = []
     for n in names:
@@ -307,7 +415,7 @@ def write(args, cfg, samples: list[TestcaseSample]) -> None:
               {"distinct correct asserts": [t["distinct correct asserts"] for t in table],
                "forward tok / 100": [t["forward tok / response"] / 100 for t in table]},
               ylabel="count", title="Test cases: distinct correct asserts, cost")
-    hist = {"pi* (rejection from plain)": pistar}
+    hist = {"pi* (rejection from pi_ref)": pistar}
     hist.update({n: rep.summary["lengths"][n] for n in names if n != "plain"})
     plot_hist(out / "lengths.png", hist, xlabel="number of asserts (correct responses)",
               title="Test cases: length law vs pi*", bins=list(np.arange(-0.5, 12.5, 1.0)))
