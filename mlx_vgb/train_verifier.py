@@ -66,7 +66,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlx-vgb train-verifier", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", required=True, help="generator: an mlx-lm model folder or HF repo")
+    p.add_argument("--model", default=None,
+                   help="generator: an mlx-lm model folder or HF repo (default: the embedded "
+                        "SmolLM2-135M-Instruct)")
     p.add_argument("--prompts", required=True, help="prompt set, JSONL")
     p.add_argument("--reward", required=True, help="built-in task (dyck) or module:function")
     p.add_argument("--out", required=True, help="verifier folder to write")
@@ -95,8 +97,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str):
-    from mlx_lm import load
+def _load(path: str | None):
+    from .generate import load  # None: the embedded default; clear errors for bad paths
 
     model, tokenizer = load(path)
     return model, tokenizer
@@ -133,7 +135,7 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
         return tok.decode(list(ids), skip_special_tokens=False)
 
     t0 = time.perf_counter()
-    settings = {"model": str(a.model), "prompts": str(a.prompts), "reward": a.reward}
+    settings = {"model": str(a.model or "embedded SmolLM2"), "prompts": str(a.prompts), "reward": a.reward}
     run = collect_rollouts(
         model, prompts, work / "rollouts.jsonl", encode=encode, decode=decode, reward=reward,
         eos_token_ids=eos, n=a.num_rollouts, seed=a.seed, temp=a.temp, max_tokens=a.max_tokens,
@@ -166,7 +168,7 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
     cfg = VerifierConfig(
         head=res.head.config, backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,
         hidden_layer=-1, pooling=a.pooling, read_at="every_token",
-        metadata={"trained_by": "mlx-vgb train-verifier", "generator": str(a.model),
+        metadata={"trained_by": "mlx-vgb train-verifier", "generator": str(a.model or "embedded SmolLM2"),
                   "reward": a.reward, "block": a.block, "num_rollouts": a.num_rollouts,
                   "seed": a.seed, "held_out": _summary(res.held_out), "train": _summary(res.train)})
     save_verifier(out, cfg, res.head, backbone_src=a.backbone, force=a.force)

@@ -2,6 +2,7 @@
 results.md (command line and date first) and its PNG plots."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -127,12 +128,13 @@ def test_testcases_verifier_checks_each_line_against_the_reference():
 
 @needs_model
 def test_testcases_quick_reports_correct_rate_and_lengths(tmp_path):
-    data, md = run_quick("testcases", tmp_path)
+    head = Path(__file__).resolve().parent.parent / "results" / "testcases" / "head"
+    data, md = run_quick("testcases", tmp_path, "--head", str(head), "--pistar-samples", "4")
     s = data["summary"]
-    assert set(s["samplers"]) == {"plain", "action-rs", "block-bon", "vgb"}
+    assert set(s["samplers"]) == {"plain", "action-rs", "block-bon", "vgb", "vgb-head"}
     for v in s["samplers"].values():
         assert 0 <= v["correct"] <= 1 and v["forward tok / response"] >= 1
-    assert s["pi_star_proposed"] >= 1
+    assert s["pi_star_proposed"] == 4 and s["pi_star_source"] == "batched pi_ref samples"
     assert {"correct", "n_asserts", "distinct_correct", "forward_tokens"} <= set(data["rows"][0])
     assert "pi* length law" in md
 
@@ -210,5 +212,9 @@ def test_humaneval_merge_joins_shards_and_drops_unfinished_problems(tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         cli.main(["humaneval", "--merge", str(tmp_path / "s0"), str(tmp_path / "s2"),
                   "--out", str(tmp_path / "m2")])
+    # a rerun resumes only a run with the same settings (before any model is loaded)
+    with pytest.raises(SystemExit, match="other settings"):
+        cli.main(["humaneval", "--problems", "0", "--bon-n", "16", "--horizon", "48",
+                  "--out", str(tmp_path / "s0")])
     with pytest.raises(SystemExit, match="--bon-n"):
         cli.main(["humaneval", "--problems", "0", "--shard", "0/2", "--out", str(tmp_path / "x")])

@@ -36,6 +36,8 @@ SUBSET = [23, 28, 53, 45, 42, 35, 2, 34]
 FULL = dict(problems=4, samples=2, horizon=64, candidates=4, drift=0.25, max_steps=80)
 QUICK = dict(problems=1, samples=1, horizon=24, candidates=2, drift=0.25, max_steps=12)
 SAMPLERS = ("plain", "vgb", "bon")
+RESUME_SAME = ("samples", "horizon", "candidates", "drift", "max_steps", "seed", "model", "temp",
+               "prompt_style", "bon_n")
 
 
 def add_args(p) -> None:
@@ -210,6 +212,18 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "rows.jsonl"
     done = {}
+    if args.bon_n is not None:
+        cfg["bon_n"] = args.bon_n
+    meta = out / "shard.json"
+    if log.exists():  # resume only a run with the same settings
+        if not meta.exists():
+            raise SystemExit(f"mlx-vgb bench humaneval: {log} has no shard.json beside it (the "
+                             "settings it ran with); use another --out folder")
+        was = json.loads(meta.read_text())["config"]
+        diff = {k: (was.get(k), cfg.get(k)) for k in RESUME_SAME if was.get(k) != cfg.get(k)}
+        if diff:
+            raise SystemExit(f"mlx-vgb bench humaneval: {out} holds rows of a run with other "
+                             f"settings (then, now): {diff}; use another --out folder")
     if log.exists():  # resume: keep finished rows (a torn last line from a kill is dropped)
         for line in log.read_text().splitlines():
             try:
@@ -218,8 +232,8 @@ def run(args) -> None:
                 continue
             done[(row["sampler"], row["task_id"], row["seed"])] = HESample(**row)
     log.write_text("".join(json.dumps(asdict(x)) + "\n" for x in done.values()))
-    if args.bon_n is not None:
-        cfg["bon_n"] = args.bon_n
+    if done:  # finished responses of an earlier, interrupted run of the same command
+        cfg["resumed_rows"] = len(done)
     atomic_write(out / "shard.json", json.dumps({
         "command": args.command, "config": cfg, "environment": environment()}, indent=1) + "\n")
     model, tok = load(args.model)

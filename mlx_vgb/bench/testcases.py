@@ -69,6 +69,9 @@ def add_args(p) -> None:
                         "--write-prompts: adds the sampler vgb-head (V^ from the head, tau exact)")
     p.add_argument("--pistar-samples", type=int, default=None,
                    help="batched pi_ref samples per problem for the pi* length law (rejection)")
+    p.add_argument("--reuse", type=Path, default=None, metavar="DIR",
+                   help="take the rows of samplers not run now from DIR/results.json (an "
+                        "earlier run with the same settings): add a sampler to a finished run")
     p.add_argument("--write-prompts", type=Path, default=None, metavar="JSONL",
                    help="write training prompts for train-verifier (other seeds than the "
                         "benchmark's) and exit")
@@ -275,6 +278,7 @@ def run(args) -> None:
     if args.head:
         cfg["head"] = str(args.head)
     cfg["pistar_samples"] = args.pistar_samples or 0
+    reused = reuse_rows(args.reuse, cfg, samplers) if args.reuse else []
     model, tok = load(args.model)
     base = MLXLanguageModel(model, tok)
     nl, stop = stop_tokens(tok, base.vocab_size)
@@ -335,7 +339,32 @@ def run(args) -> None:
                       flush=True)
         cfg.setdefault("sandbox_calls", 0)
         cfg["sandbox_calls"] += ver.sandbox_calls
+    if reused:
+        cfg["samplers"] = [n for n in SAMPLERS if n in set(samplers) | {s.sampler for s in reused}]
+        samples = reused + samples
     write(args, cfg, samples, pistar)
+
+
+SAME = ("horizon", "problems", "samples", "plain_samples", "candidates", "drift", "max_steps",
+        "seed", "model", "temp", "line_max_tokens", "verifier_floor")
+
+
+def reuse_rows(folder: Path, cfg: dict, samplers) -> list[TestcaseSample]:
+    """Rows of the samplers not run now, from an earlier run with the same settings."""
+    path = Path(folder) / "results.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mlx-vgb bench testcases --reuse: cannot read {path} ({e})")
+    diff = {k: (old["config"].get(k), cfg.get(k)) for k in SAME
+            if old["config"].get(k) != cfg.get(k)}
+    if diff:
+        raise SystemExit(f"mlx-vgb bench testcases --reuse: {path} ran with other settings "
+                         f"(earlier, now): {diff}; run every sampler again instead")
+    rows = [TestcaseSample(**r) for r in old["rows"] if r["sampler"] not in set(samplers)]
+    cfg["reused"] = {"from": str(path), "command": old["command"], "date": old["date"],
+                     "samplers": sorted({r.sampler for r in rows})}
+    return rows
 
 
 def pistar_lengths(model, prompt, ver: AssertLines, stop_ids, eos_ids, n: int, horizon: int,
@@ -400,7 +429,10 @@ def write(args, cfg, samples: list[TestcaseSample], pistar_rows=()) -> None:
         "tokens / response", "backtracks / response", "wall s / response"]) +
         f"\npi* length law: estimated by rejection from {source}: "
         f"{len(pistar)} of {n_proposed} accepted (tau = 1), lengths {sorted(pistar)}. "
-        "s.e. = standard error over responses.")
+        "s.e. = standard error over responses." + (
+            f"\n\nRows of {', '.join(cfg['reused']['samplers'])} reused from the earlier run "
+            f"`{cfg['reused']['command']}` ({cfg['reused']['date']}, same settings and seeds; "
+            "their wall times are from that run)." if cfg.get("reused") else ""))
     ex = []
     for n in names:
         for s in [s for s in samples if s.sampler == n][:2]:
