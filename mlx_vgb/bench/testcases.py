@@ -12,11 +12,14 @@ not a small positive number, because it is exact: a prefix with a failing line c
 tau = 1, so its true value is 0; the only error of V^ is optimism (V^ = 1 for a prefix whose
 continuations may all fail). tau = V^ of the finished lines and at least one assert. Each new
 line is checked once (memoized by text); all unknown lines of a batch of prefixes run in ONE
-sandbox call. The learned-head variant of the issue is not run here (see docs/benchmarks.md).
+sandbox call. With ``--head DIR`` the sampler ``vgb-head`` takes V^ from a value head trained by
+``mlx-vgb train-verifier`` (``--reward mlx_vgb.bench.testcases:reward``, prompts from
+``--write-prompts``: other seeds than the benchmark's); tau stays the exact check.
 
 Metrics per sampler: correct rate (tau = 1), distinct correct asserts per response, length
 (number of finished asserts) distribution, compared with pi* = pi_ref(. | tau = 1) estimated by
-rejection from the plain samples; forward tokens per response (cost).
+rejection from pi_ref samples (``--pistar-samples N`` batched per problem, else the plain
+responses); forward tokens per response (cost).
 """
 
 from __future__ import annotations
