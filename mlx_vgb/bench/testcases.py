@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from ..verifiers import TextVerifier
-from .report import Report, markdown_table, mean_se, plot_bars, plot_hist
+from .report import (Report, atomic_write, config_diff, markdown_table, mean_se, plot_bars,
+                     plot_hist)
 
 EXAMPLE = ("def {name}(lst):\n    return [x * 2 for x in lst]\n\n"
            "# 3 test cases for {name}\n"
@@ -102,15 +103,14 @@ def make_problem(i: int, seed: int) -> dict:
 def training_prompts(n_seeds: int, eval_seed: int = 0, max_tokens: int = 64) -> list[dict]:
     """Prompts for ``mlx-vgb train-verifier``: every reference function under ``n_seeds`` other
     seeds (new random names and one-shot examples), never the benchmark's own problems."""
+    seeds = [s for s in range(n_seeds + 1) if s != eval_seed][:n_seeds]
     out = []
-    for s in range(n_seeds + 1):
-        if s == eval_seed:
-            continue
+    for s in seeds:
         for i in range(len(REFERENCES)):
             prob = make_problem(i, s)
             out.append({"id": f"s{s}-{i}-{prob['name']}", "prompt": prob["prompt"],
                         "max_tokens": max_tokens})
-    return out[: n_seeds * len(REFERENCES)]
+    return out
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
@@ -129,7 +129,9 @@ def reward(prompt: str, completion: str) -> float:
     tau of the benchmark. The response ends at its first blank line (the benchmark's stop) or at
     EOS; a response cut by the token limit loses its unfinished last line."""
     name, ref = parse_prompt(prompt)
-    ver = _VERIFIERS.setdefault(ref, AssertLines(name, ref))
+    if ref not in _VERIFIERS:
+        _VERIFIERS[ref] = AssertLines(name, ref)
+    ver = _VERIFIERS[ref]
     cut = completion.find("\n\n")
     # without a blank line the text cannot say whether EOS or the limit ended it: the last
     # piece counts as unfinished (conservative: an assert right before EOS is not counted)
@@ -260,8 +262,6 @@ def run(args) -> None:
     from ..lm import MLXLanguageModel
 
     if args.write_prompts is not None:
-        from .report import atomic_write
-
         rows = training_prompts(args.prompt_seeds, args.seed, args.horizon or FULL["horizon"])
         atomic_write(args.write_prompts, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"[testcases] wrote {len(rows)} training prompts to {args.write_prompts}")
@@ -301,10 +301,10 @@ def run(args) -> None:
         "action-rs": lambda: ActionLevelRS(choice=Candidates(K), **common),
         "block-bon": lambda: BlockBestOfN(n=K, **common),
         "vgb": lambda: VGB(choice=Candidates(K), drift=cfg["drift"], **common),
-        "vgb-head": lambda: VGB(choice=Candidates(K), drift=cfg["drift"], **common),
     }
+    make["vgb-head"] = make["vgb"]  # the same walk; only its verifier differs (below)
     samples: list[TestcaseSample] = []
-    pistar: list[tuple[int, bool, int]] = []  # (problem, correct, #asserts) of pi_ref samples
+    pistar: list[tuple[str, bool, int]] = []  # (target name, correct, #asserts) of pi_ref samples
     problems = [make_problem(i, args.seed) for i in range(cfg["problems"])]
     cfg["problem_list"] = [{"name": p["name"], "reference": p["body"]} for p in problems]
     Plain(horizon=2, actions=actions).sample(lm, None, prompt=[1, 2, 3], seed=1)  # warm-up
@@ -313,7 +313,7 @@ def run(args) -> None:
         ver = AssertLines(prob["name"], prob["reference"], stop).bind(lm.decode,
                                                                     base.eos_token_ids)
         if cfg["pistar_samples"]:
-            pistar.extend(pistar_lengths(model, prompt, ver, lm.eos_token_ids, base.eos_token_ids,
+            pistar.extend(pistar_lengths(model, prompt, ver, lm.eos_token_ids,
                                          cfg["pistar_samples"], H, seed=1000 * args.seed + pi))
         for name in cfg["samplers"]:
             n = cfg["plain_samples"] if name == "plain" else cfg["samples"]
@@ -359,8 +359,7 @@ def reuse_rows(folder: Path, cfg: dict, samplers) -> list[TestcaseSample]:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"mlx-vgb bench testcases --reuse: cannot read {path} ({e})")
-    diff = {k: (old["config"].get(k), cfg.get(k)) for k in SAME
-            if old["config"].get(k) != cfg.get(k)}
+    diff = config_diff(old["config"], cfg, SAME)
     if diff:
         raise SystemExit(f"mlx-vgb bench testcases --reuse: {path} ran with other settings "
                          f"(earlier, now): {diff}; run every sampler again instead")
@@ -370,8 +369,8 @@ def reuse_rows(folder: Path, cfg: dict, samplers) -> list[TestcaseSample]:
     return rows
 
 
-def pistar_lengths(model, prompt, ver: AssertLines, stop_ids, eos_ids, n: int, horizon: int,
-                   seed: int, batch: int = 16) -> list[tuple[int, bool, int]]:
+def pistar_lengths(model, prompt, ver: AssertLines, stop_ids, n: int, horizon: int,
+                   seed: int, batch: int = 16) -> list[tuple[str, bool, int]]:
     """``n`` responses of pi_ref (batched ancestral sampling, the same law as ``plain``: a row
     ends at EOS / a blank-line token or after ``horizon`` tokens), scored by tau: the accepted
     ones are exact samples of pi* = pi_ref(. | tau = 1) (rejection sampling)."""
