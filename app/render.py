@@ -11,6 +11,8 @@ import html
 import math
 from dataclasses import dataclass, field
 
+from ..prefixes import common_prefix_len
+
 MAX_ERASED_CHARS = 160  # one struck-through span shows at most this many characters
 MAX_PLOT_POINTS = 1200  # the depth plot keeps the min and max of each step bucket beyond this
 
@@ -75,10 +77,7 @@ class WalkView:
         are struck through on a backtrack, or replaced silently on an append (a token can change
         how the previous bytes decode)."""
         old = self.text
-        n = 0
-        limit = min(len(old), len(new))
-        while n < limit and old[n] == new[n]:
-            n += 1
+        n = common_prefix_len(old, new)
         drop = len(old) - n
         if drop:
             self._drop_kept_tail(drop, erase)

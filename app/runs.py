@@ -11,14 +11,25 @@ import collections
 import concurrent.futures
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, VGBError
+from ..registry import (
+    ForbidSpec,
+    FunctionSpec,
+    HeadSpec,
+    ModelSpec,
+    NoLetterSpec,
+    NoVerifierSpec,
+    PythonSyntaxSpec,
+    RegexSpec,
+    UnitTestsSpec,
+    VerifierSpec,
+    parse_block,
+)
 from .render import WalkView
 
 log = logging.getLogger("mlx_vgb.app")
@@ -65,16 +76,7 @@ class RunSettings:
     baseline: str = "action-rs"
 
     def block_value(self):
-        b = (self.block or "token").strip().lower()
-        if b in ("token", "line"):
-            return None if b == "token" else "line"
-        try:
-            n = int(b)
-        except ValueError:
-            raise ConfigError(f"block must be 'token', 'line' or a number of tokens, got {b!r}")
-        if n < 1:
-            raise ConfigError(f"block must be at least 1 token, got {n}")
-        return n
+        return parse_block(self.block)
 
     def model_spec(self, default: str | None) -> str | None:
         if self.generator == GENERATOR_DEFAULT:
@@ -88,50 +90,47 @@ class RunSettings:
                               "formats with `mlx-vgb convert`)")
         return path
 
-    def verifier_spec(self, workdir: str | None) -> str:
-        """The ``--verifier`` spec string of these settings; the tests file goes in ``workdir``
-        (None: not written, shown as tests.py)."""
+    def verifier_settings(self) -> VerifierSpec:
+        """The typed verifier setting of these fields (``mlx_vgb.registry``)."""
         kind = self.verifier
         if kind == "none":
-            return "none"
+            return NoVerifierSpec()
         if kind == "no-letter":
             letter = (self.letter or "").strip()
             if len(letter) != 1:
                 raise ConfigError(f"letter avoidance needs exactly one letter, got {letter!r}")
-            return f"no-letter:{letter},alpha={float(self.alpha):g}"
+            if self.alpha is None or not 0 < float(self.alpha) <= 1:
+                raise ConfigError(f"letter avoidance: alpha must be in (0, 1], got {self.alpha!r}")
+            return NoLetterSpec(letter, float(self.alpha))
         if kind == "regex":
             if not self.pattern:
                 raise ConfigError("regex verifier: type a pattern the response must match")
-            return f"regex:{self.pattern}"
+            return RegexSpec(self.pattern)
         if kind == "forbid":
             words = [w.strip() for w in (self.words or "").replace("\n", "|").split("|")]
             words = [w for w in words if w]
             if not words:
                 raise ConfigError("forbidden strings: type at least one, separated by |")
-            return "forbid:" + "|".join(words)
+            return ForbidSpec(tuple(words))
         if kind == "python-syntax":
-            return "python-syntax"
+            return PythonSyntaxSpec()
         if kind == "unit-tests":
             if not (self.tests or "").strip():
                 raise ConfigError("unit tests: type Python asserts (they run after the "
                                   "response's code, in the sandbox)")
-            if workdir is None:
-                return "unit-tests:tests.py"
-            path = os.path.join(workdir, "tests.py")
-            with open(path, "w") as f:
-                f.write(self.tests)
-            return f"unit-tests:{path}"
+            return UnitTestsSpec(self.tests, "tests.py")
         if kind in ("head", "model"):
             path = (self.verifier_path or "").strip()
             if not path:
                 raise ConfigError(f"{kind} verifier: type the verifier folder's path")
-            return f"{kind}:{os.path.expanduser(path)}"
+            path = os.path.expanduser(path)
+            return HeadSpec(path) if kind == "head" else ModelSpec(path)
         if kind == "python function":
             fn = (self.function or "").strip()
             if ":" not in fn:
                 raise ConfigError("python function verifier: give 'package.module:function' "
                                   "(fn(text, complete) -> float)")
-            return fn
+            return FunctionSpec(fn)
         raise ConfigError(f"unknown verifier kind {kind!r}; choose one of {', '.join(VERIFIERS)}")
 
     def check(self) -> None:
@@ -153,7 +152,7 @@ class RunSettings:
             raise ConfigError(f"baseline must be one of {', '.join(BASELINES)}")
         self.block_value()
 
-    def stream_kwargs(self, sampler: str, verifier: str) -> dict:
+    def stream_kwargs(self, sampler: str, verifier) -> dict:
         return dict(
             verifier=verifier, sampler=sampler, max_tokens=int(self.max_tokens),
             temp=float(self.temp), top_p=float(self.top_p), top_k=int(self.top_k or 0),
@@ -275,11 +274,10 @@ class Runner:
     def run(self, settings: RunSettings, session: str) -> Iterator[tuple[list[WalkView], str]]:
         """Yield (views, status line) as the run goes; raises VGBError on bad settings."""
         run = self.registry.start(session)
-        workdir = tempfile.mkdtemp(prefix="mlx-vgb-app-")
         streams: list = []
         try:
             settings.check()
-            spec = settings.verifier_spec(workdir)
+            spec = settings.verifier_settings()
             model_spec = settings.model_spec(self.models.default)
             labels = [settings.sampler]
             if settings.compare:
@@ -289,7 +287,7 @@ class Runner:
             model, tokenizer = self.worker.call(self.models.get, model_spec)
             samplers = [settings.sampler] + ([settings.baseline] if settings.compare else [])
             for s in samplers:
-                ver = spec if s != "plain" else "none"
+                ver = spec if s != "plain" else NoVerifierSpec()
                 streams.append(self.worker.call(
                     self.stream_generate, model, tokenizer, settings.prompt,
                     **settings.stream_kwargs(s, ver)))
@@ -304,7 +302,6 @@ class Runner:
                 except Exception:  # pragma: no cover - closing must not hide the real error
                     log.exception("closing a stream")
             streams.clear()
-            shutil.rmtree(workdir, ignore_errors=True)
             self.registry.end(session, run)
 
     def _pump(self, run: SessionRun, streams: list):

@@ -12,7 +12,7 @@ import shlex
 
 import gradio as gr
 
-from .. import SAMPLERS
+from ..registry import SAMPLERS
 from . import examples as ex
 from .render import CSS, WalkView, depth_svg, error_html, stats_html, text_html
 from .runs import (
@@ -53,7 +53,7 @@ def command_line(s: RunSettings, default_model: str | None) -> str:
     """The ``mlx-vgb generate`` command that runs the same settings (tests file shown as
     tests.py)."""
     try:
-        spec = s.verifier_spec(None)
+        spec = s.verifier_settings().to_string()
     except Exception:  # noqa: BLE001 - the run itself reports bad settings
         spec = "?"
     parts = ["mlx-vgb", "generate"]

@@ -17,25 +17,42 @@ import numpy as np
 from .errors import ConfigError
 from .lm import MLXLanguageModel
 from .protocols import BaseVerifier
-from .verifier_format import GENERATOR_BACKBONE, load_verifier
+from .verifier_format import load_verifier
 
 
-class GeneratorHeadVerifier(BaseVerifier):
-    """V^ from a value head on the generator's own last hidden state (same forward as pi_ref).
-    tau = the head's score at the leaf, unless ``tilt_fn(tokens) -> float`` is given."""
+class ValueHeadVerifier(BaseVerifier):
+    """V^ from a value head on the last hidden state of ``lm`` (anything with ``values``).
 
-    def __init__(self, lm: MLXLanguageModel, tilt_fn=None):
-        if lm.value_head is None:
-            raise ConfigError("the language model has no value head attached")
-        self.lm, self.tilt_fn = lm, tilt_fn
+    - the generator's own ``MLXLanguageModel`` (built with ``value_head=``): V^ comes from the
+      same forward as pi_ref; or a separate copy of a backbone (``own_lm=True``): ``begin``
+      binds it to the prompt and V^ costs its own forward (the seed's "verifier of the same
+      size").
+    - ``tilt``: tau at leaves, ``tilt(prompt, response) -> float``; None: the head's value of
+      the complete response (a learned verifier everywhere).
+    - ``floor``: V^ is clipped below at ``floor`` (0 keeps it a probability).
+    """
+
+    def __init__(self, lm, *, tilt=None, own_lm: bool = False, floor: float = 0.0,
+                 bound: float = 1.0):
+        if getattr(lm, "value_head", getattr(lm, "head", None)) is None:
+            raise ConfigError("the language model has no value head attached: build it with "
+                              "value_head=... (mlx_vgb.registry.make_language_model)")
+        self.lm, self._tilt, self.own_lm = lm, tilt, own_lm
+        self.floor, self.bound = floor, bound
+        self.prompt: tuple[int, ...] = ()
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.prompt = tuple(int(t) for t in prompt)
+        if self.own_lm:
+            self.lm.begin(self.prompt)
 
     def value(self, prefixes):
-        return np.clip(self.lm.values(prefixes), 0.0, None)
+        return np.clip(np.asarray(self.lm.values(prefixes), dtype=np.float64), self.floor, None)
 
     def tilt(self, responses):
-        if self.tilt_fn is not None:
-            return np.array([float(self.tilt_fn(tuple(r))) for r in responses])
-        return self.value(responses)
+        if self._tilt is None:
+            return self.value(responses)
+        return np.array([float(self._tilt(self.prompt, tuple(r))) for r in responses])
 
 
 class SeparateModelVerifier(BaseVerifier):
@@ -81,9 +98,3 @@ class SeparateModelVerifier(BaseVerifier):
 
     def tilt(self, responses):
         return self.value(responses)
-
-
-def is_generator_head(path: str | Path) -> bool:
-    from .verifier_format import load_verifier_config
-
-    return load_verifier_config(path).backbone == GENERATOR_BACKBONE

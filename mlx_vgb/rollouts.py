@@ -25,9 +25,10 @@ import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from .errors import ConfigError
+from .resume import settings_diff
 
 DEFAULT_ROLLOUTS = 8
-DEFAULT_BATCH = 256
+DEFAULT_ROLLOUT_BATCH = 256
 DEFAULT_MAX_TOKENS = 64
 
 Reward = Callable[[str, str], float]
@@ -97,7 +98,7 @@ def sample_batch(model, prompts: Sequence[Sequence[int]], uniforms: np.ndarray, 
     """Batched ancestral sampling; every prompt must have the same length."""
     B = len(prompts)
     if len({len(p) for p in prompts}) != 1:
-        raise ValueError("sample_batch needs prompts of one length")
+        raise ConfigError("sample_batch needs prompts of one length")
     cache = make_prompt_cache(model)
     logits = model(mx.array(np.asarray(prompts, dtype=np.int32)), cache=cache)[:, -1, :]
     out: list[list[int]] = [[] for _ in range(B)]
@@ -160,7 +161,7 @@ def collect_rollouts(
     seed: int = 0,
     temp: float = 1.0,
     max_tokens: int = DEFAULT_MAX_TOKENS,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int = DEFAULT_ROLLOUT_BATCH,
     settings: dict | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
@@ -182,7 +183,7 @@ def collect_rollouts(
     if path.exists() and meta_path.exists():
         old = json.loads(meta_path.read_text())
         if old != meta:
-            diff = {k: (old.get(k), meta.get(k)) for k in set(old) | set(meta) if old.get(k) != meta.get(k)}
+            diff = settings_diff(old, meta)
             raise ConfigError(
                 f"{path} was collected with other settings {diff} (old, new); pass the same "
                 "settings to resume, or choose another rollouts file")

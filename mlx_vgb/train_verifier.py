@@ -30,10 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ConfigError
+from .rollouts import DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUTS
 
-DEFAULT_ROLLOUTS = 8
+
 DEFAULT_MAX_TOKENS = 64
-DEFAULT_BATCH = 256
+
 DEFAULT_HIDDEN_DIMS = "128"
 DEFAULT_EPOCHS = 30
 DEFAULT_LR = 2e-3
@@ -81,7 +82,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help="rollout length when a prompt gives no max_tokens")
     p.add_argument("--temp", type=float, default=1.0, help="sampling temperature of pi_ref")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_ROLLOUT_BATCH,
+                   help="rollouts per batched forward")
     p.add_argument("--block", type=int, default=1,
                    help="action length L: value targets at every L-th token")
     p.add_argument("--pooling", choices=("last", "mean"), default="last")

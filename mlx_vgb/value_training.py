@@ -32,7 +32,7 @@ from .verifier_format import HeadConfig, ValueHead, pool_hidden
 DEFAULT_HIDDEN_DIMS = (128,)
 DEFAULT_EPOCHS = 30
 DEFAULT_LR = 2e-3
-DEFAULT_BATCH = 512
+DEFAULT_MINIBATCH = 512
 DEFAULT_HOLDOUT = 0.2
 DEFAULT_FEATURE_BATCH = 64
 
@@ -225,7 +225,7 @@ class HeadTraining:
 def train_head(features: np.ndarray, targets: ValueTargets, *, train_idx: np.ndarray,
                held_idx: np.ndarray | None = None, hidden_dims: Sequence[int] = DEFAULT_HIDDEN_DIMS,
                activation: str = "relu", epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
-               batch_size: int = DEFAULT_BATCH, weight_decay: float = 0.0, seed: int = 0,
+               batch_size: int = DEFAULT_MINIBATCH, weight_decay: float = 0.0, seed: int = 0,
                log: Callable[[str], None] | None = print) -> HeadTraining:
     """Weighted BCE of sigmoid(head(h)) against the pooled Monte Carlo means (weights: rollout
     counts). Deterministic under ``seed`` (initialization and minibatch order)."""

@@ -39,10 +39,8 @@ Qwen2.5-Math-PRM (Linear-ReLU-Linear(2), softmax:1, read at ``<extra_0>``).
 """
 
 import json
-import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -50,6 +48,9 @@ from typing import Any
 
 import mlx.core as mx
 from mlx import nn
+
+from .atomic import publish_folder
+from .errors import VGBError
 
 FORMAT = "mlx-vgb-verifier"
 FORMAT_VERSION = 1
@@ -63,7 +64,7 @@ POOLINGS = ("last", "mean")
 READ_AT = ("every_token", "step_token")
 
 
-class VerifierFormatError(ValueError):
+class VerifierFormatError(VGBError, ValueError):
     """A verifier folder or config that does not follow the mlx-vgb verifier format."""
 
 
@@ -333,24 +334,11 @@ def save_verifier(
                 shutil.move(str(backbone_src), str(tmp / config.backbone))
             else:
                 shutil.copytree(backbone_src, tmp / config.backbone)
-        _publish(tmp, path, force)
+        publish_folder(tmp, path, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _publish(tmp: Path, path: Path, force: bool) -> None:
-    """Rename a finished temp folder to ``path``, replacing it only when ``force``."""
-    old = None
-    if path.exists():
-        if not force:
-            raise FileExistsError(f"{path} already exists; pass force=True to replace it.")
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_verifier_config(path: str | Path) -> VerifierConfig:

@@ -115,17 +115,31 @@ def test_stats_panel_shows_the_run_numbers():
         assert want in out, want
 
 
-def test_settings_make_verifier_specs(tmp_path):
+def test_settings_make_typed_verifier_settings_that_round_trip_through_the_cli_grammar():
+    from mlx_vgb.registry import (
+        ForbidSpec,
+        FunctionSpec,
+        HeadSpec,
+        NoLetterSpec,
+        RegexSpec,
+        UnitTestsSpec,
+        parse_verifier,
+    )
+
     s = RunSettings(prompt="x", verifier="no-letter", letter="z", alpha=0.5)
-    assert s.verifier_spec(None) == "no-letter:z,alpha=0.5"
-    assert RunSettings(verifier="regex", pattern="a+").verifier_spec(None) == "regex:a+"
-    assert RunSettings(verifier="forbid", words="cat | dog\nbird").verifier_spec(None) == \
-        "forbid:cat|dog|bird"
-    spec = RunSettings(verifier="unit-tests", tests="assert f()").verifier_spec(str(tmp_path))
-    assert spec == f"unit-tests:{tmp_path}/tests.py"
-    assert (tmp_path / "tests.py").read_text() == "assert f()"
-    assert RunSettings(verifier="python function", function="m.n:f").verifier_spec(None) == "m.n:f"
-    assert RunSettings(verifier="head", verifier_path="/v").verifier_spec(None) == "head:/v"
+    assert s.verifier_settings() == NoLetterSpec("z", 0.5)
+    assert RunSettings(verifier="regex", pattern="a+").verifier_settings() == RegexSpec("a+")
+    assert RunSettings(verifier="forbid", words="cat | dog\nbird").verifier_settings() == \
+        ForbidSpec(("cat", "dog", "bird"))
+    # the tests travel as text: no file is written for them
+    assert RunSettings(verifier="unit-tests", tests="assert f()").verifier_settings() == \
+        UnitTestsSpec("assert f()", "tests.py")
+    assert RunSettings(verifier="python function", function="m.n:f").verifier_settings() == \
+        FunctionSpec("m.n:f")
+    assert RunSettings(verifier="head", verifier_path="/v").verifier_settings() == HeadSpec("/v")
+    for spec in (NoLetterSpec("z", 0.5), RegexSpec("a+"), ForbidSpec(("cat", "dog")),
+                 FunctionSpec("m.n:f"), HeadSpec("/v")):
+        assert parse_verifier(spec.to_string()) == spec
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -144,7 +158,7 @@ def test_bad_settings_raise_config_errors_with_a_hint(kw, words):
     s = RunSettings(**kw)
     with pytest.raises(ConfigError, match=words):
         s.check()
-        s.verifier_spec(None)
+        s.verifier_settings()
         s.model_spec(None)
 
 

@@ -69,7 +69,7 @@ def test_same_seed_same_text(loaded):
     (dict(sampler="nope"), "unknown sampler"),
     (dict(verifier="regex:(["), "bad regex"),
     (dict(drift=1.5), "drift"),
-    (dict(candidates=0), "K must be"),
+    (dict(candidates=0), "must be an integer >= 1"),
 ])
 def test_bad_settings_raise_clear_errors(loaded, kw, msg):
     model, tok = loaded

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import VGBError
 from .report import command_line, default_out
 
 TASKS = {
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = default_out(task, args.quick)
     t0 = time.perf_counter()
-    if module.run(args) is not False:  # False: the task wrote no report (e.g. --write-prompts)
+    try:
+        wrote = module.run(args) is not False  # False: no report (e.g. --write-prompts)
+    except VGBError as e:
+        print(f"mlx-vgb bench {task}: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if wrote:
         print(f"[{task}] wrote {args.out}/results.md, results.json "
               f"({time.perf_counter() - t0:.0f} s)")
 

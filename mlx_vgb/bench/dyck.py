@@ -26,10 +26,13 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from ..actions import Blocks, Tokens
 from ..baselines import BlockBestOfN, BlockRS, Plain
 from ..children import Candidates
-from ..protocols import BaseLanguageModel, BaseVerifier
+from ..model_verifier import ValueHeadVerifier
+from ..tasks.dyck import completion_tilt
+from ..protocols import BaseLanguageModel
 from ..sampler import Sampler
 from ..vgb import VGB, ActionLevelRS
-from .report import Report, atomic_write, markdown_table
+from ..atomic import atomic_write
+from .report import Report, markdown_table
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "dyck"
 DEFAULT_LM = ASSETS / "lm"
@@ -44,7 +47,10 @@ BLOCK_N = (2, 4, 8, 16, 32)
 # -- pi_ref and V^ of a small-vocabulary model, memoized across runs on one prompt -----------
 
 class MemoTreeLM(BaseLanguageModel):
-    """``LanguageModel`` over an mlx-lm model with a value head on its last hidden state.
+    """Not ``MLXLanguageModel``: that engine's caches live for one run, this one memoizes every
+    prefix across all the runs on a prompt, so 60 methods cost the forwards of one.
+
+    ``LanguageModel`` over an mlx-lm model with a value head on its last hidden state.
 
     Expanding a prefix s feeds every vocabulary token after s in one batched forward (the KV
     cache of s is rebuilt from per-token keys / values stored with each prefix), which gives
@@ -160,37 +166,6 @@ class _PathCache(KVCache):
         return mx.concatenate([self.keys, keys], axis=2), mx.concatenate([self.values, values], axis=2)
 
 
-class MemoValueVerifier(BaseVerifier):
-    """V^ from ``MemoTreeLM``'s value head. At leaves: ``leaf="exact"`` uses
-    ``tilt(prompt, response)`` (the outcome check), ``leaf="head"`` the head's value of the
-    complete response (a learned verifier everywhere; the outcome check only scores)."""
-
-    def __init__(self, lm: MemoTreeLM, tilt: Callable[[tuple[int, ...], tuple[int, ...]], float],
-                 leaf: str = "exact"):
-        if leaf not in ("exact", "head"):
-            raise ValueError(f"leaf must be 'exact' or 'head', got {leaf!r}")
-        self.lm, self._tilt, self.leaf = lm, tilt, leaf
-        self.bound = 1.0
-        self._prompt: tuple[int, ...] = ()
-
-    def begin(self, prompt):
-        self._prompt = tuple(prompt)
-
-    def value(self, prefixes):
-        return self.lm.values(prefixes)
-
-    def tilt(self, responses):
-        if self.leaf == "head":
-            return self.lm.values(responses)
-        return np.array([self._tilt(self._prompt, tuple(r)) for r in responses], dtype=np.float64)
-
-
-def dyck_tilt(prompt: tuple[int, ...], response: tuple[int, ...]) -> float:
-    from ..tasks.dyck import is_valid_completion
-
-    return float(is_valid_completion(prompt, response))
-
-
 # -- methods --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -242,7 +217,7 @@ class PromptOutcome:
     runs: int
 
 
-def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: MemoValueVerifier,
+def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: ValueHeadVerifier,
                   prompt: Sequence[int], horizon: int, budget: int, seed: int,
                   max_runs: int = 4096) -> PromptOutcome:
     """Samples until ``budget`` forward tokens are spent; the overrunning sample is dropped."""
@@ -259,7 +234,7 @@ def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: MemoValueVerifier,
             break
         used += cost
         samples += 1
-        if dyck_tilt(tuple(prompt), r.tokens):
+        if completion_tilt(tuple(prompt), r.tokens):
             valid += 1
             good.add(r.tokens)
     return PromptOutcome(samples, valid, len(good), used, runs)
@@ -344,7 +319,8 @@ def run(args) -> None:
     prompts = dyck.make_prompts(n_prompts, EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS,
                                 id_prefix="eval")
     lm = MemoTreeLM(model, head, [dyck.EOS])
-    ver = MemoValueVerifier(lm, dyck_tilt, leaf=args.leaf)
+    # leaves: the exact validity check, or the head's own value ("head": learned everywhere)
+    ver = ValueHeadVerifier(lm, tilt=completion_tilt if args.leaf == "exact" else None)
     ms = methods(quick)
 
     n_alone = 8 if quick else 32

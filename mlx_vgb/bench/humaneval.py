@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..verifiers import TextVerifier, python_prefix_ok
-from .report import (Report, atomic_write, config_diff, environment, markdown_table, mean_se,
+from ..tasks.humaneval import DocstringExamples, body_of, hidden_pass, whitespace_stops
+from ..atomic import atomic_write
+from ..errors import ConfigError
+from ..resume import settings_diff
+from .report import (Report, environment, markdown_table, mean_se,
                      plot_bars)
 
 # short-body problems a 135M model has some chance on (fixed, in this order)
@@ -59,105 +62,6 @@ def add_args(p) -> None:
                    help="write one report from the rows.jsonl of shard folders (no model)")
 
 
-def body_of(text: str) -> str:
-    """The function body: lines up to the first non-empty, non-indented one. The prompt's final
-    newline is left to the model (SmolLM2 writes newline + indent as one token), so the first
-    piece continues the docstring's closing line and is always kept."""
-    first, *rest = text.split("\n")
-    out = [first]
-    for line in rest:
-        if line.strip() and not line[:1].isspace():
-            break
-        out.append(line)
-    return "\n".join(out)
-
-
-_PROMPT_LINE = re.compile(r"^\s*>>>\s?(.*)$")
-
-
-def visible_examples(prompt: str) -> str:
-    """Asserts from the docstring's ``>>> call`` / expected-output pairs ('' if none parse)."""
-    lines = prompt.split("\n")
-    tests = []
-    i = 0
-    while i < len(lines):
-        m = _PROMPT_LINE.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        expr, expected = m.group(1).strip(), []
-        i += 1
-        while i < len(lines) and lines[i].strip() and not _PROMPT_LINE.match(lines[i]) \
-                and '"""' not in lines[i] and "'''" not in lines[i]:
-            expected.append(lines[i].strip())
-            i += 1
-        if not expected:
-            continue
-        t = f"assert ({expr}) == ({' '.join(expected)})"
-        try:
-            compile(t, "<example>", "exec")
-        except SyntaxError:
-            continue
-        tests.append(t)
-    return "\n".join(tests) + ("\n" if tests else "")
-
-
-class DocstringExamples(TextVerifier):
-    """V^: prompt + finished body lines may still parse; tau: visible examples pass."""
-
-    def __init__(self, prompt: str, timeout_s: float = 10.0):
-        prompt = prompt.rstrip("\n")
-        self.prompt, self.tests, self.timeout_s = prompt, visible_examples(prompt), timeout_s
-        self.memo: dict[str, float] = {}
-
-    def value_text(self, text, n_tokens):
-        body = body_of(text)
-        code = self.prompt + body
-        finished = code[: code.rfind("\n") + 1]
-        return 1.0 if python_prefix_ok(finished) else 0.0
-
-    def syntax_ok(self, text: str) -> bool:
-        try:
-            compile(self.prompt + body_of(text), "<response>", "exec")
-            return True
-        except (SyntaxError, ValueError, OverflowError):
-            return False
-
-    def tilt_text(self, text):
-        from ..sandbox import run_tests
-
-        body = body_of(text)
-        if body not in self.memo:
-            if not self.syntax_ok(text):
-                self.memo[body] = 0.0
-            elif not self.tests:
-                self.memo[body] = 1.0
-            else:
-                self.memo[body] = float(run_tests(self.prompt + body, self.tests,
-                                                  timeout_s=self.timeout_s).passed)
-        return self.memo[body]
-
-
-def hidden_pass(problem: dict, body: str, timeout_s: float = 10.0) -> bool:
-    from ..sandbox import run_tests
-
-    tests = problem["test"] + f"\ncheck({problem['entry_point']})\n"
-    return run_tests(problem["prompt"].rstrip("\n") + body, tests, timeout_s=timeout_s).passed
-
-
-def whitespace_stops(tok, vocab_size: int) -> tuple[frozenset[int], frozenset[int]]:
-    """(tokens with a newline, whitespace-only tokens with a blank line: stop)."""
-    from ..generate import token_texts
-
-    nl, stop = set(), set()
-    for i, s in token_texts(tok, vocab_size):
-        if "\n" in s:
-            nl.add(i)
-            if "\n\n" in s and not s.strip():
-                stop.add(i)
-    return frozenset(nl), frozenset(stop)
-
-
 @dataclass
 class HESample:
     sampler: str
@@ -180,7 +84,7 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
         return 0, 1
     m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
     if not m or not int(m.group(1)) < int(m.group(2)):
-        raise SystemExit(f"mlx-vgb bench humaneval: --shard {spec!r} is not I/N with 0 <= I < N "
+        raise ConfigError(f"--shard {spec!r} is not I/N with 0 <= I < N "
                          "(e.g. --shard 0/4 ... --shard 3/4)")
     return int(m.group(1)), int(m.group(2))
 
@@ -212,7 +116,7 @@ def run(args) -> None:
             cfg[k] = getattr(args, k)
     shard, n_shards = parse_shard(getattr(args, "shard", None))
     if n_shards > 1 and args.bon_n is None:
-        raise SystemExit("mlx-vgb bench humaneval: --shard needs --bon-n (each shard would "
+        raise ConfigError("--shard needs --bon-n (each shard would "
                          "otherwise match Best-of-N's budget on its own problems)")
     problems = read_problems()
     keys = list(problems)
@@ -231,11 +135,11 @@ def run(args) -> None:
     meta = out / "shard.json"
     if log.exists():  # resume, but only a run with the same settings
         if not meta.exists():
-            raise SystemExit(f"mlx-vgb bench humaneval: {log} has no shard.json beside it (the "
+            raise ConfigError(f"{log} has no shard.json beside it (the "
                              "settings it ran with); use another --out folder")
-        diff = config_diff(json.loads(meta.read_text())["config"], cfg, RESUME_SAME)
+        diff = settings_diff(json.loads(meta.read_text())["config"], cfg, RESUME_SAME)
         if diff:
-            raise SystemExit(f"mlx-vgb bench humaneval: {out} holds rows of a run with other "
+            raise ConfigError(f"{out} holds rows of a run with other "
                              f"settings (then, now): {diff}; use another --out folder")
         done = read_rows(log)
     log.write_text("".join(json.dumps(asdict(x)) + "\n" for x in done.values()))
@@ -307,14 +211,14 @@ def merge(args) -> None:
     for d in args.merge:
         meta_path, log = Path(d) / "shard.json", Path(d) / "rows.jsonl"
         if not meta_path.exists() or not log.exists():
-            raise SystemExit(f"mlx-vgb bench humaneval --merge: {d} has no shard.json/rows.jsonl "
+            raise ConfigError(f"--merge: {d} has no shard.json/rows.jsonl "
                              "(give the --out folders of `--shard I/N` runs)")
         meta = json.loads(meta_path.read_text())
         c = {k: v for k, v in meta["config"].items() if k not in ("task_ids", "shard")}
         if cfg is None:
             cfg = dict(c, task_ids=[])
         elif c != {k: v for k, v in cfg.items() if k != "task_ids"}:
-            raise SystemExit(f"mlx-vgb bench humaneval --merge: {d} ran with other settings "
+            raise ConfigError(f"--merge: {d} ran with other settings "
                              f"({c}) than the first folder; merge only shards of one run")
         shards.append(meta)
         cfg["task_ids"] += meta["config"]["task_ids"]

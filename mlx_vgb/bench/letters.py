@@ -78,8 +78,9 @@ class LetterSample:
 
 
 def run(args) -> None:
-    from ..generate import encode_prompt, make_sampler, make_verifier
+    from ..generate import encode_prompt
     from ..lm import MLXLanguageModel
+    from ..registry import NoLetterSpec, make_sampler, make_verifier
 
     cfg = dict(QUICK if args.quick else FULL)
     for k in ("horizon", "alphas", "samples", "candidates", "max_steps"):
@@ -97,7 +98,7 @@ def run(args) -> None:
     # warm-up (MLX compiles kernels on first use), so plain's wall time is not inflated
     make_sampler("plain", max_tokens=4).sample(lm, None, prompt=prompt, seed=12345)
     for name, alpha in runs:
-        ver = make_verifier(f"no-letter:e,alpha={alpha or 0.1}", lm, max_tokens=H)
+        ver = make_verifier(NoLetterSpec("e", alpha or 0.1), lm, max_tokens=H)
         smp = make_sampler(name, max_tokens=H, candidates=cfg["candidates"],
                            max_steps=cfg["max_steps"])
         for i in range(cfg["samples"]):

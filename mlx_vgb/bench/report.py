@@ -9,10 +9,11 @@ import math
 import os
 import platform
 import shlex
-import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..atomic import atomic_write
 
 DEFAULT_RESULTS_DIR = Path("results")
 QUICK_SUBDIR = "tmp"  # results/tmp/ is git-ignored: --quick outputs go to results/tmp/<task>-quick
@@ -60,25 +61,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return x
-
-
-def config_diff(then: dict, now: dict, keys) -> dict:
-    """``{key: (then, now)}`` for the settings in ``keys`` that differ (for resume/reuse checks)."""
-    return {k: (then.get(k), now.get(k)) for k in keys if then.get(k) != now.get(k)}
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fmt(x: Any, digits: int = 3) -> str:

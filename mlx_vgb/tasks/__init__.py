@@ -1,3 +1,6 @@
-"""Built-in tasks: data, outcome rewards and the assets that go with them (``mlx_vgb.tasks.dyck``)."""
+"""Built-in tasks: data, outcome rewards and the assets that go with them (``dyck``, ``testcases``, ``humaneval``)."""
 
-REWARDS = {"dyck": "mlx_vgb.tasks.dyck:reward"}
+REWARDS = {
+    "dyck": "mlx_vgb.tasks.dyck:reward",
+    "testcases": "mlx_vgb.tasks.testcases:reward",
+}

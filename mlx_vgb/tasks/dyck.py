@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+
 VOCAB = ("(", "[", ")", "]", "<bos>", "<eos>", "<pad>")
 NUM_TYPES = 2
 BOS, EOS, PAD = 4, 5, 6
@@ -35,7 +37,7 @@ def sample_strings(n: int, rng: np.random.Generator, type_probs: Sequence[float]
                    length: int = LENGTH, max_depth: int = MAX_DEPTH) -> np.ndarray:
     """``n`` Dyck strings from the random walk, as bracket ids: int array (n, length)."""
     if length % 2:
-        raise ValueError(f"Dyck length must be even, got {length}")
+        raise ConfigError(f"Dyck length must be even, got {length}")
     p = np.asarray(type_probs, dtype=np.float64)
     out = np.empty((n, length), dtype=np.int64)
     # draws for the whole batch up front (vectorized over strings, a loop over positions)
@@ -171,3 +173,8 @@ def write_tokenizer(folder: str | Path) -> None:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
                    "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<pad>",
                    "add_bos_token": True, "model_max_length": LENGTH + 2}, f, indent=2)
+
+
+def completion_tilt(prompt: tuple[int, ...], response: tuple[int, ...]) -> float:
+    """tau of a token response: 1 if prompt + response is a valid Dyck completion."""
+    return float(is_valid_completion(prompt, response))

@@ -38,7 +38,7 @@ DEFAULT_LAYERS = 2
 DEFAULT_HEADS = 4
 DEFAULT_INTERMEDIATE = 128
 DEFAULT_STEPS = 800
-DEFAULT_BATCH = 64
+DEFAULT_LM_BATCH = 64
 DEFAULT_LR = 3e-3
 DEFAULT_WARMUP = 50
 DEFAULT_SEED = 0
@@ -66,7 +66,7 @@ def training_batch(rng: np.random.Generator, batch: int) -> mx.array:
     return mx.array(np.concatenate([bos, s, eos], axis=1).astype(np.int32))
 
 
-def train_lm(args: llama.ModelArgs, *, steps: int = DEFAULT_STEPS, batch: int = DEFAULT_BATCH,
+def train_lm(args: llama.ModelArgs, *, steps: int = DEFAULT_STEPS, batch: int = DEFAULT_LM_BATCH,
              lr: float = DEFAULT_LR, warmup: int = DEFAULT_WARMUP, seed: int = DEFAULT_SEED,
              log_every: int = 50, log=print) -> tuple[llama.Model, list[float]]:
     """Next-token cross-entropy on fresh Dyck strings; Adam with warmup + cosine decay."""
@@ -128,7 +128,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="output mlx-lm model folder")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_LM_BATCH)
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP)
     p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN)
