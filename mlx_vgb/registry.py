@@ -92,15 +92,17 @@ def make_sampler(name: str = DEFAULT_SAMPLER, *, max_tokens: int, block=None,
                  candidates: int = DEFAULT_CANDIDATES, choice=DEFAULT_CHOICE, temp: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, max_steps: int | None = None,
                  max_forward_tokens: int | None = None, drift: float = 1.0,
-                 line_tokens: frozenset[int] = frozenset()) -> Sampler:
-    """A sampler by name. ``candidates`` is K for the walks, n for the pools (BoN, RS)."""
+                 line_tokens: frozenset[int] = frozenset(), actions=None) -> Sampler:
+    """A sampler by name. ``candidates`` is K for the walks, n for the pools (BoN, RS);
+    ``actions`` (an ``ActionSpace``) replaces the one ``block`` and ``line_tokens`` give."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if not isinstance(candidates, int) or candidates < 1:
         raise ConfigError(f"candidates (K, or n for the pools) must be an integer >= 1, got "
                           f"{candidates!r}")
-    block = parse_block(block)
-    actions = Lines(line_tokens) if block == "line" else make_actions(block)
+    if actions is None:
+        block = parse_block(block)
+        actions = Lines(line_tokens) if block == "line" else make_actions(block)
     common = dict(horizon=max_tokens, actions=actions, temp=temp, top_p=top_p, top_k=top_k,
                   max_steps=max_steps, max_forward_tokens=max_forward_tokens)
     return SAMPLERS[name].make(common, candidates, choice, drift)

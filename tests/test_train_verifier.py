@@ -114,7 +114,9 @@ def test_resuming_with_other_settings_is_refused(tiny_lm, tmp_path):
 def test_rollouts_do_not_depend_on_batch_size(tiny_lm, tmp_path):
     collect(tiny_lm, tmp_path / "a.jsonl", batch_size=1)
     collect(tiny_lm, tmp_path / "b.jsonl", batch_size=64)
-    key = lambda r: (r.prompt_id, r.index)
+    def key(r):
+        return r.prompt_id, r.index
+
     a = sorted(read_rollouts(tmp_path / "a.jsonl"), key=key)
     b = sorted(read_rollouts(tmp_path / "b.jsonl"), key=key)
     assert [r.completion_ids for r in a] == [r.completion_ids for r in b]

