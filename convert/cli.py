@@ -50,8 +50,12 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     h.add_argument("--q-bits", type=int, default=None, help="Bits per weight.")
     h.add_argument("--q-group-size", type=int, default=None, help="Quantization group size.")
     h.add_argument("--q-mode", default="affine", choices=["affine", "mxfp4", "nvfp4", "mxfp8"])
-    h.add_argument("-d", "--dequantize", action="store_true",
-                   help="Dequantize a quantized model (GGUF: Q4/Q8 weights to --dtype too).")
+    h.add_argument(
+        "-d",
+        "--dequantize",
+        action="store_true",
+        help="Dequantize a quantized model (GGUF: Q4/Q8 weights to --dtype too).",
+    )
     h.add_argument("--revision", default=None, help="Hub revision.")
     h.add_argument("--trust-remote-code", action="store_true")
 

@@ -1,28 +1,33 @@
 """GGUF -> MLX model folder that `mlx_lm.load` reads (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json with the chat template).
 
+Architectures: llama, qwen2, qwen3, gemma3 (-> mlx-lm's gemma3_text).
+
 Weights: Q4_0, Q4_1 and Q8_0 stay quantized, repacked into MLX's affine format with group
-size 32 (bit-exact with what `mx.load` makes of them, float16 scales and biases); F32/F16/BF16 and
-the other GGML types (K-quants, IQ, Q5_*) are dequantized with the `gguf` package and cast to
-``dtype`` (float16 by default). One-dimensional tensors (norms, biases) stay float32, as in
-the GGUF: they keep the activations in float32, which MLX computes much faster on CPU
-(quantized matmul measured ~70x faster than with float16 activations).
+size 32 (bit-exact with what `mx.load` makes of them). Every other type gguf-py can dequantize
+(F32/F16/BF16, Q5_0/Q5_1, the K-quants Q2_K..Q6_K, IQ*) is dequantized with
+`gguf.quants.dequantize` and then either cast to ``dtype`` or, with ``q_bits``, re-quantized with
+`mx.quantize` (group size 32). Defaults follow the platform: on Apple silicon float16 and
+``q_bits=4``; elsewhere (MLX on the CPU) float32 and no re-quantization. ``dequantize=True``
+makes every weight ``dtype``. One-dimensional tensors (norms, biases) stay float32, as in the
+GGUF: they keep the activations in float32, which MLX computes much faster on CPU.
 
 Rotary embeddings: for the "llama" architecture llama.cpp stores the q/k projection rows
 permuted so that rotary pairs are adjacent (GPT-J / "traditional" layout). The converter
 undoes that permutation (row-wise, so it works on quantized rows as well) and writes
 ``rope_traditional: false``: the folder has the Hugging Face layout, like any mlx-lm llama.
 `load_gguf` instead keeps the GGUF layout and runs it with ``rope_traditional=True``; the
-two agree, which the tests check. Qwen2 GGUFs are not permuted (NEOX rope).
+two agree, which the tests check. Qwen2/3 and Gemma 3 GGUFs are not permuted (NEOX rope).
+Gemma 3: llama.cpp stores RMSNorm weights as 1 + w; mlx-lm adds the 1 itself, so it is removed.
 
-The tokenizer is rebuilt from the GGUF metadata with `tokenizers` (byte-level BPE models:
-tokens, merges, pre-tokenizer regex from ``tokenizer.ggml.pre``).
+The tokenizer is rebuilt from the GGUF metadata (see gguf_tokenizer.py).
 """
 
 import importlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,35 +36,28 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
-from .output import ConversionError, atomic_output, check_output
+from .gguf_tokenizer import build_tokenizer as _build_tokenizer
+from .output import ConversionError, atomic_output, check_free_space, check_output
 
 GROUP_SIZE = 32
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
-DEFAULT_DTYPE = "float16"
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+DEFAULT_DTYPE = "float16" if sys.platform == "darwin" else "float32"
+DEFAULT_Q_BITS = 4 if sys.platform == "darwin" else None
 DTYPES = ("float16", "bfloat16", "float32")
+Q_BITS = (2, 3, 4, 5, 6, 8)
 
 # GGML block layouts kept quantized: name -> (bits, bytes per block of 32)
 _KEPT = {"Q4_0": (4, 18), "Q4_1": (4, 20), "Q8_0": (8, 34)}
-_TOKEN_TYPE_CONTROL = 3
-_TOKEN_TYPE_USER_DEFINED = 4
-
-# llama.cpp `tokenizer.ggml.pre` -> pre-tokenizer (regexes from llama.cpp's llama-vocab.cpp)
-_GPT2_PRE = ("default", "gpt2")
-_DIGITS_PRE = ("smollm", "starcoder", "refact", "codeshell", "command-r")
-_LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_SPLIT_PRE = {
-    "llama-bpe": _LLAMA3_REGEX,
-    "llama3": _LLAMA3_REGEX,
-    "smaug-bpe": _LLAMA3_REGEX,
-    "qwen2": _QWEN2_REGEX,
+# GGUF architecture -> (mlx-lm model_type, Hugging Face class)
+_MODEL_TYPES = {
+    "llama": ("llama", "LlamaForCausalLM"),
+    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
 }
+# llama.cpp's fixed Gemma 3 hyper-parameters (llama-model.cpp): 5 local layers per global one
+_GEMMA3_SLIDING_PATTERN = 6
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0
 
 _LAYER_NAMES = {
     "attn_norm": "input_layernorm",
@@ -68,9 +66,17 @@ _LAYER_NAMES = {
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+}
+# Gemma 3 has four norms per layer: around attention and around the MLP
+_GEMMA3_LAYER_NAMES = _LAYER_NAMES | {
+    "attn_post_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 _TOP_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -156,6 +162,19 @@ def _check_supported(gg: GGUFModel) -> None:
         raise ConversionError("Per-layer attention.head_count_kv is not supported.")
 
 
+def _eos_ids(gg: GGUFModel) -> list[int]:
+    """End-of-sequence ids: the file's eos and end-of-turn tokens (Gemma's <end_of_turn>)."""
+    meta, ids = gg.metadata, []
+    for key in ("eos_token_id", "eot_token_id", "eom_token_id"):
+        if (v := meta.get(f"tokenizer.ggml.{key}")) is not None and int(v) not in ids:
+            ids.append(int(v))
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    if gg.architecture == "gemma3" and "<end_of_turn>" in tokens:
+        if (i := tokens.index("<end_of_turn>")) not in ids:
+            ids.append(i)
+    return ids
+
+
 def model_config(gg: GGUFModel) -> dict[str, Any]:
     """The mlx-lm config.json of a GGUF model (Hugging Face layout, rope_traditional False)."""
     _check_supported(gg)
@@ -163,15 +182,15 @@ def model_config(gg: GGUFModel) -> dict[str, Any]:
     n_heads = int(gg.require("attention.head_count"))
     n_kv = int(gg.get("attention.head_count_kv", n_heads))
     head_dim = int(gg.get("attention.key_length", hidden // n_heads))
+    n_layers = int(gg.require("block_count"))
     embed = gg.tensors["token_embd.weight"]
     vocab_size = int(gg.get("vocab_size") or embed.shape[-1])
+    model_type, hf_class = _MODEL_TYPES[gg.architecture]
     config: dict[str, Any] = {
-        "model_type": gg.architecture,
-        "architectures": [
-            {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[gg.architecture]
-        ],
+        "model_type": model_type,
+        "architectures": [hf_class],
         "hidden_size": hidden,
-        "num_hidden_layers": int(gg.require("block_count")),
+        "num_hidden_layers": n_layers,
         "intermediate_size": int(gg.require("feed_forward_length")),
         "num_attention_heads": n_heads,
         "num_key_value_heads": n_kv,
@@ -187,6 +206,12 @@ def model_config(gg: GGUFModel) -> dict[str, Any]:
     if gg.architecture == "llama":
         config["attention_bias"] = "blk.0.attn_q.bias" in gg.tensors
         config["mlp_bias"] = "blk.0.ffn_up.bias" in gg.tensors
+    if gg.architecture == "gemma3":
+        config["sliding_window"] = int(gg.get("attention.sliding_window", 512))
+        config["sliding_window_pattern"] = _GEMMA3_SLIDING_PATTERN
+        config["rope_local_base_freq"] = _GEMMA3_LOCAL_ROPE_BASE
+        # llama.cpp: 1/sqrt(head_dim), except Gemma 3 27B (62 layers): 1/sqrt(hidden/heads)
+        config["query_pre_attn_scalar"] = hidden // n_heads if n_layers == 62 else head_dim
     rope_type = gg.get("rope.scaling.type", "none")
     if rope_type == "linear":
         config["rope_scaling"] = {
@@ -195,19 +220,24 @@ def model_config(gg: GGUFModel) -> dict[str, Any]:
         }
     elif rope_type != "none":
         raise ConversionError(f"GGUF rope scaling {rope_type!r} is not supported (only linear).")
-    for key in ("bos_token_id", "eos_token_id"):
-        if (v := gg.metadata.get(f"tokenizer.ggml.{key}")) is not None:
-            config[key] = int(v)
+    if (v := gg.metadata.get("tokenizer.ggml.bos_token_id")) is not None:
+        config["bos_token_id"] = int(v)
+    if eos := _eos_ids(gg):
+        config["eos_token_id"] = eos[0] if len(eos) == 1 else eos
     return config
 
 
-def _mlx_name(name: str) -> str:
+def _mlx_name(name: str, architecture: str) -> str:
+    layer_names = _GEMMA3_LAYER_NAMES if architecture == "gemma3" else _LAYER_NAMES
     parts = name.split(".")
-    if parts[0] == "blk" and len(parts) == 4 and parts[2] in _LAYER_NAMES:
-        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in layer_names:
+        return f"model.layers.{parts[1]}.{layer_names[parts[2]]}.{parts[3]}"
     if len(parts) == 2 and parts[0] in _TOP_NAMES:
         return f"{_TOP_NAMES[parts[0]]}.{parts[1]}"
-    raise ConversionError(f"GGUF tensor {name} has no mlx-lm counterpart; it is not supported.")
+    raise ConversionError(
+        f"GGUF tensor {name} has no counterpart in mlx-lm's {architecture} model; this "
+        "variant of the architecture is not supported."
+    )
 
 
 def _repack(raw: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -242,16 +272,27 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def load_weights(
-    gg: GGUFModel, dtype: str = DEFAULT_DTYPE, unpermute: bool = True, dequantize: bool = False
+    gg: GGUFModel,
+    dtype: str = DEFAULT_DTYPE,
+    unpermute: bool = True,
+    dequantize: bool = False,
+    q_bits: int | None = None,
+    progress: bool = True,
 ) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """mlx-lm weights of a GGUF model and the config's "quantization" entry (or {}).
-    ``dequantize``: Q4_0 / Q4_1 / Q8_0 too become ``dtype`` (MLX's CPU kernels for quantized
-    weights run several tokens no faster than one at a time; BLAS matmuls do)."""
+
+    Q4_0 / Q4_1 / Q8_0 stay quantized; other matrices are dequantized and, with ``q_bits``,
+    re-quantized by `mx.quantize`. ``dequantize``: every weight becomes ``dtype`` (MLX's CPU
+    kernels for quantized weights run several tokens no faster than one at a time; BLAS matmuls
+    do)."""
     from gguf import GGMLQuantizationType as T
     from gguf.quants import dequantize as gguf_dequantize
+    from tqdm import tqdm
 
     if dtype not in DTYPES:
         raise ConversionError(f"dtype {dtype!r} is not supported; use one of {DTYPES}.")
+    if q_bits is not None and q_bits not in Q_BITS:
+        raise ConversionError(f"q_bits {q_bits} is not supported; use one of {Q_BITS}.")
     config = model_config(gg)
     mx_dtype = getattr(mx, dtype)
     permute_heads = {}
@@ -260,11 +301,21 @@ def load_weights(
             "attn_q": config["num_attention_heads"],
             "attn_k": config["num_key_value_heads"],
         }
+    if dequantize:
+        q_bits = None
 
     weights: dict[str, mx.array] = {}
     bits_of: dict[str, int] = {}
-    for name, t in gg.tensors.items():
-        key = _mlx_name(name)
+    bar = tqdm(
+        gg.tensors.items(),
+        desc=f"converting {gg.path.name}",
+        unit="tensor",
+        disable=None if progress else True,
+        leave=False,
+    )
+    for name, t in bar:
+        key = _mlx_name(name, gg.architecture)
+        module = key.rsplit(".", 1)[0]
         kind = T(t.tensor_type).name
         n_head = permute_heads.get(name.split(".")[2]) if name.startswith("blk.") else None
 
@@ -274,13 +325,21 @@ def load_weights(
 
         if kind in _KEPT and not dequantize:
             w, s, b = _repack(np.asarray(t.data), kind)
-            module = key.rsplit(".", 1)[0]
             weights[key] = mx.array(fix(w))
             weights[f"{module}.scales"] = mx.array(fix(s)).astype(mx_dtype)
             weights[f"{module}.biases"] = mx.array(fix(b)).astype(mx_dtype)
             bits_of[module] = _KEPT[kind][0]
+            continue
+        a = gguf_dequantize(np.asarray(t.data), T(t.tensor_type)).astype(np.float32)
+        if gg.architecture == "gemma3" and name.endswith("norm.weight"):
+            a = a - 1.0  # llama.cpp stores 1 + w; mlx-lm's Gemma RMSNorm adds the 1
+        if a.ndim > 1 and q_bits is not None and a.shape[-1] % GROUP_SIZE == 0:
+            w, s, b = mx.quantize(mx.array(fix(a)), group_size=GROUP_SIZE, bits=q_bits)
+            weights[key] = w
+            weights[f"{module}.scales"] = s.astype(mx_dtype)
+            weights[f"{module}.biases"] = b.astype(mx_dtype)
+            bits_of[module] = q_bits
         else:
-            a = gguf_dequantize(np.asarray(t.data), T(t.tensor_type)).astype(np.float32)
             # norms and biases stay float32 (as llama.cpp keeps them): they make the
             # activations float32, and MLX's CPU kernels are far slower in float16
             weights[key] = mx.array(fix(a)).astype(mx_dtype if a.ndim > 1 else mx.float32)
@@ -298,100 +357,6 @@ def load_weights(
     return weights, quantization
 
 
-def _pre_tokenizer(pre: str):
-    from tokenizers import Regex, pre_tokenizers
-
-    if pre in _GPT2_PRE:
-        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _DIGITS_PRE:
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-            ]
-        )
-    if pre in _SPLIT_PRE:
-        return pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(_SPLIT_PRE[pre]), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    supported = ", ".join(_GPT2_PRE + _DIGITS_PRE + tuple(_SPLIT_PRE))
-    raise ConversionError(
-        f"GGUF pre-tokenizer {pre!r} is not supported (supported: {supported}); pass "
-        "--tokenizer-path with the model's Hugging Face tokenizer.json."
-    )
-
-
-def _token(meta: dict[str, Any], tokens: list[str], key: str) -> str | None:
-    i = meta.get(f"tokenizer.ggml.{key}_token_id")
-    return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
-
-
-def build_tokenizer(gg: GGUFModel):
-    """`tokenizers.Tokenizer` and tokenizer_config.json contents from GGUF metadata."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-
-    meta = gg.metadata
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not tokens:
-        raise ConversionError(
-            f"{gg.path} has no tokenizer in its metadata (tokenizer.ggml.tokens); pass "
-            "--tokenizer-path with a folder holding the model's tokenizer.json."
-        )
-    kind = meta.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ConversionError(
-            f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2'); "
-            "pass --tokenizer-path with the model's Hugging Face tokenizer.json."
-        )
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    tok.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"))
-    tok.decoder = decoders.ByteLevel()
-
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    added = [
-        AddedToken(tokens[i], special=types[i] == _TOKEN_TYPE_CONTROL, normalized=False)
-        for i in range(len(tokens))
-        if types[i] in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED)
-    ]
-    tok.add_tokens(added)
-
-    bos = _token(meta, tokens, "bos")
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    byte_level = processors.ByteLevel(trim_offsets=False)
-    if add_bos:
-        bos_id = vocab[bos]
-        tok.post_processor = processors.Sequence(
-            [
-                byte_level,
-                processors.TemplateProcessing(
-                    single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-                ),
-            ]
-        )
-    else:
-        tok.post_processor = byte_level
-
-    config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": add_bos,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-    }
-    for key in ("bos", "eos", "unknown", "padding"):
-        if (t := _token(meta, tokens, key)) is not None:
-            config[{"unknown": "unk", "padding": "pad"}.get(key, key) + "_token"] = t
-    if (ctx := gg.get("context_length")) is not None:
-        config["model_max_length"] = int(ctx)
-    if (template := meta.get("tokenizer.chat_template")) is not None:
-        config["chat_template"] = template
-    return tok, config
-
-
 def _write_tokenizer(gg: GGUFModel, out: Path, tokenizer_path: Path | None) -> None:
     if tokenizer_path is not None:
         tokenizer_path = Path(tokenizer_path)
@@ -405,6 +370,11 @@ def _write_tokenizer(gg: GGUFModel, out: Path, tokenizer_path: Path | None) -> N
     tok.save(str(out / "tokenizer.json"))
     with open(out / "tokenizer_config.json", "w") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
+
+
+def build_tokenizer(gg: GGUFModel):
+    """`tokenizers.Tokenizer` and tokenizer_config.json contents from the GGUF's metadata."""
+    return _build_tokenizer(gg.metadata, gg.path, gg.architecture)
 
 
 def _save_weights(out: Path, weights: dict[str, mx.array]) -> None:
@@ -430,24 +400,34 @@ def convert_gguf(
     tokenizer_path: str | Path | None = None,
     force: bool = False,
     dequantize: bool = False,
+    q_bits: int | None = DEFAULT_Q_BITS,
+    progress: bool = True,
 ) -> Path:
     """Convert a GGUF file into an mlx-lm model folder at ``mlx_path``.
 
-    Written into a temp folder first and renamed at the end; an existing ``mlx_path`` is
-    refused unless ``force``. Raises ConversionError naming anything unsupported.
+    ``q_bits``: re-quantize the tensors MLX cannot keep in their GGML format (None: cast them
+    to ``dtype``). Written into a temp folder first and renamed at the end; an existing
+    ``mlx_path`` is refused unless ``force``. Raises ConversionError naming anything
+    unsupported, a lack of disk space, or an interruption (nothing is left behind).
     """
     check_output(mlx_path, force)
     gg = GGUFModel(gguf_path)
     config = model_config(gg)
     if tokenizer_path is None:
         build_tokenizer(gg)  # fail before the slow part
-    weights, quantization = load_weights(gg, dtype=dtype, unpermute=True, dequantize=dequantize)
+    weights, quantization = load_weights(
+        gg, dtype=dtype, unpermute=True, dequantize=dequantize, q_bits=q_bits, progress=progress
+    )
     if quantization:
         config["quantization"] = quantization
         config["quantization_config"] = quantization
     config["torch_dtype"] = dtype
     config["mlx_vgb"] = {"converted_from": os.path.basename(gg.path), "gguf_rope": "un-permuted"}
 
+    out_dir = Path(mlx_path).absolute().parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    need = sum(v.nbytes for v in weights.values()) + (64 << 20)  # + tokenizer, slack
+    check_free_space(out_dir, need, f"the conversion of {gg.path.name} into {mlx_path}")
     with atomic_output(mlx_path, force) as out:
         _save_weights(out, weights)
         with open(out / "config.json", "w") as f:
@@ -468,7 +448,7 @@ def load_gguf(
 
     gg = GGUFModel(gguf_path)
     config = model_config(gg)
-    weights, quantization = load_weights(gg, dtype=dtype, unpermute=False)
+    weights, quantization = load_weights(gg, dtype=dtype, unpermute=False, q_bits=None)
     if gg.architecture == "llama":
         config["rope_traditional"] = True
 
@@ -484,6 +464,8 @@ def load_gguf(
         nn.quantize(
             model, group_size=GROUP_SIZE, bits=quantization["bits"], class_predicate=predicate
         )
+    if hasattr(model, "sanitize"):
+        weights = model.sanitize(weights)  # e.g. Gemma 3 drops lm_head when tied
     model.load_weights(list(weights.items()))
     mx.eval(model.parameters())
     model.eval()

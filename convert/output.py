@@ -1,5 +1,6 @@
 """Errors and atomic output folders shared by the converters."""
 
+import errno
 import os
 import shutil
 import tempfile
@@ -8,8 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import VGBError
 
-class ConversionError(ValueError):
+
+class ConversionError(VGBError, ValueError):
     """An input the converter cannot turn into an MLX folder; the message says what to do."""
 
 
@@ -26,6 +29,17 @@ def check_output(path: str | Path, force: bool) -> Path:
     return path
 
 
+def check_free_space(folder: str | Path, need: int, what: str) -> None:
+    """Refuse to start writing ``need`` bytes where the disk has less free."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise ConversionError(
+            f"Not enough disk space for {what}: it needs {need / 2**20:.0f} MiB, {folder} has "
+            f"{free / 2**20:.0f} MiB free. Free some space, or write elsewhere (--mlx-path, or "
+            "MLX_VGB_HOME for the model cache)."
+        )
+
+
 @contextmanager
 def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder next to ``path``; on success rename it to ``path``.
@@ -36,8 +50,18 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     path = check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise ConversionError(
+                    f"The disk filled up while writing {path} ({e.strerror}); nothing was kept. "
+                    "Free some space, or write elsewhere (--mlx-path, or MLX_VGB_HOME for the "
+                    "model cache), and run the conversion again."
+                ) from e
+            raise
         old = None
         if force and path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")

@@ -1,238 +1,207 @@
-"""GGUF -> MLX folder: tiny llama/qwen2 GGUFs written here with the `gguf` writer, checked
-against a numpy forward of the same weights in Hugging Face layout."""
+"""GGUF -> MLX folder: tiny llama/qwen2/qwen3/gemma3 GGUFs written with gguf-py (tiny_gguf.py) in
+every quantization gguf-py dequantizes, checked against a numpy forward of the same weights in
+Hugging Face layout."""
 
 import json
 
-import gguf
 import mlx.core as mx
 import numpy as np
 import pytest
-from gguf.quants import dequantize, quantize
+from tiny_gguf import (  # noqa: F401  (re-exported for test_convert_cli / test_convert_verifiers)
+    CHAT_TEMPLATE,
+    EPS,
+    GEMMA_TEMPLATE,
+    SMALL,
+    THETA,
+    T,
+    hf_weights,
+    mlx_forced_logprobs,
+    mlx_greedy,
+    numpy_forward,
+    reference_forced_logprobs,
+    reference_greedy,
+    write_gguf,
+)
 
 from mlx_vgb.convert.gguf import GGUFModel, convert_gguf, load_gguf, load_weights
 from mlx_vgb.convert.output import ConversionError, OutputExistsError
 
-T = gguf.GGMLQuantizationType
-HIDDEN, HEADS, KV_HEADS, FFN, LAYERS, THETA, EPS = 64, 4, 2, 128, 2, 10000.0, 1e-5
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def _byte_alphabet():
-    # GPT-2's bytes_to_unicode: the 256 symbols byte-level BPE works on
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def _vocab():
-    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
-    tokens = SPECIALS + _byte_alphabet() + [m.replace(" ", "") for m in merges]
-    types = [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
-    return tokens, types, merges
-
-
-def _permute(w, n_head):
-    # llama.cpp's convert_hf_to_gguf.py LlamaModel.permute
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
+HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = SMALL.hidden, SMALL.heads, SMALL.kv_heads, SMALL.ffn, 2
 
 
 def _hf_weights(rng, vocab, arch, tied):
-    head_dim = HIDDEN // HEADS
-    w = {
-        "embed": rng.standard_normal((vocab, HIDDEN)).astype(np.float32) * 0.5,
-        "norm": 1 + 0.1 * rng.standard_normal(HIDDEN).astype(np.float32),
-    }
-    if not tied:
-        w["lm_head"] = rng.standard_normal((vocab, HIDDEN)).astype(np.float32) * 0.2
-    for i in range(LAYERS):
-        s = 0.2
-        w[i] = {
-            "q": rng.standard_normal((HEADS * head_dim, HIDDEN)).astype(np.float32) * s,
-            "k": rng.standard_normal((KV_HEADS * head_dim, HIDDEN)).astype(np.float32) * s,
-            "v": rng.standard_normal((KV_HEADS * head_dim, HIDDEN)).astype(np.float32) * s,
-            "o": rng.standard_normal((HIDDEN, HEADS * head_dim)).astype(np.float32) * s,
-            "gate": rng.standard_normal((FFN, HIDDEN)).astype(np.float32) * s,
-            "up": rng.standard_normal((FFN, HIDDEN)).astype(np.float32) * s,
-            "down": rng.standard_normal((HIDDEN, FFN)).astype(np.float32) * s,
-            "attn_norm": 1 + 0.1 * rng.standard_normal(HIDDEN).astype(np.float32),
-            "ffn_norm": 1 + 0.1 * rng.standard_normal(HIDDEN).astype(np.float32),
-        }
-        if arch == "qwen2":
-            for b, n in (("q_bias", HEADS), ("k_bias", KV_HEADS), ("v_bias", KV_HEADS)):
-                w[i][b] = rng.standard_normal(n * head_dim).astype(np.float32) * 0.1
-    return w
-
-
-def write_gguf(
-    path, arch="llama", qtype=T.F32, tied=True, tokenizer=True, seed=0, extra_tensor=None
-):
-    """Write a tiny GGUF; return the Hugging Face layout weights it holds (dequantized)."""
-    rng = np.random.default_rng(seed)
-    tokens, types, merges = _vocab()
-    hf = _hf_weights(rng, len(tokens), arch, tied)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(LAYERS)
-    w.add_context_length(256)
-    w.add_embedding_length(HIDDEN)
-    w.add_feed_forward_length(FFN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
-    w.add_layer_norm_rms_eps(EPS)
-    w.add_rope_freq_base(THETA)
-    w.add_vocab_size(len(tokens))
-    if tokenizer:
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("smollm")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.add_chat_template(CHAT_TEMPLATE)
-
-    def add(name, a, kind=qtype):
-        if a.ndim == 1 or kind == T.F32:
-            w.add_tensor(name, a.astype(np.float32))
-            return a
-        q = quantize(a, kind)
-        w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=kind)
-        return dequantize(q, kind)  # what the file really holds
-
-    permute = arch == "llama"
-    embed_kind = T.Q8_0 if qtype in (T.Q4_0, T.Q4_1) else qtype
-    hf["embed"] = add("token_embd.weight", hf["embed"], embed_kind)
-    add("output_norm.weight", hf["norm"])
-    if not tied:
-        hf["lm_head"] = add("output.weight", hf["lm_head"])
-    for i in range(LAYERS):
-        L = hf[i]
-        for hf_name, gg_name, n in (("q", "attn_q", HEADS), ("k", "attn_k", KV_HEADS)):
-            stored = _permute(L[hf_name], n) if permute else L[hf_name]
-            back = add(f"blk.{i}.{gg_name}.weight", stored)
-            # undo the permutation on what the file holds to get the HF-layout truth
-            inv = back.reshape(n, back.shape[0] // n // 2, 2, -1).swapaxes(1, 2).reshape(back.shape)
-            L[hf_name] = inv if permute else back
-        for hf_name, gg_name in (
-            ("v", "attn_v"),
-            ("o", "attn_output"),
-            ("gate", "ffn_gate"),
-            ("up", "ffn_up"),
-            ("down", "ffn_down"),
-        ):
-            L[hf_name] = add(f"blk.{i}.{gg_name}.weight", L[hf_name])
-        add(f"blk.{i}.attn_norm.weight", L["attn_norm"])
-        add(f"blk.{i}.ffn_norm.weight", L["ffn_norm"])
-        for b in ("q_bias", "k_bias", "v_bias"):
-            if b in L:
-                add(f"blk.{i}.attn_{b[0]}.bias", L[b])
-    if extra_tensor is not None:
-        name, raw, kind = extra_tensor
-        w.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=kind)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return hf
-
-
-def numpy_forward(hf, ids, hidden=False):
-    """Logits (or final normed hidden states) of a llama/qwen2 decoder in Hugging Face layout
-    (rotate-half rope), float64."""
-    head_dim = HIDDEN // HEADS
-
-    def rms(x, g):
-        return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * g
-
-    def rope(x):  # (heads, L, head_dim)
-        pos = np.arange(x.shape[1])[:, None]
-        inv = THETA ** (-np.arange(0, head_dim, 2) / head_dim)
-        ang = pos * inv[None]
-        cos, sin = np.cos(ang), np.sin(ang)
-        x1, x2 = x[..., : head_dim // 2], x[..., head_dim // 2 :]
-        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
-
-    n = len(ids)
-    h = hf["embed"][ids].astype(np.float64)
-    mask = np.triu(np.full((n, n), -np.inf), 1)
-    for i in range(LAYERS):
-        L = hf[i]
-        x = rms(h, L["attn_norm"])
-        q = x @ L["q"].T + L.get("q_bias", 0)
-        k = x @ L["k"].T + L.get("k_bias", 0)
-        v = x @ L["v"].T + L.get("v_bias", 0)
-        q = rope(q.reshape(n, HEADS, head_dim).transpose(1, 0, 2))
-        k = rope(k.reshape(n, KV_HEADS, head_dim).transpose(1, 0, 2))
-        v = v.reshape(n, KV_HEADS, head_dim).transpose(1, 0, 2)
-        rep = HEADS // KV_HEADS
-        k, v = np.repeat(k, rep, 0), np.repeat(v, rep, 0)
-        s = q @ k.transpose(0, 2, 1) / np.sqrt(head_dim) + mask
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        a = (p @ v).transpose(1, 0, 2).reshape(n, HEADS * head_dim)
-        h = h + a @ L["o"].T
-        x = rms(h, L["ffn_norm"])
-        g = x @ L["gate"].T
-        h = h + ((g / (1 + np.exp(-g))) * (x @ L["up"].T)) @ L["down"].T
-    h = rms(h, hf["norm"])
-    if hidden:
-        return h
-    return h @ hf.get("lm_head", hf["embed"]).T
+    return hf_weights(rng, vocab, arch, tied)
 
 
 IDS = [1, 40, 72, 69, 76, 76, 79, 2, 5, 100]
+PROMPTS = ([1, 40, 72, 69], [5, 100, 7, 7, 33, 2], [259, 260, 9])  # BPE vocabulary ids
+SPM_PROMPTS = ([2, 265, 270], [2, 4, 100, 101, 102, 5], [2, 7, 270, 271, 264])
+LOGIT_TOL = 1e-4  # max |logit - reference| / max |reference|, float32 weights
+LOGPROB_TOL = 1e-3  # |log p - reference log p| of each greedy token, float32 weights
 
 
 def _greedy(model, prompt, n=8):
-    from mlx_lm.generate import generate_step
-
-    return [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=n)]
+    return mlx_greedy(model, prompt, n)[0]
 
 
-@pytest.mark.parametrize(
-    "arch,qtype,tied,dtype,tol",
-    [
-        ("llama", T.F32, True, "float32", 1e-4),  # exact weights: checks un-permute + rope
-        ("llama", T.Q4_0, True, "float16", 5e-3),  # Q4_0 kept quantized, Q8_0 embedding
-        ("llama", T.Q4_1, False, "float16", 5e-3),  # (float16 scales: 5e-3)
-        ("llama", T.F16, True, "float16", 2e-2),  # F16 cast, float16 weights
-        ("llama", T.Q5_0, True, "float32", 1e-4),  # dequantized by gguf.quants
-        ("qwen2", T.Q8_0, False, "float16", 5e-3),  # biases, no GGUF permutation
-    ],
-)
-def test_converted_folder_logits_match_numpy_forward(tmp_path, arch, qtype, tied, dtype, tol):
+def _check_against_reference(model, hf, prompts, logit_tol=LOGIT_TOL, greedy=True):
+    got = np.array(model(mx.array([IDS[:8]]))[0].astype(mx.float32))
+    expected = numpy_forward(hf, IDS[:8])
+    assert np.abs(got - expected).max() / np.abs(expected).max() < logit_tol
+    if not greedy:
+        return
+    for prompt in prompts:
+        toks, lps = mlx_greedy(model, prompt, 16)
+        ref_toks, ref_lps = reference_greedy(hf, prompt, 16)
+        assert toks == ref_toks, (prompt, toks, ref_toks)
+        np.testing.assert_allclose(lps, ref_lps, atol=LOGPROB_TOL)
+    # teacher-forced: a fixed varied continuation through the KV cache, one token at a time
+    # (random greedy models often repeat one token)
+    ids = [int(i) for i in np.random.default_rng(0).integers(0, len(hf["embed"]), 16)]
+    np.testing.assert_allclose(
+        mlx_forced_logprobs(model, prompts[0], ids),
+        reference_forced_logprobs(hf, prompts[0], ids),
+        atol=LOGPROB_TOL,
+    )
+
+
+# every type gguf-py dequantizes: kept quantized (Q4_0/Q4_1/Q8_0) or dequantized to float32
+QTYPES = [
+    T.F32,
+    T.F16,
+    T.BF16,
+    T.Q4_0,
+    T.Q4_1,
+    T.Q5_0,
+    T.Q5_1,
+    T.Q8_0,
+    T.Q2_K,
+    T.Q3_K,
+    T.Q4_K,
+    T.Q5_K,
+    T.Q6_K,
+]
+KEPT_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8}
+
+
+@pytest.mark.parametrize("qtype", QTYPES, ids=lambda q: q.name)
+def test_every_quantization_decodes_like_the_numpy_reference(tmp_path, qtype):
     import mlx_lm
 
-    hf = write_gguf(tmp_path / "m.gguf", arch=arch, qtype=qtype, tied=tied)
-    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype=dtype)
+    hf = write_gguf(tmp_path / "m.gguf", arch="llama", qtype=qtype, tied=False)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype="float32", q_bits=None)
     model, _ = mlx_lm.load(str(out))
-    got = np.array(model(mx.array([IDS]))[0].astype(mx.float32))
-    expected = numpy_forward(hf, IDS)
-    scale = np.abs(expected).max()
-    assert np.abs(got - expected).max() / scale < tol
+    _check_against_reference(model, hf, PROMPTS)
 
     config = json.loads((out / "config.json").read_text())
     assert config["rope_traditional"] is False
-    if qtype in (T.Q4_0, T.Q4_1, T.Q8_0):
-        bits = 8 if qtype == T.Q8_0 else 4
+    if qtype in KEPT_BITS:
         assert config["quantization"]["group_size"] == 32
-        assert config["quantization"]["bits"] == bits
-        assert model.model.layers[0].mlp.up_proj.bits == bits  # stayed quantized
+        assert config["quantization"]["bits"] == KEPT_BITS[qtype]
+        assert model.model.layers[0].mlp.up_proj.bits == KEPT_BITS[qtype]  # stayed quantized
     else:
         assert "quantization" not in config
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == mx.float32
+
+
+@pytest.mark.parametrize(
+    "arch,qtype,tied",
+    [
+        ("qwen2", T.Q8_0, False),  # q/k/v biases, untied output
+        ("qwen2", T.Q6_K, True),
+        ("qwen3", T.Q5_0, False),  # per-head q/k RMSNorm
+        ("qwen3", T.Q4_K, True),
+        ("gemma3", T.Q4_0, True),  # 1 + w norms, 4 norms a layer, gelu, local/global rope
+        ("gemma3", T.F16, False),
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+def test_every_architecture_decodes_like_the_numpy_reference(tmp_path, arch, qtype, tied):
+    import mlx_lm
+
+    hf = write_gguf(tmp_path / "m.gguf", arch=arch, qtype=qtype, tied=tied)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype="float32", q_bits=None)
+    model, _ = mlx_lm.load(str(out))
+    _check_against_reference(model, hf, SPM_PROMPTS if arch == "gemma3" else PROMPTS)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == {"gemma3": "gemma3_text"}.get(arch, arch)
+    assert config["tie_word_embeddings"] is tied
+
+
+@pytest.mark.parametrize("dtype,tol", [("float16", 2e-2), ("bfloat16", 5e-2)])
+def test_half_precision_casts_stay_close_to_the_reference(tmp_path, dtype, tol):
+    import mlx_lm
+
+    hf = write_gguf(tmp_path / "m.gguf", arch="qwen2", qtype=T.Q5_1, tied=False)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype=dtype, q_bits=None)
+    model, _ = mlx_lm.load(str(out))
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == getattr(mx, dtype)
+    _check_against_reference(model, hf, PROMPTS, logit_tol=tol, greedy=False)
+
+
+def _hf_from_folder(folder, hf):
+    """The reference weights of a converted folder: its tensors, quantized ones dequantized
+    with mx.dequantize (group size and bits from config.json)."""
+    config = json.loads((folder / "config.json").read_text())
+    q = config.get("quantization", {})
+    w = mx.load(str(folder / "model.safetensors"))
+
+    def get(module):
+        if f"{module}.scales" not in w:
+            return np.array(w[f"{module}.weight"].astype(mx.float32))
+        spec = q.get(module, q)
+        a = mx.dequantize(
+            w[f"{module}.weight"],
+            w[f"{module}.scales"],
+            w[f"{module}.biases"],
+            group_size=spec["group_size"],
+            bits=spec["bits"],
+        )
+        return np.array(a.astype(mx.float32))
+
+    out = dict(hf, embed=get("model.embed_tokens"))
+    if "lm_head" in hf:
+        out["lm_head"] = get("lm_head")
+    names = {
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj",
+        "up": "mlp.up_proj",
+        "down": "mlp.down_proj",
+    }
+    for i in range(hf["dims"].layers):
+        out[i] = dict(hf[i], **{k: get(f"model.layers.{i}.{m}") for k, m in names.items()})
+    return out
+
+
+@pytest.mark.parametrize("q_bits", [4, 8])
+def test_requantized_weights_decode_like_the_reference_on_them(tmp_path, q_bits):
+    import mlx_lm
+
+    hf = write_gguf(tmp_path / "m.gguf", arch="qwen2", qtype=T.Q6_K, tied=False)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype="float32", q_bits=q_bits)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"]["bits"] == q_bits
+    model, _ = mlx_lm.load(str(out))
+    assert model.model.layers[1].mlp.down_proj.bits == q_bits
+    assert model.model.norm.weight.dtype == mx.float32  # norms are not quantized
+    requantized = _hf_from_folder(out, hf)
+    assert np.abs(requantized[0]["up"] - hf[0]["up"]).max() > 0  # really re-quantized
+    _check_against_reference(model, requantized, PROMPTS)
+
+
+def test_mixed_file_keeps_native_blocks_and_requantizes_the_rest(tmp_path):
+    import mlx_lm
+
+    # like the Qwen2.5-Coder GGUF: Q8_0 embedding with K-quant / Q5_0 layers
+    write_gguf(tmp_path / "m.gguf", arch="qwen2", qtype=T.Q4_K, embed_qtype=T.Q8_0)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype="float32", q_bits=4)
+    q = json.loads((out / "config.json").read_text())["quantization"]
+    assert q["bits"] == 4 and q["model.embed_tokens"]["bits"] == 8
+    model, _ = mlx_lm.load(str(out))
+    assert model.model.embed_tokens.bits == 8
 
 
 def test_folder_via_mlx_lm_load_greedy_decodes_like_gguf_read_directly(tmp_path):
@@ -287,6 +256,45 @@ def test_tokenizer_rebuilt_from_metadata(tmp_path):
     cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == CHAT_TEMPLATE and cfg["eos_token"] == "<|im_end|>"
     assert tok.eos_token_id == 2
+
+
+@pytest.mark.parametrize(
+    "pre,pieces",
+    [
+        ("llama-bpe", ["ab", "Ġ", "123", "4"]),  # Llama 3 / SmolLM3: up to 3 digits
+        ("qwen2", ["ab", "Ġ", "1", "2", "3", "4"]),  # one digit a piece
+        ("smollm", ["ab", "Ġ", "1", "2", "3", "4"]),
+    ],
+)
+def test_pre_tokenizer_follows_the_gguf_pre_name(tmp_path, pre, pieces):
+    from tokenizers import Tokenizer
+
+    write_gguf(tmp_path / "m.gguf", pre=pre)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx")
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("ab 1234")] == pieces
+
+
+def test_sentencepiece_tokenizer_rebuilt_from_gemma_metadata(tmp_path):
+    import mlx_lm
+
+    write_gguf(tmp_path / "m.gguf", arch="gemma3", qtype=T.Q8_0)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx")
+    _, tok = mlx_lm.load(str(out))
+    # ids: 6 specials, 256 <0xNN> byte tokens from 6, pieces from 262 (tiny_gguf.SPM_PIECES)
+    assert tok.encode("the tin") == [2, 274, 273]  # <bos> the ▁tin: merges in file order
+    assert tok.encode("a  c") == [2, 268, 276, 269]  # the "  " token, stored with real spaces
+    assert tok.encode("é") == [2, 6 + 0xC3, 6 + 0xA9]  # byte fallback
+    for text in ("the tin", "a  c", "héllo the\n", "<start_of_turn>user\nhi<end_of_turn>"):
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert tok.encode("<start_of_turn>x", add_special_tokens=False) == [4, 6 + ord("x")]
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True
+    )
+    assert prompt[:2] == [2, 4] and prompt.count(2) == 1  # one <bos>, from the template
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert cfg["chat_template"] == GEMMA_TEMPLATE and cfg["add_bos_token"] is True
+    assert set(tok.eos_token_ids) == {1, 5}  # <eos> and <end_of_turn>
 
 
 def test_truncated_file_is_refused(tmp_path):
