@@ -131,16 +131,32 @@ def python_prefix_ok(code: str) -> bool:
         return False
 
 
-class PythonSyntax(TextVerifier):
-    """``prefix``: code the program must start with (e.g. a HumanEval signature + docstring)."""
+def starts_with_prose(text: str) -> bool:
+    """True if the first finished non-empty line of ``text`` cannot start a Python program (a
+    chat model's "Here is the code:" before its ``` fence)."""
+    for line in text[: text.rfind("\n") + 1].splitlines():
+        if line.strip():
+            return not python_prefix_ok(line + "\n")
+    return False
 
-    def __init__(self, prefix: str = "", floor: float = 0.0):
-        self.prefix, self.floor = prefix, floor
+
+class PythonSyntax(TextVerifier):
+    """``prefix``: code the program must start with (e.g. a HumanEval signature + docstring).
+    The code is the first ``` fence's content if there is one; with ``prose`` (default) a
+    response may open with prose lines before its fence (V^ = 1 until the fence; tau then needs
+    the fenced code, or the whole text, to parse)."""
+
+    def __init__(self, prefix: str = "", floor: float = 0.0, prose: bool = True):
+        self.prefix, self.floor, self.prose = prefix, floor, prose
 
     def value_text(self, text, n_tokens):
         code = self.prefix + extract_code(text)
         finished = code[: code.rfind("\n") + 1] if "\n" in code else ""
-        return 1.0 if python_prefix_ok(finished) else self.floor
+        if python_prefix_ok(finished):
+            return 1.0
+        if self.prose and _FENCE.search(text) is None and starts_with_prose(text):
+            return 1.0
+        return self.floor
 
     def tilt_text(self, text):
         try:
