@@ -3,12 +3,15 @@
 mlx-vgb convert --gguf model.gguf --mlx-path out/
 mlx-vgb convert --hf-path HuggingFaceTB/SmolLM2-360M-Instruct --mlx-path out/ -q --q-bits 4
 mlx-vgb convert --verifier-kind qwen-prm --verifier-path Qwen2.5-Math-PRM-7B/ --mlx-path prm/
-mlx-vgb convert --default-model      # convert the embedded SmolLM2 into the cache
+mlx-vgb convert --default-model      # fetch and convert the registry's default model (cache)
 """
 
 import argparse
 import sys
 
+from ..errors import VGBError
+from .gguf import DEFAULT_DTYPE as GGUF_DTYPE
+from .gguf import DEFAULT_Q_BITS
 from .output import ConversionError
 from .verifiers import VERIFIER_KINDS
 
@@ -21,7 +24,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         description="Convert GGUF / Hugging Face generators and process verifiers to MLX.",
     )
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--gguf", help="GGUF file (llama / qwen2; Q4_0, Q4_1, Q8_0 kept quantized).")
+    src.add_argument(
+        "--gguf",
+        help="GGUF file (llama, qwen2, qwen3, gemma3; Q4_0, Q4_1, Q8_0 kept quantized, the "
+        "other types dequantized, then re-quantized to --q-bits on Apple silicon).",
+    )
     src.add_argument("--hf-path", "--model", help="Hugging Face repo id or local folder.")
     src.add_argument(
         "--verifier-kind",
@@ -31,7 +38,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--default-model",
         action="store_true",
-        help="Convert the embedded SmolLM2 into the cache and print its folder.",
+        help="Fetch and convert the registry's default model (mlx-vgb models) into the cache and "
+        "print its folder.",
     )
     parser.add_argument("--mlx-path", default=DEFAULT_MLX_PATH, help="Output folder.")
     parser.add_argument("--force", action="store_true", help="Replace an existing output folder.")
@@ -39,7 +47,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=("float16", "bfloat16", "float32"),
         default=None,
-        help="dtype of unquantized weights (GGUF default: float16).",
+        help=f"dtype of unquantized weights (GGUF default here: {GGUF_DTYPE}).",
     )
 
     g = parser.add_argument_group("GGUF")
@@ -47,7 +55,13 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
     h = parser.add_argument_group("Hugging Face (mlx_lm.convert flags; also PRM backbones)")
     h.add_argument("-q", "--quantize", action="store_true", help="Quantize the weights.")
-    h.add_argument("--q-bits", type=int, default=None, help="Bits per weight.")
+    h.add_argument(
+        "--q-bits",
+        type=int,
+        default=None,
+        help="Bits per weight (GGUF: re-quantize the tensors MLX cannot keep in their GGML "
+        f"format; default here: {DEFAULT_Q_BITS or 'none, cast to --dtype'}).",
+    )
     h.add_argument("--q-group-size", type=int, default=None, help="Quantization group size.")
     h.add_argument("--q-mode", default="affine", choices=["affine", "mxfp4", "nvfp4", "mxfp8"])
     h.add_argument(
@@ -80,7 +94,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> str:
     if args.default_model:
-        from ..default_model import default_model_path
+        from ..models import default_model_path
 
         return str(default_model_path())
     if args.gguf:
@@ -94,6 +108,7 @@ def run(args: argparse.Namespace) -> str:
                 tokenizer_path=args.tokenizer_path,
                 force=args.force,
                 dequantize=args.dequantize,
+                q_bits=args.q_bits if args.q_bits is not None else DEFAULT_Q_BITS,
             )
         )
     if args.hf_path:
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         out = run(args)
-    except ConversionError as e:
+    except VGBError as e:  # ConversionError, and the registry's DownloadError
         print(f"mlx-vgb convert: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(out)

@@ -47,14 +47,14 @@ class _One(BaseVerifier):
 
 
 def load(path_or_hf_repo: str | None = None):
-    """(model, tokenizer): the embedded default model when None, else a local MLX folder or a
-    Hugging Face repo id (needs the hub; local folders work offline)."""
+    """(model, tokenizer): the registry's default model when None, else a registry name (see
+    `mlx-vgb models`; fetched and converted once), a local MLX folder, a GGUF file (converted
+    once into the cache) or a Hugging Face repo id (needs the hub; the others work offline)."""
     from mlx_lm import load as mlx_load
 
-    if path_or_hf_repo is None:
-        from .default_model import default_model_path
+    from .models import resolve
 
-        path_or_hf_repo = str(default_model_path())
+    path_or_hf_repo = resolve(path_or_hf_repo)
     p = Path(path_or_hf_repo).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
@@ -303,7 +303,8 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         prog="mlx-vgb generate", description="Generate with verifier-guided backtracking.",
         epilog=VERIFIER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
-                   help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)")
+                   help="registry name (mlx-vgb models), MLX folder, GGUF file or Hugging Face "
+                   "repo id (default: smollm2-135m)")
     p.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="prompt text, '-' for stdin")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--ignore-chat-template", action="store_true")

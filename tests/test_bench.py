@@ -76,15 +76,15 @@ def test_unknown_task_exits_with_usage(capsys):
 
 def _has_default_model() -> bool:
     try:
-        from mlx_vgb.default_model import default_gguf_path
+        from mlx_vgb.models import is_available
 
-        return default_gguf_path().is_file()
+        return is_available()
     except Exception:
         return False
 
 
 needs_model = pytest.mark.skipif(not _has_default_model(),
-                                 reason="the embedded SmolLM2 model is not available")
+                                 reason="default model not cached (mlx-vgb models pull)")
 
 
 @needs_model

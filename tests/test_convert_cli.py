@@ -10,7 +10,7 @@ from test_convert_gguf import T, write_gguf
 
 from mlx_vgb.convert.cli import main
 from mlx_vgb.convert.output import OutputExistsError, atomic_output
-from mlx_vgb.default_model import cached_conversion, is_complete
+from mlx_vgb.models import cached_conversion, is_complete
 
 
 def test_cli_converts_gguf_and_refuses_existing_output_without_force(tmp_path, capsys):
