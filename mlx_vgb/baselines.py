@@ -19,10 +19,10 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, VerifierError
 from .results import Append, Backtrack
+from .run import Run
 from .sampler import Sampler
-from .search import Search
 from .tree import Node
 
 
@@ -31,37 +31,37 @@ def _check_n(n: int, what: str = "n") -> None:
         raise ConfigError(f"{what} must be an integer >= 1, got {n!r}")
 
 
-def _rollouts(search: Search, starts: list[Node]) -> list[Node]:
+def _rollouts(run: Run, starts: list[Node]) -> list[Node]:
     """Complete each start node with pi_ref (batched), counting one step per action."""
     rows = list(starts)
     while True:
         active = [i for i, n in enumerate(rows) if not n.is_leaf]
         if not active:
             return rows
-        search.count_step()
-        for i, n in zip(active, search.sample_blocks([rows[i] for i in active])):
+        run.count_step()
+        for i, n in zip(active, run.sample_blocks([rows[i] for i in active])):
             rows[i] = n
 
 
-def _descend(search: Search, pick: Callable[[Node], Node]):
+def _descend(run: Run, pick: Callable[[Node], Node]):
     """From the root to a leaf, one action per step chosen by ``pick(node)``; yields Append."""
-    node = search.tree.root
+    node = run.tree.root
     while not node.is_leaf:
-        search.count_step()
+        run.count_step()
         nxt = pick(node)
-        search.current = nxt
-        yield Append(nxt.tokens[len(node):], nxt.depth, len(nxt), search.stats.steps)
+        run.visit(nxt)
+        yield Append(nxt.tokens[len(node) :], nxt.depth, len(nxt), run.stats.steps)
         node = nxt
     return node
 
 
-def _draw(search: Search, node: Node) -> Node:
-    (nxt,) = search.sample_blocks([node])
+def _draw(run: Run, node: Node) -> Node:
+    (nxt,) = run.sample_blocks([node])
     return nxt
 
 
-def _bound(search: Search) -> float:
-    b = getattr(search.verifier, "bound", 1.0)
+def _bound(run: Run) -> float:
+    b = getattr(run.verifier, "bound", 1.0)
     if not b > 0:
         raise ConfigError(f"verifier bound must be > 0, got {b}")
     return b
@@ -72,8 +72,8 @@ class Plain(Sampler):
     name = "plain"
     needs_verifier = False
 
-    def _run(self, search):
-        node = yield from _descend(search, lambda n: _draw(search, n))
+    def _run(self, run):
+        node = yield from _descend(run, lambda n: _draw(run, n))
         return node, None
 
 
@@ -82,23 +82,21 @@ class OutcomeLevelRS(Sampler):
     max_tries: int = 64
     name = "outcome-rs"
 
-    def _run(self, search):
+    def _run(self, run):
         _check_n(self.max_tries, "max_tries")
-        bound = _bound(search)
+        bound = _bound(run)
         for t in range(self.max_tries):
-            node = yield from _descend(search, lambda n: _draw(search, n))
-            tau = search.tilt_of(node)
+            node = yield from _descend(run, lambda n: _draw(run, n))
+            tau = run.tilt_of(node)
             if tau > bound * (1 + 1e-9):
-                from .errors import VerifierError
-
                 raise VerifierError(f"tilt {tau:.4g} exceeds the verifier bound {bound:.4g}")
-            if search.rng.uniform() < tau / bound:
+            if run.rng.uniform() < tau / bound:
                 return node, None
             if t + 1 < self.max_tries:
-                search.stats.restarts += 1
-                search.stats.backtracks += 1
-                search.current = search.tree.root
-                yield Backtrack(len(node), 0, 0, search.stats.steps)
+                run.stats.restarts += 1
+                run.stats.backtracks += 1
+                run.current = run.tree.root
+                yield Backtrack(len(node), 0, 0, run.stats.steps)
         return node, "rejected"
 
 
@@ -107,13 +105,13 @@ class BestOfN(Sampler):
     n: int = 8
     name = "bon"
 
-    def _run(self, search):
+    def _run(self, run):
         _check_n(self.n)
-        leaves = _rollouts(search, [search.tree.root] * self.n)
-        search.ensure_values(leaves)
-        best = leaves[int(np.argmax([c.value for c in leaves]))]
-        search.current = best
-        yield Append(best.tokens, best.depth, len(best), search.stats.steps)
+        leaves = _rollouts(run, [run.tree.root] * self.n)
+        run.ensure_values(leaves)
+        best = leaves[int(np.argmax([c.log_value for c in leaves]))]
+        run.visit(best)
+        yield Append(best.tokens, best.depth, len(best), run.stats.steps)
         return best, None
 
 
@@ -122,15 +120,15 @@ class BlockBestOfN(Sampler):
     n: int = 8
     name = "block-bon"
 
-    def _run(self, search):
+    def _run(self, run):
         _check_n(self.n)
 
         def best_block(node):
-            kids = search.sample_blocks([node] * self.n)
-            search.ensure_values(kids)
-            return kids[int(np.argmax([c.value for c in kids]))]
+            children = run.sample_blocks([node] * self.n)
+            run.ensure_values(children)
+            return children[int(np.argmax([c.log_value for c in children]))]
 
-        node = yield from _descend(search, best_block)
+        node = yield from _descend(run, best_block)
         return node, None
 
 
@@ -139,20 +137,20 @@ class BlockRS(Sampler):
     n: int = 8
     name = "block-rs"
 
-    def _run(self, search):
+    def _run(self, run):
         _check_n(self.n)
-        log_b = math.log(_bound(search))
+        log_b = math.log(_bound(run))
 
         def accepted_block(node):
             drawn = []
             for _ in range(self.n):
-                c = _draw(search, node)
-                search.ensure_values([c])
+                c = _draw(run, node)
+                run.ensure_values([c])
                 drawn.append(c)
-                if math.log(search.rng.uniform() + 1e-300) < c.value - log_b:
+                if math.log(run.rng.uniform() + 1e-300) < c.log_value - log_b:
                     return c
-                search.stats.backtracks += 1
-            return max(drawn, key=lambda x: x.value)
+                run.stats.backtracks += 1
+            return max(drawn, key=lambda x: x.log_value)
 
-        node = yield from _descend(search, accepted_block)
+        node = yield from _descend(run, accepted_block)
         return node, None

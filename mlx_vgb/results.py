@@ -12,11 +12,14 @@ class SampleStats:
     steps: int = 0  # walk steps (lazy self-loops included); forward samplers: actions taken
     backtracks: int = 0  # moves to a parent (VGB), discarded blocks/responses (baselines)
     restarts: int = 0  # returns to the root (theory VGB tries, ActionLevelRS dead ends, RS tries)
-    forward_tokens: int = 0  # prefixes whose pi_ref was computed (one token forward each)
+    # distinct prefixes whose pi_ref the sampler asked for (one token forward each from a cached
+    # parent); the positions a model really computed are MLXLanguageModel.positions_computed
+    forward_tokens: int = 0
     model_calls: int = 0  # batched language-model calls
     verifier_evals: int = 0  # prefixes valued (V^) + responses tilted (tau)
     verifier_calls: int = 0  # batched verifier calls
     proposals: int = 0  # candidate children drawn (K-candidates, rejection, blocks)
+    pad_returns: int = 0  # practical VGB: steps onto a shallow leaf whose pad coin said "back"
     max_depth: int = 0  # deepest walk node reached (in actions)
     nodes: int = 0  # prefixes in the store at the end
     wall_s: float = 0.0
@@ -31,16 +34,15 @@ class SampleResult:
 
     tokens: tuple[int, ...]
     reached_leaf: bool  # the response is complete (EOS or horizon)
-    finish_reason: str  # "stop" (EOS), "length" (horizon), "budget" (unfinished best effort)
+    # "stop" (EOS), "length" (horizon); unfinished best effort: "budget" (steps, forward tokens
+    # or tries ran out), "dead-end" (the root's moves all weighed zero in every draw);
+    # "rejected" (OutcomeLevelRS: the last response of max_tries, complete but not accepted)
+    finish_reason: str
     tilt: float | None  # tau(response) when complete
     stats: SampleStats
     sampler: str
     seed: int
     text: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.reached_leaf
 
 
 @dataclass(frozen=True)

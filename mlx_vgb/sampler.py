@@ -1,4 +1,5 @@
-"""The one interface every sampler shares: ``stream`` (events) and ``sample`` (a result)."""
+"""The one interface every sampler shares: ``start`` (a ``Run``: state + events), ``stream``
+(events) and ``sample`` (a result)."""
 
 from __future__ import annotations
 
@@ -6,22 +7,26 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Generator, Iterator, Sequence
 
 from .actions import ActionSpace, Tokens
+from .errors import ConfigError
 from .protocols import LanguageModel, Verifier
-from .results import Done, Event, SampleResult
-from .search import BudgetExhausted, Search
+from .results import Append, Backtrack, Done, Event, SampleResult
+from .run import Run, UnfinishedRun
 from .tree import Node
 
 
 @dataclass
 class Sampler:
-    """Settings shared by all samplers.
+    """Settings shared by all samplers (a sampler object holds settings only: every run's state
+    lives in its own ``Run``, so one sampler object may serve concurrent runs).
 
     horizon: H, the most tokens a response may have (a leaf is EOS or H tokens).
     actions: what one step appends (``Tokens()``, ``Blocks(L)``, ``Lines(...)``).
     temp / top_k / top_p: transform pi_ref before sampling (changes the target to pi_ref' * tau).
-    max_steps / max_forward_tokens: budgets; when one runs out the sampler returns its best
-    effort with ``reached_leaf=False`` and ``finish_reason="budget"``. Without ``max_steps``
-    a run stops after ``search.DEFAULT_MAX_STEPS`` steps: it never hangs.
+    max_steps / max_forward_tokens: budgets. When a budget runs out, or every draw at the root
+    weighs zero (a dead end that is not proved certain), the sampler returns its best effort --
+    the deepest walk node it visited -- with ``reached_leaf=False`` and ``finish_reason``
+    "budget" or "dead-end". Without ``max_steps`` a run stops after ``run.DEFAULT_MAX_STEPS``
+    steps: it never hangs.
     """
 
     horizon: int = 64
@@ -34,61 +39,96 @@ class Sampler:
 
     name: ClassVar[str] = "sampler"
     needs_verifier: ClassVar[bool] = True
-    drift_value: ClassVar[float] = 1.0
 
-    def _search(self, lm, verifier, prompt, seed) -> Search:
-        return Search(
-            lm, verifier, prompt, horizon=self.horizon, actions=self.actions, temp=self.temp,
-            top_k=self.top_k, top_p=self.top_p, drift=getattr(self, "drift", 1.0),
-            max_steps=self.max_steps, max_forward_tokens=self.max_forward_tokens, seed=seed)
+    def _new_run(self, lm, verifier, prompt, seed) -> Run:
+        return Run(
+            lm,
+            verifier,
+            prompt,
+            horizon=self.horizon,
+            actions=self.actions,
+            temp=self.temp,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            drift=getattr(self, "drift", 1.0),
+            max_steps=self.max_steps,
+            max_forward_tokens=self.max_forward_tokens,
+            seed=seed,
+        )
 
-    def _run(self, search: Search) -> Generator[Event, None, tuple[Node, str | None]]:
+    def _run(self, run: Run) -> Generator[Event, None, tuple[Node, str | None]]:
         """Yield events; return (final node, forced finish reason or None)."""
         raise NotImplementedError  # pragma: no cover
 
-    def stream(
+    def start(
         self,
         lm: LanguageModel,
         verifier: Verifier | None = None,
         prompt: Sequence[int] = (),
         seed: int = 0,
         decode: Callable[[Sequence[int]], str] | None = None,
-    ) -> Iterator[Event]:
-        """Events (``Append``, ``Backtrack``) as the sampler moves, then ``Done(result)``."""
+        trace: Callable | None = None,
+    ) -> Run:
+        """A new run: iterate it for the events (``Append``, ``Backtrack``, then ``Done``); its
+        ``stats``, ``tree`` and ``current`` are that run's live state."""
         if verifier is None and self.needs_verifier:
-            from .errors import ConfigError
-
             raise ConfigError(f"sampler {self.name!r} needs a verifier")
-        search = self._search(lm, verifier, prompt, seed)
-        self.search = search  # the live run (its stats), for streaming UIs
-        reason = None
+        run = self._new_run(lm, verifier, prompt, seed)
+        run.trace = trace
+        run.events = self._events(run, verifier, seed, decode or getattr(lm, "decode", None))
+        return run
+
+    def _events(self, run: Run, verifier, seed, decode) -> Iterator[Event]:
         try:
-            node, reason = yield from self._run(search)
-        except BudgetExhausted:
-            node, reason = search.current, "budget"
-        if node.is_leaf and reason != "budget":
+            node, reason = yield from self._run(run)
+        except UnfinishedRun as e:
+            node, reason = run.current, e.reason
+        if node.is_leaf and reason in (None, "rejected"):
             reason = reason or ("stop" if node.eos else "length")
         else:
-            reason = "budget"
+            # unfinished: the best effort is the deepest node visited; the events go there
+            reason = reason or "budget"
+            node, cur = run.best, run.current
+            if node is not cur:
+                anc = node  # deepest walk ancestor of the best node that is a prefix of cur
+                while len(anc) and cur.tokens[: len(anc)] != anc.tokens:
+                    anc = anc.parent
+                if len(cur) > len(anc):
+                    yield Backtrack(len(cur) - len(anc), anc.depth, len(anc), run.stats.steps)
+                if len(node) > len(anc):
+                    yield Append(node.tokens[len(anc) :], node.depth, len(node), run.stats.steps)
+                run.current = node
         tilt = None
         if node.is_leaf and verifier is not None:
-            try:
-                tilt = search.tilt_of(node)
-            except BudgetExhausted:  # pragma: no cover - tilt needs no budget
-                pass
-        decode = decode or getattr(lm, "decode", None)
+            tilt = run.tilt_of(node)
         text = None
         if decode is not None:
-            eos = search.tree.eos_token_ids
+            eos = run.tree.eos_token_ids
             text = decode([t for t in node.tokens if t not in eos])
+        done = node.is_leaf and reason in ("stop", "length", "rejected")
         result = SampleResult(
-            tokens=node.tokens, reached_leaf=node.is_leaf and reason != "budget",
-            finish_reason=reason, tilt=tilt, stats=search.finish_stats(), sampler=self.name,
-            seed=seed, text=text)
+            tokens=node.tokens,
+            reached_leaf=done,
+            finish_reason=reason,
+            tilt=tilt,
+            stats=run.finish_stats(),
+            sampler=self.name,
+            seed=seed,
+            text=text,
+        )
         yield Done(result)
 
+    def stream(self, lm, verifier=None, prompt=(), seed: int = 0, decode=None,
+               trace=None) -> Iterator[Event]:
+        """The events of a new run (see ``start``)."""
+        run = self.start(lm, verifier, prompt, seed, decode, trace)
+        try:
+            yield from run
+        finally:
+            run.close()
+
     def sample(self, lm, verifier=None, prompt=(), seed: int = 0, decode=None) -> SampleResult:
-        for ev in self.stream(lm, verifier, prompt, seed, decode):
+        for ev in self.start(lm, verifier, prompt, seed, decode):
             if isinstance(ev, Done):
                 return ev.result
-        raise AssertionError("stream ended without Done")  # pragma: no cover
+        raise AssertionError("run ended without Done")  # pragma: no cover

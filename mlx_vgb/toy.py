@@ -1,5 +1,5 @@
 """Tabular toys to run the theory: a language model given by a table, exact / perturbed /
-delayed value functions, and closed forms (pi*, the walk's stationary law) by enumeration.
+delayed value functions, and pi* by enumeration (the samplers' exact laws: ``mlx_vgb.laws``).
 
 Everything here enumerates the tree, so keep vocab_size ** horizon small (say <= 1e5).
 """
@@ -26,8 +26,13 @@ class TabularLM(BaseLanguageModel):
 
     requires_prompt = False
 
-    def __init__(self, vocab_size: int, table: Callable[[tuple[int, ...]], Sequence[float]],
-                 eos_token_id: int | None = None, names: str | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        table: Callable[[tuple[int, ...]], Sequence[float]],
+        eos_token_id: int | None = None,
+        names: str | None = None,
+    ):
         self.vocab_size = vocab_size
         self.eos_token_ids = frozenset() if eos_token_id is None else frozenset({eos_token_id})
         self._table = lru_cache(maxsize=None)(lambda p: np.asarray(table(p), dtype=np.float64))
@@ -58,8 +63,15 @@ class TabularLM(BaseLanguageModel):
         return cls(vocab_size, lambda p: np.full(vocab_size, 1 / vocab_size), **kw)
 
     @classmethod
-    def random(cls, vocab_size: int, seed: int = 0, concentration: float = 1.0,
-               eos_token_id: int | None = None, eos_prob: float = 0.0, **kw) -> "TabularLM":
+    def random(
+        cls,
+        vocab_size: int,
+        seed: int = 0,
+        concentration: float = 1.0,
+        eos_token_id: int | None = None,
+        eos_prob: float = 0.0,
+        **kw,
+    ) -> "TabularLM":
         """Dirichlet(concentration) next-token tables, a fixed function of (seed, prefix).
         With ``eos_token_id``, that token gets probability ``eos_prob`` at every prefix."""
 
@@ -131,8 +143,9 @@ class ExactValue(BaseVerifier):
     def _v(self, prefix: tuple[int, ...]) -> float:
         if len(prefix) == self.horizon or (prefix and prefix[-1] in self.lm.eos_token_ids):
             return float(self._tilt(prefix))
-        return float(sum(q * self.exact(prefix + (a,))
-                         for a, q in enumerate(self.lm.probs(prefix)) if q > 0))
+        return float(
+            sum(q * self.exact(prefix + (a,)) for a, q in enumerate(self.lm.probs(prefix)) if q > 0)
+        )
 
     def value(self, prefixes):
         self.calls += 1
@@ -158,41 +171,28 @@ class PerturbedValue(ExactValue):
         return np.where(hit, v * (1 + self.eps), v)
 
 
+class RandomlyPerturbedValue(ExactValue):
+    """V^ = f(s) V*(s) at internal prefixes, f log-uniform in [1 / factor, factor] (a fixed
+    function of (seed, prefix)); tau exact at leaves. ``bound`` = factor (for tau, V* <= 1)."""
+
+    def __init__(self, lm, tilt, horizon, factor: float = 3.0, seed: int = 0):
+        super().__init__(lm, tilt, horizon)
+        self.factor, self.seed = factor, seed
+        self.bound = max(1.0, factor)
+
+    def _f(self, prefix) -> float:
+        h = hashlib.sha256(repr(("perturb", self.seed, tuple(prefix))).encode()).digest()
+        u = int.from_bytes(h[:8], "little") / 2**64
+        return self.factor ** (2 * u - 1)
+
+    def value(self, prefixes):
+        v = super().value(prefixes)
+        return v * np.array([self._f(p) for p in prefixes])
+
+
 class DelayedValue(ExactValue):
     """V^(y_1..h) = V*(y_1..h-1): the value of the parent, one step late (paper Example 3.2)."""
 
     def value(self, prefixes):
         self.calls += 1
         return np.array([self.exact(tuple(p)[:-1]) for p in prefixes])
-
-
-def stationary_law(lm: TabularLM, verifier: ExactValue, horizon: int, drift: float = 1.0,
-                   max_depth: int | None = None) -> dict[tuple[int, ...], float]:
-    """Closed-form stationary law of the token-level walk over all nodes: mass(y) proportional to
-    the conductances of the edges at y, c(y) = pi_ref(y) V'(y) lambda^-|y| (V' = V^ inside,
-    tau lambda^(|y| - D) at leaves)."""
-    D = horizon if max_depth is None else max_depth
-    cond: dict[tuple[int, ...], float] = {}
-
-    def rec(prefix, p):
-        for a, q in enumerate(lm.probs(prefix)):
-            if q <= 0:
-                continue
-            y = prefix + (a,)
-            leaf = len(y) == horizon or a in lm.eos_token_ids
-            if leaf:
-                v = float(verifier.tilt([y])[0]) * drift ** (len(y) - D)
-            else:
-                v = float(verifier.value([y])[0])
-            cond[y] = p * q * v * drift ** (-len(y))
-            if not leaf:
-                rec(y, p * q)
-
-    rec((), 1.0)
-    mass: dict[tuple[int, ...], float] = {(): 0.0}
-    for y, c in cond.items():
-        mass[y] = mass.get(y, 0.0) + c
-        mass[y[:-1]] = mass.get(y[:-1], 0.0) + c
-    z = sum(mass.values())
-    return {y: m / z for y, m in mass.items() if m > 0}
-

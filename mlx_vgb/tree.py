@@ -1,9 +1,10 @@
 """The prefix store: a trie of token prefixes memoizing pi_ref and V^ per node.
 
-Every token prefix the sampler has touched is one ``Node``. Nodes at action boundaries (the root,
-ends of blocks, leaves) are the walk's nodes: they know their walk parent (``up``) and their
-depth in actions. A revisited node costs no model or verifier call: its next-token distribution
-(``dist``) and its value are kept.
+Every token prefix the sampler has touched is one ``Node``; ``prev`` / ``next`` are its trie links
+(one token shorter / one token longer). Nodes at action boundaries (the root, ends of blocks,
+leaves) are the walk's nodes: they know their walk ``parent`` (the start of the action that ends
+here) and their depth in actions. A revisited node costs no model or verifier call: its
+next-token distribution (``dist``) and its value (``log_value``) are kept.
 """
 
 from __future__ import annotations
@@ -39,21 +40,29 @@ class Node:
     """One token prefix (tokens after the prompt)."""
 
     __slots__ = (
-        "tokens", "parent", "children", "dist", "value", "up", "depth", "is_leaf", "eos", "kids",
+        "tokens",
+        "prev",
+        "next",
+        "dist",
+        "log_value",
+        "parent",
+        "depth",
+        "is_leaf",
+        "eos",
+        "children",
     )
 
-    def __init__(self, tokens: tuple[int, ...], parent: "Node | None", is_leaf: bool, eos: bool):
+    def __init__(self, tokens: tuple[int, ...], prev: "Node | None", is_leaf: bool, eos: bool):
         self.tokens = tokens
-        self.parent = parent
-        self.children: dict[int, Node] = {}
+        self.prev = prev  # trie: the prefix one token shorter
+        self.next: dict[int, Node] = {}  # trie: one-token extensions
         self.dist: NextTokenDist | None = None
-        # log V'(node): log V^ for internal walk nodes, log(tau) + drift correction for leaves
-        self.value: float | None = None
-        self.up: Node | None = None  # walk parent (start of the block that ends here)
+        self.log_value: float | None = None  # log V^ (internal walk nodes), log tau (leaves)
+        self.parent: Node | None = None  # walk parent (start of the action that ends here)
         self.depth: int = -1  # depth in actions; -1 for nodes inside a block
-        self.is_leaf = is_leaf
+        self.is_leaf = is_leaf  # a complete response: EOS or the horizon
         self.eos = eos
-        self.kids: tuple | None = None  # Enumerate: (children, their log weights), memoized
+        self.children: tuple | None = None  # Enumerate: (walk children, log weights), memoized
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -73,20 +82,11 @@ class PrefixTree:
         self.size = 1
 
     def child(self, node: Node, token: int) -> Node:
-        c = node.children.get(token)
+        c = node.next.get(token)
         if c is None:
             tokens = node.tokens + (token,)
             eos = token in self.eos_token_ids
             c = Node(tokens, node, is_leaf=eos or len(tokens) >= self.horizon, eos=eos)
-            node.children[token] = c
+            node.next[token] = c
             self.size += 1
         return c
-
-    def walk_nodes(self):
-        """All walk nodes (depth >= 0) in depth-first order."""
-        stack = [self.root]
-        while stack:
-            n = stack.pop()
-            if n.depth >= 0:
-                yield n
-            stack.extend(n.children.values())

@@ -4,7 +4,14 @@ import pytest
 from stats_util import tv_threshold
 
 from mlx_vgb import (
-    Backtrack, BestOfN, BlockBestOfN, Blocks, BlockRS, OutcomeLevelRS, Plain, toy,
+    Backtrack,
+    BestOfN,
+    BlockBestOfN,
+    BlockRS,
+    Blocks,
+    OutcomeLevelRS,
+    Plain,
+    toy,
 )
 
 H = 4

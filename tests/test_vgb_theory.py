@@ -5,10 +5,17 @@ import pytest
 from stats_util import pushforward, tv_threshold
 
 from mlx_vgb import (
-    VGB, ActionLevelRS, Candidates, Enumerate, Rejection, Walk, toy,
+    VGB,
+    ActionLevelRS,
+    Enumerate,
+    Rejection,
+    SelfNormalized,
+    Walk,
+    laws,
+    toy,
 )
-from mlx_vgb.search import Search
 from mlx_vgb.actions import Tokens
+from mlx_vgb.run import Run
 
 
 def parity_tilt(y):
@@ -51,8 +58,9 @@ def test_lazy_theory_variant_gives_target_law():
     # (second eigenvalue of the 15-node lazy chain < 0.87), far below the sampling threshold.
     thr = tv_threshold(len(pi_star), n) + 0.005
     assert toy.tv(toy.leaves(lm, 3), pi_star) > 2 * thr
-    emp, res = sample_law(VGB(horizon=3, lazy=True, steps_per_try=48, max_tries=200,
-                              choice=Enumerate()), lm, v, n)
+    emp, res = sample_law(
+        VGB(horizon=3, lazy=True, steps_per_try=48, max_tries=200, choice=Enumerate()), lm, v, n
+    )
     assert toy.tv(emp, pi_star) < thr
     assert np.mean([r.stats.restarts for r in res]) > 1  # it really restarts
 
@@ -74,8 +82,11 @@ def test_error_amplification_action_rs_degrades_with_horizon_vgb_does_not():
         thr = tv_threshold(H + 1, n)
         emp_rs, _ = sample_law(ActionLevelRS(horizon=H, choice=Enumerate()), lm, v, n)
         emp_vgb, _ = sample_law(VGB(horizon=H, choice=Enumerate()), lm, v, n)
-        dist[H] = (toy.tv(pushforward(emp_rs, count_a), target),
-                   toy.tv(pushforward(emp_vgb, count_a), target), thr)
+        dist[H] = (
+            toy.tv(pushforward(emp_rs, count_a), target),
+            toy.tv(pushforward(emp_vgb, count_a), target),
+            thr,
+        )
     rs2, vgb2, _ = dist[2]
     rs8, vgb8, thr8 = dist[8]
     assert rs8 > rs2 + 0.1  # ActionLevelRS's error grows with H
@@ -95,8 +106,9 @@ def test_delayed_value_action_rs_follows_pi_ref_vgb_follows_target():
     p_star = pushforward(toy.target(lm, tilt, H), first)[0]  # 0.833
     n = 1000
     emp_rs, _ = sample_law(ActionLevelRS(horizon=H, choice=Enumerate()), lm, v, n)
-    emp_vgb, _ = sample_law(VGB(horizon=H, lazy=True, choice=Enumerate(), steps_per_try=80,
-                                max_tries=400), lm, v, n)
+    emp_vgb, _ = sample_law(
+        VGB(horizon=H, lazy=True, choice=Enumerate(), steps_per_try=80, max_tries=400), lm, v, n
+    )
     emp_prac, _ = sample_law(VGB(horizon=H, choice=Enumerate()), lm, v, n)
     # binomial sd at n = 1000 is <= 0.013: 0.05 is > 3.8 sd
     assert abs(pushforward(emp_rs, first)[0] - p_ref) < 0.05
@@ -111,9 +123,9 @@ def test_lazy_walk_visits_match_closed_form_stationary_law(drift):
     lm = toy.TabularLM.random(2, seed=5)
     H = 3
     v = toy.PerturbedValue(lm, parity_tilt, H, eps=0.7, action=1)
-    law = toy.stationary_law(lm, v, H, drift=drift)
-    search = Search(lm, v, (), horizon=H, actions=Tokens(), drift=drift, seed=11)
-    walk = Walk(search, Enumerate(), lazy=True)
+    law = laws.stationary_law(laws.WalkTree(lm, v, H), drift=drift)
+    run = Run(lm, v, (), horizon=H, actions=Tokens(), drift=drift, seed=11)
+    walk = Walk(run, Enumerate(), lazy=True)
     T = 200_000
     visits: dict = {}
     for _ in range(T):
@@ -144,7 +156,7 @@ def test_memoization_revisits_cost_no_model_or_verifier_calls():
 def test_same_seed_same_output_different_seeds_differ():
     lm = toy.TabularLM.random(4, seed=0)
     v = toy.PerturbedValue(lm, parity_tilt, 6, eps=0.5, action=2)
-    s = VGB(horizon=6, choice=Candidates(3))
+    s = VGB(horizon=6, choice=SelfNormalized(3))
     a = [s.sample(lm, v, seed=7) for _ in range(3)]
     assert all(x.tokens == a[0].tokens and x.stats.steps == a[0].stats.steps for x in a)
     outs = {s.sample(lm, v, seed=k).tokens for k in range(20)}
@@ -179,26 +191,32 @@ def test_drift_keeps_target_law_equal_depths():
     assert toy.tv(emp, pi_star) < thr
 
 
-def test_drift_keeps_target_law_with_early_eos_leaves():
-    # token 2 is EOS (prob 0.3): leaves at depths 1..4; the lazy walk with leaf tilts corrected
-    # by lambda^(depth - D) still has leaf law pi_ref * tau
+def test_padding_keeps_target_law_with_early_eos_leaves_at_any_drift():
+    # token 2 is EOS (prob 0.3): responses end at depths 1..4; padded to depth 4, every leaf has
+    # conductance pi_ref * tau * lambda^-4, so the lazy walk's leaf law is pi* for any lambda
     lm = toy.TabularLM.random(3, seed=9, eos_token_id=2, eos_prob=0.3)
     H = 4
     tilt = lambda y: 1.0 if y.count(0) % 2 == 0 else 0.1  # noqa: E731
     v = toy.ExactValue(lm, tilt, H)
     pi_star = toy.target(lm, tilt, H)
-    n = 2000
-    thr = tv_threshold(len(pi_star), n) + 0.005
-    emp, _ = sample_law(VGB(horizon=H, drift=0.5, lazy=True, steps_per_try=60, max_tries=500,
-                            choice=Enumerate()), lm, v, n)
+    n = 1000
+    thr = tv_threshold(len(pi_star), n)
+    emp, _ = sample_law(
+        VGB(horizon=H, drift=0.5, lazy=True, steps_per_try=60, max_tries=500, choice=Enumerate()),
+        lm,
+        v,
+        n,
+    )
     assert toy.tv(emp, pi_star) < thr
-    # without the correction the law would be off: check the correction matters here
-    wrong = {}
-    for y, p in pi_star.items():
-        wrong[y] = p * 0.5 ** (H - len(y))
+    # without padding the lazy walk's leaf law is pi_ref * tau * lambda^-depth: off here
+    wrong = {y: p * 0.5 ** -len(y) for y, p in pi_star.items()}
     z = sum(wrong.values())
     wrong = {y: p / z for y, p in wrong.items()}
     assert toy.tv(wrong, pi_star) > 2 * thr
+    # and the practical walk (first leaf) is exact with the exact value, shallow leaves or not
+    emp, res = sample_law(VGB(horizon=H, choice=Enumerate()), lm, v, n)
+    assert toy.tv(emp, pi_star) < thr
+    assert sum(r.stats.pad_returns for r in res) > n / 4  # the pad coin really sends it back
 
 
 def test_drift_cuts_steps_to_a_leaf_from_h_squared_toward_h():
@@ -207,8 +225,10 @@ def test_drift_cuts_steps_to_a_leaf_from_h_squared_toward_h():
     v = toy.ExactValue(lm, lambda y: 1.0, H)  # exact V*: up with prob lambda / (1 + lambda)
     means = {}
     for drift in (1.0, 0.5, 0.2):
-        res = [VGB(horizon=H, drift=drift, choice=Enumerate()).sample(lm, v, seed=s)
-               for s in range(600)]
+        res = [
+            VGB(horizon=H, drift=drift, choice=Enumerate()).sample(lm, v, seed=s)
+            for s in range(600)
+        ]
         means[drift] = float(np.mean([r.stats.steps for r in res]))
         expected = depth_walk_hitting_time(H, drift / (1 + drift))
         # sd of the hitting time <= 0.85 H^2 for lambda = 1 -> standard error 3.5%: 12% is > 3 se

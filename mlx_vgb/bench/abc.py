@@ -12,12 +12,13 @@ Setup (our reading of the paper's toy; its exact tilt is not public):
   samplers use tau itself. V^ > 0 at every internal node, so no sampler ever dead-ends at the root.
 
 Metrics, for each (H, N) and each of ``--repeats`` independent training sets:
-- exact KL(pi* || law of the sampler's output) over all 3^H responses. Both laws have closed forms
-  given V^: ActionLevelRS is a forward chain q(c|s) ∝ pi_ref(c|s) V^(s.c), restarted on a dead
-  end; the practical VGB walk (Enumerate, no laziness, stop at the first leaf) is absorbed at its
-  first leaf, and on a tree the absorbed law is the forward chain q(c|s) ∝ w_c (1 - h(c)), where
-  w_c is the walk weight of child c and h(c) the probability that the walk from c returns to s
-  before it is absorbed (h(s) = p_up / (1 - sum_c p_c h(c)), leaves h = 0);
+- exact KL(pi* || law of the sampler's output) over all 3^H responses, from ``mlx_vgb.laws``:
+  ActionLevelRS is a forward chain q(c|s) ∝ pi_ref(c|s) V^(s.c), restarted on a dead end; the
+  practical VGB walk (Enumerate, no laziness, stop at the first leaf) is absorbed at its first
+  leaf, and on a tree the absorbed law is the forward chain q(c|s) ∝ w_c (1 - h(c)), where w_c is
+  the walk weight of child c and h(c) the probability that the walk from c returns to s before
+  it is absorbed (h(s) = p_up / (1 - sum_c p_c h(c)), leaves h = 0); the lazy walk's law after T
+  steps by iterating its transition matrix;
 - a sampled check: ``--samples`` responses from each sampler (the real ``VGB`` and
   ``ActionLevelRS`` classes), KL(pi* || empirical) on the pushforward "last two tokens" (8 values
   under pi*; add-1/2 smoothing of the empirical counts, which biases it up by about 4 / samples), next to the exact pushforward KL it
@@ -35,8 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import VGB, ActionLevelRS, Enumerate, toy
-from ..vgb import default_steps_per_try
+from ..laws import action_rs_law, lazy_vgb_law, vgb_law  # noqa: F401 - used by perf and tests
 from ..protocols import BaseVerifier
+from ..vgb import default_max_tries, default_steps_per_try
+from .harness import settings
 from .report import Report, markdown_table, mean_se, plot_grid
 
 NAMES = "ABC"
@@ -47,13 +50,26 @@ QUICK = dict(horizons=[6, 8], ns=[500, 10000], repeats=2, samples=60)
 
 def add_args(p) -> None:
     p.add_argument("--horizons", type=int, nargs="+", default=None, help="H values (6 8 10)")
-    p.add_argument("--ns", type=int, nargs="+", default=None,
-                   help="training-set sizes N for the learned value (500 1000 10000)")
+    p.add_argument(
+        "--ns",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training-set sizes N for the learned value (500 1000 10000)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="independent V^ fits per (H, N)")
-    p.add_argument("--samples", type=int, default=None,
-                   help="responses drawn from each sampler per repeat (sampled KL check)")
-    p.add_argument("--prior", type=float, default=1.0,
-                   help="shrinkage strength m of the Monte Carlo value towards the parent value")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="responses drawn from each sampler per repeat (sampled KL check)",
+    )
+    p.add_argument(
+        "--prior",
+        type=float,
+        default=1.0,
+        help="shrinkage strength m of the Monte Carlo value towards the parent value",
+    )
     p.add_argument("--pi-ref", choices=["uniform", "random"], default="uniform")
 
 
@@ -70,8 +86,9 @@ def last_two(y: tuple[int, ...]) -> str:
 class MonteCarloValue(BaseVerifier):
     """V^ fitted on N pi_ref samples (see the module docstring); tau exact at leaves."""
 
-    def __init__(self, lm: toy.TabularLM, tilt, horizon: int, n: int, seed: int,
-                 prior: float = 1.0):
+    def __init__(
+        self, lm: toy.TabularLM, tilt, horizon: int, n: int, seed: int, prior: float = 1.0
+    ):
         self.lm, self._tilt, self.horizon, self.prior = lm, tilt, horizon, prior
         rng = np.random.default_rng(seed)
         self.count: dict[tuple, int] = {}
@@ -93,7 +110,9 @@ class MonteCarloValue(BaseVerifier):
         out = self._memo.get(s)
         if out is None:
             parent = self.v(s[:-1]) if s else 0.5
-            out = (self.total.get(s, 0.0) + self.prior * parent) / (self.count.get(s, 0) + self.prior)
+            out = (self.total.get(s, 0.0) + self.prior * parent) / (
+                self.count.get(s, 0) + self.prior
+            )
             self._memo[s] = out
         return out
 
@@ -102,129 +121,6 @@ class MonteCarloValue(BaseVerifier):
 
     def tilt(self, responses):
         return np.array([float(self._tilt(tuple(r))) for r in responses])
-
-
-def _weights(lm, verifier, horizon, s):
-    """Walk weights of the children of s: pi_ref(c|s) * V'(s.c) (tau at leaves)."""
-    p = lm.probs(s)
-    kids = [s + (a,) for a in range(len(p)) if p[a] > 0]
-    if len(s) + 1 == horizon:
-        vals = verifier.tilt(kids)
-    else:
-        vals = verifier.value(kids)
-    return kids, np.array([p[k[-1]] for k in kids]) * vals
-
-
-def action_rs_law(lm, verifier, horizon: int) -> dict:
-    """Exact output law of ActionLevelRS(Enumerate): forward chain, restart on dead ends."""
-    out: dict = {}
-
-    def rec(s, prob):
-        if len(s) == horizon:
-            out[s] = out.get(s, 0.0) + prob
-            return
-        kids, w = _weights(lm, verifier, horizon, s)
-        tot = w.sum()
-        if tot <= 0:
-            return  # dead end: restart (mass renormalized away)
-        for k, wk in zip(kids, w):
-            if wk > 0:
-                rec(k, prob * wk / tot)
-
-    rec((), 1.0)
-    z = sum(out.values())
-    return {y: p / z for y, p in out.items()}
-
-
-def vgb_law(lm, verifier, horizon: int, drift: float = 1.0) -> dict:
-    """Exact law of the first leaf the practical VGB walk (Enumerate) reaches from the root."""
-    h: dict = {}  # probability that the walk from s goes up to s's parent before absorption
-    kid_w: dict = {}
-
-    def post(s):
-        if len(s) == horizon:
-            h[s] = 0.0
-            return
-        kids, w = _weights(lm, verifier, horizon, s)
-        for k, wk in zip(kids, w):
-            if wk > 0:
-                post(k)
-        kid_w[s] = (kids, w)
-        if not s:
-            return
-        up = drift * float(verifier.value([s])[0])
-        tot = up + w.sum()
-        if tot <= 0:
-            h[s] = 1.0  # forced move to the parent
-            return
-        back = sum(wk / tot * h[k] for k, wk in zip(kids, w) if wk > 0)
-        h[s] = (up / tot) / (1 - back) if back < 1 else 1.0
-
-    post(())
-    out: dict = {}
-
-    def down(s, prob):
-        if len(s) == horizon:
-            out[s] = out.get(s, 0.0) + prob
-            return
-        kids, w = kid_w[s]
-        q = np.array([wk * (1 - h[k]) if wk > 0 else 0.0 for k, wk in zip(kids, w)])
-        tot = q.sum()
-        if tot <= 0:
-            return
-        for k, qk in zip(kids, q):
-            if qk > 0:
-                down(k, prob * qk / tot)
-
-    down((), 1.0)
-    z = sum(out.values())
-    return {y: p / z for y, p in out.items()}
-
-
-def lazy_vgb_law(lm, verifier, horizon: int, steps: int) -> tuple[dict, float]:
-    """Exact output law of the theory variant ``VGB(lazy=True, steps_per_try=T)``: the law of
-    the lazy walk after T steps from the root, given that it is on a leaf (a try that ends inside
-    the tree restarts). Also returns P(leaf after T steps), so tries per response ~ 1 / that."""
-    nodes, parent, w_down, w_up = [()], [-1], [0.0], [0.0]
-    index = {(): 0}
-    stack = [()]
-    while stack:
-        s = stack.pop()
-        if len(s) == horizon:
-            continue
-        kids, w = _weights(lm, verifier, horizon, s)
-        for k, wk in zip(kids, w):
-            index[k] = len(nodes)
-            nodes.append(k)
-            parent.append(index[s])
-            w_down.append(float(wk))
-            w_up.append(float(verifier.value([k])[0]) if len(k) < horizon else 1.0)
-            stack.append(k)
-    parent, w_down, w_up = np.array(parent), np.array(w_down), np.array(w_up)
-    n = len(nodes)
-    is_leaf = np.array([len(y) == horizon for y in nodes])
-    tot_down = np.bincount(parent[1:], weights=w_down[1:], minlength=n)
-    up = np.where(is_leaf, 1.0, w_up)
-    up[0] = 0.0
-    tot = up + tot_down
-    dead = tot <= 0
-    p_up = np.where(dead, 1.0, up / np.where(dead, 1.0, tot))  # forced up when nothing weighs
-    p_up[0] = 0.0
-    c = np.arange(1, n)
-    p_down = w_down[1:] / np.where(tot[parent[1:]] > 0, tot[parent[1:]], 1.0)
-    m = np.zeros(n)
-    m[0] = 1.0
-    for _ in range(steps):
-        moved = 0.5 * m
-        new = 0.5 * m
-        new += np.bincount(c, weights=moved[parent[1:]] * p_down, minlength=n)
-        new += np.bincount(parent[1:], weights=moved[1:] * p_up[1:], minlength=n)
-        if dead[0]:
-            new[0] += moved[0]
-        m = new
-    p_leaf = float(m[is_leaf].sum())
-    law = {nodes[i]: m[i] / p_leaf for i in np.flatnonzero(is_leaf) if m[i] > 0}
-    return law, p_leaf
 
 
 def kl_smoothed(p: dict, counts: dict, support) -> float:
@@ -265,14 +161,17 @@ def make_lm(kind: str, seed: int) -> toy.TabularLM:
 
 
 def run(args) -> None:
-    cfg = dict(QUICK if args.quick else FULL)
-    for k in ("horizons", "ns", "repeats", "samples"):
-        if getattr(args, k) is not None:
-            cfg[k] = getattr(args, k)
-    cfg.update(prior=args.prior, pi_ref=args.pi_ref, tilt="no two consecutive A's",
-               seed=args.seed, value_estimator="Monte Carlo mean through the prefix, shrunk to "
-               "the parent value with prior strength m", samplers=["vgb", "action-rs"],
-               choice="Enumerate()")
+    cfg = settings(args, FULL, QUICK, ("horizons", "ns", "repeats", "samples"))
+    cfg.update(
+        prior=args.prior,
+        pi_ref=args.pi_ref,
+        tilt="no two consecutive A's",
+        seed=args.seed,
+        value_estimator="Monte Carlo mean through the prefix, shrunk to "
+        "the parent value with prior strength m",
+        samplers=["vgb", "action-rs"],
+        choice="Enumerate()",
+    )
     lm = make_lm(args.pi_ref, args.seed)
     rows: list[ABCRow] = []
     refs = []
@@ -283,10 +182,15 @@ def run(args) -> None:
         pf_star = pushforward(pi_star, last_two)
         support = sorted(set(pushforward(ref, last_two)))
         exact = toy.ExactValue(lm, no_aa, H)  # control: with V* both laws are pi*
-        refs.append(dict(horizon=H, kl_pi_ref=toy.kl(pi_star, ref),
-                         accept_rate=sum(p for y, p in ref.items() if no_aa(y) > 0),
-                         kl_vgb_exact_value=toy.kl(pi_star, vgb_law(lm, exact, H)),
-                         kl_action_rs_exact_value=toy.kl(pi_star, action_rs_law(lm, exact, H))))
+        refs.append(
+            dict(
+                horizon=H,
+                kl_pi_ref=toy.kl(pi_star, ref),
+                accept_rate=sum(p for y, p in ref.items() if no_aa(y) > 0),
+                kl_vgb_exact_value=toy.kl(pi_star, vgb_law(lm, exact, H)),
+                kl_action_rs_exact_value=toy.kl(pi_star, action_rs_law(lm, exact, H)),
+            )
+        )
         for N in cfg["ns"]:
             for r in range(cfg["repeats"]):
                 fit_seed = 1_000_003 * args.seed + 7919 * r + 31 * N + H
@@ -294,21 +198,36 @@ def run(args) -> None:
                 laws = {"vgb": vgb_law(lm, vhat, H), "action-rs": action_rs_law(lm, vhat, H)}
                 T = default_steps_per_try(H)
                 lazy_law, p_leaf = lazy_vgb_law(lm, vhat, H, T)
-                tries = 8 * H  # VGB(lazy=True)'s default max_tries
+                tries = default_max_tries(H)  # VGB(lazy=True)'s default
                 exp_tries = (1 - (1 - p_leaf) ** tries) / p_leaf
-                rows.append(ABCRow(
-                    horizon=H, n=N, repeat=r, sampler="vgb-lazy",
-                    kl_exact=toy.kl(pi_star, lazy_law), tv_exact=toy.tv(pi_star, lazy_law),
-                    kl_last2_exact=toy.kl(pf_star, pushforward(lazy_law, last_two)),
-                    kl_last2_sampled=NAN, tv_sampled_vs_exact_law=NAN,
-                    steps=T * exp_tries, verifier_evals=NAN, restarts=exp_tries - 1,
-                    reward=1.0 - (1 - p_leaf) ** tries, wall_ms=NAN))
-                for name, sampler in (("vgb", VGB(horizon=H, choice=Enumerate())),
-                                      ("action-rs", ActionLevelRS(horizon=H, choice=Enumerate()))):
+                rows.append(
+                    ABCRow(
+                        horizon=H,
+                        n=N,
+                        repeat=r,
+                        sampler="vgb-lazy",
+                        kl_exact=toy.kl(pi_star, lazy_law),
+                        tv_exact=toy.tv(pi_star, lazy_law),
+                        kl_last2_exact=toy.kl(pf_star, pushforward(lazy_law, last_two)),
+                        kl_last2_sampled=NAN,
+                        tv_sampled_vs_exact_law=NAN,
+                        steps=T * exp_tries,
+                        verifier_evals=NAN,
+                        restarts=exp_tries - 1,
+                        reward=1.0 - (1 - p_leaf) ** tries,
+                        wall_ms=NAN,
+                    )
+                )
+                for name, sampler in (
+                    ("vgb", VGB(horizon=H, choice=Enumerate())),
+                    ("action-rs", ActionLevelRS(horizon=H, choice=Enumerate())),
+                ):
                     law = laws[name]
                     t0 = time.perf_counter()
-                    res = [sampler.sample(lm, vhat, seed=fit_seed * 10_007 + i)
-                           for i in range(cfg["samples"])]
+                    res = [
+                        sampler.sample(lm, vhat, seed=fit_seed * 10_007 + i)
+                        for i in range(cfg["samples"])
+                    ]
                     wall = (time.perf_counter() - t0) / max(1, len(res))
                     counts: dict = {}
                     for x in res:
@@ -316,17 +235,24 @@ def run(args) -> None:
                         counts[c] = counts.get(c, 0) + 1
                     emp = {k: v / len(res) for k, v in counts.items()}
                     pf_law = pushforward(law, last_two)
-                    rows.append(ABCRow(
-                        horizon=H, n=N, repeat=r, sampler=name,
-                        kl_exact=toy.kl(pi_star, law), tv_exact=toy.tv(pi_star, law),
-                        kl_last2_exact=toy.kl(pf_star, pf_law),
-                        kl_last2_sampled=kl_smoothed(pf_star, counts, support),
-                        tv_sampled_vs_exact_law=toy.tv(emp, pf_law),
-                        steps=float(np.mean([x.stats.steps for x in res])),
-                        verifier_evals=float(np.mean([x.stats.verifier_evals for x in res])),
-                        restarts=float(np.mean([x.stats.restarts for x in res])),
-                        reward=float(np.mean([x.tilt for x in res])),
-                        wall_ms=1000 * wall))
+                    rows.append(
+                        ABCRow(
+                            horizon=H,
+                            n=N,
+                            repeat=r,
+                            sampler=name,
+                            kl_exact=toy.kl(pi_star, law),
+                            tv_exact=toy.tv(pi_star, law),
+                            kl_last2_exact=toy.kl(pf_star, pf_law),
+                            kl_last2_sampled=kl_smoothed(pf_star, counts, support),
+                            tv_sampled_vs_exact_law=toy.tv(emp, pf_law),
+                            steps=float(np.mean([x.stats.steps for x in res])),
+                            verifier_evals=float(np.mean([x.stats.verifier_evals for x in res])),
+                            restarts=float(np.mean([x.stats.restarts for x in res])),
+                            reward=float(np.mean([x.tilt for x in res])),
+                            wall_ms=1000 * wall,
+                        )
+                    )
         print(f"[abc] H={H} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
     write(args, cfg, rows, refs, lm)
 
@@ -354,44 +280,71 @@ def write(args, cfg, rows: list[ABCRow], refs: list[dict], lm) -> None:
                 m, se = _agg(rows, "kl_exact", horizon=H, n=N, sampler=s)
                 row[f"KL {s}"] = f"{m:.4f} ± {se:.4f}"
                 cell[f"kl_{s}"], cell[f"kl_se_{s}"] = m, se
-                row[f"steps {s}"] = cell[f"steps_{s}"] = _agg(rows, "steps", horizon=H, n=N,
-                                                             sampler=s)[0]
+                row[f"steps {s}"] = cell[f"steps_{s}"] = _agg(
+                    rows, "steps", horizon=H, n=N, sampler=s
+                )[0]
                 if s != "vgb-lazy":
                     ms, ses = _agg(rows, "kl_last2_sampled", horizon=H, n=N, sampler=s)
                     me, _ = _agg(rows, "kl_last2_exact", horizon=H, n=N, sampler=s)
                     row[f"last2 {s}"] = f"{ms:.4f} ± {ses:.4f} ({me:.4f})"
                     row[f"V^ evals {s}"] = cell[f"verifier_evals_{s}"] = _agg(
-                        rows, "verifier_evals", horizon=H, n=N, sampler=s)[0]
-            cell["kl_ratio_rs_over_vgb"] = row["KL RS / VGB"] = (
-                cell["kl_action-rs"] / max(cell["kl_vgb"], 1e-12))
-            cell["kl_ratio_rs_over_vgb_lazy"] = row["KL RS / VGB-lazy"] = (
-                cell["kl_action-rs"] / max(cell["kl_vgb-lazy"], 1e-12))
-            cell["steps_ratio_vgb_over_rs"] = row["steps VGB / RS"] = (
-                cell["steps_vgb"] / max(cell["steps_action-rs"], 1e-12))
-            cell["steps_ratio_vgb_lazy_over_rs"] = row["steps VGB-lazy / RS"] = (
-                cell["steps_vgb-lazy"] / max(cell["steps_action-rs"], 1e-12))
+                        rows, "verifier_evals", horizon=H, n=N, sampler=s
+                    )[0]
+            cell["kl_ratio_rs_over_vgb"] = row["KL RS / VGB"] = cell["kl_action-rs"] / max(
+                cell["kl_vgb"], 1e-12
+            )
+            cell["kl_ratio_rs_over_vgb_lazy"] = row["KL RS / VGB-lazy"] = cell[
+                "kl_action-rs"
+            ] / max(cell["kl_vgb-lazy"], 1e-12)
+            cell["steps_ratio_vgb_over_rs"] = row["steps VGB / RS"] = cell["steps_vgb"] / max(
+                cell["steps_action-rs"], 1e-12
+            )
+            cell["steps_ratio_vgb_lazy_over_rs"] = row["steps VGB-lazy / RS"] = cell[
+                "steps_vgb-lazy"
+            ] / max(cell["steps_action-rs"], 1e-12)
             table.append(row)
             summary[f"H{H}_N{N}"] = cell
     wins = sum(1 for c in summary.values() if c["kl_vgb"] < c["kl_action-rs"])
     wins_lazy = sum(1 for c in summary.values() if c["kl_vgb-lazy"] < c["kl_action-rs"])
     tvs = [r.tv_sampled_vs_exact_law for r in rows if not math.isnan(r.tv_sampled_vs_exact_law)]
-    rep.summary = {"cells": summary, "vgb_lower_kl_cells": wins,
-                   "vgb_lazy_lower_kl_cells": wins_lazy, "cells_total": len(table),
-                   "reference": refs, "max_tv_sampled_vs_exact_law": max(tvs)}
+    rep.summary = {
+        "cells": summary,
+        "vgb_lower_kl_cells": wins,
+        "vgb_lazy_lower_kl_cells": wins_lazy,
+        "cells_total": len(table),
+        "reference": refs,
+        "max_tv_sampled_vs_exact_law": max(tvs),
+    }
     rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
     rep.add_section(
         "Exact KL(pi* || output law), mean ± s.e. over repeats",
         f"Practical VGB (stop at the first leaf) has the lower KL in {wins} of {len(table)} "
-        f"(H, N) cells; the theory variant (lazy, T = 4H^2 + 8H steps per try, restart unless on a "
+        f"(H, N) cells; the theory variant (lazy, T = 12 H^2 steps per try, restart unless on a "
         f"leaf) in {wins_lazy} of {len(table)}.\n\n"
-        + markdown_table(table, ["H", "N", "KL vgb", "KL action-rs", "KL vgb-lazy", "KL RS / VGB",
-                                 "KL RS / VGB-lazy"], digits=4)
+        + markdown_table(
+            table,
+            ["H", "N", "KL vgb", "KL action-rs", "KL vgb-lazy", "KL RS / VGB", "KL RS / VGB-lazy"],
+            digits=4,
+        )
         + "\nCost per response (means; ActionLevelRS steps include its restarts; VGB-lazy steps "
         "are T x expected tries from the closed form, V^ evaluations are per response in the "
         "sampled runs):\n\n"
-        + markdown_table(table, ["H", "N", "steps vgb", "steps action-rs", "steps vgb-lazy",
-                                 "steps VGB / RS", "steps VGB-lazy / RS", "V^ evals vgb",
-                                 "V^ evals action-rs"], digits=1))
+        + markdown_table(
+            table,
+            [
+                "H",
+                "N",
+                "steps vgb",
+                "steps action-rs",
+                "steps vgb-lazy",
+                "steps VGB / RS",
+                "steps VGB-lazy / RS",
+                "V^ evals vgb",
+                "V^ evals action-rs",
+            ],
+            digits=1,
+        ),
+    )
     rep.add_section(
         "Sampled check: KL on the last two tokens",
         f"{cfg['samples']} responses per sampler and repeat from the real samplers; the sampled "
@@ -399,30 +352,53 @@ def write(args, cfg, rows: list[ABCRow], refs: list[dict], lm) -> None:
         "the closed-form law it estimates. The largest TV between a sampled pushforward and its "
         f"closed form is {max(tvs):.3f} (expected sampling noise at this size is up to "
         f"{0.5 * math.sqrt(9 / cfg['samples']):.3f}).\n\n"
-        + markdown_table(table, ["H", "N", "last2 vgb", "last2 action-rs"]))
+        + markdown_table(table, ["H", "N", "last2 vgb", "last2 action-rs"]),
+    )
     rep.add_section(
         "Reference: pi_ref, and the exact value V*",
-        markdown_table(refs, ["horizon", "kl_pi_ref", "accept_rate", "kl_vgb_exact_value",
-                              "kl_action_rs_exact_value"], digits=4)
+        markdown_table(
+            refs,
+            [
+                "horizon",
+                "kl_pi_ref",
+                "accept_rate",
+                "kl_vgb_exact_value",
+                "kl_action_rs_exact_value",
+            ],
+            digits=4,
+        )
         + "\nKL(pi* || pi_ref) = -log P(tau = 1): what ignoring the verifier costs. With the "
-        "exact value V* both closed-form laws are pi* (KL ~ 0): a check of the closed forms.")
+        "exact value V* both closed-form laws are pi* (KL ~ 0): a check of the closed forms.",
+    )
     hs = cfg["horizons"]
 
     def series(key, samplers, **style):
         out_ = []
         for s in samplers:
             st = [_agg(rows, key, horizon=H, n=N_, sampler=s) for H in hs]
-            out_.append({"label": s, "x": hs, "y": [m for m, _ in st],
-                         "err": [e for _, e in st], "color": COLORS[s], **style})
+            out_.append(
+                {
+                    "label": s,
+                    "x": hs,
+                    "y": [m for m, _ in st],
+                    "err": [e for _, e in st],
+                    "color": COLORS[s],
+                    **style,
+                }
+            )
         return out_
 
     panels = []
     for N_ in cfg["ns"]:
-        panels.append({"title": f"V^ from N={N_} samples",
-                       "series": series("kl_exact", SAMPLERS)})
-    plot_grid(out / "kl_vs_horizon.png", panels, xlabel="horizon H",
-              ylabel="KL(pi* || output law)", logy=True,
-              suptitle="ABC toy: exact KL to the target vs horizon (mean ± s.e.)")
+        panels.append({"title": f"V^ from N={N_} samples", "series": series("kl_exact", SAMPLERS)})
+    plot_grid(
+        out / "kl_vs_horizon.png",
+        panels,
+        xlabel="horizon H",
+        ylabel="KL(pi* || output law)",
+        logy=True,
+        suptitle="ABC toy: exact KL to the target vs horizon (mean ± s.e.)",
+    )
     panels = []
     for N_ in cfg["ns"]:
         sp = series("kl_last2_sampled", ("vgb", "action-rs"))
@@ -430,13 +406,23 @@ def write(args, cfg, rows: list[ABCRow], refs: list[dict], lm) -> None:
         for e in ex:
             e["label"] += " (exact)"
         panels.append({"title": f"N={N_}", "series": sp + ex})
-    plot_grid(out / "kl_last2_sampled.png", panels, xlabel="horizon H",
-              ylabel="KL on the last two tokens",
-              suptitle="ABC toy: sampled check (solid: sampled, dotted: closed form)")
+    plot_grid(
+        out / "kl_last2_sampled.png",
+        panels,
+        xlabel="horizon H",
+        ylabel="KL on the last two tokens",
+        suptitle="ABC toy: sampled check (solid: sampled, dotted: closed form)",
+    )
     panels = []
     for N_ in cfg["ns"]:
         panels.append({"title": f"N={N_}", "series": series("steps", SAMPLERS)})
-    plot_grid(out / "cost_vs_horizon.png", panels, xlabel="horizon H", logy=True,
-              ylabel="walk steps per response", suptitle="ABC toy: cost per response")
+    plot_grid(
+        out / "cost_vs_horizon.png",
+        panels,
+        xlabel="horizon H",
+        logy=True,
+        ylabel="walk steps per response",
+        suptitle="ABC toy: cost per response",
+    )
     rep.plots = ["kl_vs_horizon.png", "kl_last2_sampled.png", "cost_vs_horizon.png"]
     rep.write(out)

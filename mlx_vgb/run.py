@@ -1,28 +1,40 @@
-"""State shared by every sampler in one run: the prefix store, pi_ref and V^ with memoization,
-block sampling, budgets and accounting. Samplers decide where to go; this module makes the
-model and verifier calls (batched, never twice for one prefix)."""
+"""One sampling run's state: the prefix store, pi_ref and V^ with memoization, block sampling,
+budgets and accounting. Samplers decide where to go; a ``Run`` makes the model and verifier
+calls (batched, never twice for one prefix). ``Sampler.start`` makes one per run, so two runs of
+one sampler object never share state."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .actions import ActionSpace
 from .errors import ConfigError, EmptyPromptError, LanguageModelError, VerifierError
 from .protocols import LanguageModel, Verifier
-from .results import SampleStats
+from .results import Event, SampleStats
 from .rng import KeyedRNG
 from .tree import NextTokenDist, Node, PrefixTree
-
 
 DEFAULT_MAX_STEPS = 1_000_000
 
 
-class BudgetExhausted(Exception):
-    """Internal: a budget ran out; the sampler returns its best effort."""
+class UnfinishedRun(Exception):
+    """Internal: the run ends unfinished (``reason``); the sampler returns its best effort."""
+
+    reason = "budget"
+
+
+class BudgetExhausted(UnfinishedRun):
+    """Internal: a budget ran out."""
+
+
+class RootDeadEnd(UnfinishedRun):
+    """Internal: ``max_root_retries`` draws in a row at the root all weighed zero."""
+
+    reason = "dead-end"
 
 
 def process_logprobs(logp: np.ndarray, temp: float, top_k: int, top_p: float) -> NextTokenDist:
@@ -56,19 +68,23 @@ def process_logprobs(logp: np.ndarray, temp: float, top_k: int, top_p: float) ->
 def validate_values(vals, n: int, what: str, prefixes: Sequence) -> np.ndarray:
     v = np.asarray(vals, dtype=np.float64).reshape(-1)
     if v.shape != (n,):
-        raise VerifierError(f"verifier {what}() returned {v.size} numbers for {n} prefixes; "
-                            "return one value per prefix")
+        raise VerifierError(
+            f"verifier {what}() returned {v.size} numbers for {n} prefixes; "
+            "return one value per prefix"
+        )
     bad = ~np.isfinite(v) | (v < 0)
     if bad.any():
         i = int(np.argmax(bad))
         raise VerifierError(
             f"verifier {what}() returned {v[i]!r} for prefix {tuple(prefixes[i])[-16:]}: values "
-            "must be finite and >= 0 (a probability of success, or exp(reward / beta))")
+            "must be finite and >= 0 (a probability of success, or exp(reward / beta))"
+        )
     return v
 
 
-class Search:
-    """One sampling run of ``lm`` and ``verifier`` on ``prompt``."""
+class Run:
+    """One sampling run of ``lm`` and ``verifier`` on ``prompt``: its tree, stats, current and
+    best node. Iterating a run made by ``Sampler.start`` yields the sampler's events."""
 
     def __init__(
         self,
@@ -89,9 +105,13 @@ class Search:
         if not isinstance(horizon, int) or horizon < 1:
             raise ConfigError(f"horizon (max tokens) must be an integer >= 1, got {horizon!r}")
         if not (0 < drift <= 1):
-            raise ConfigError(f"drift lambda must be in (0, 1], got {drift!r}; 1 is the paper's walk")
+            raise ConfigError(
+                f"drift lambda must be in (0, 1], got {drift!r}; 1 is the paper's walk"
+            )
         if temp < 0 or not (0 < top_p <= 1) or top_k < 0:
-            raise ConfigError(f"need temp >= 0, 0 < top_p <= 1, top_k >= 0; got {temp}, {top_p}, {top_k}")
+            raise ConfigError(
+                f"need temp >= 0, 0 < top_p <= 1, top_k >= 0; got {temp}, {top_p}, {top_k}"
+            )
         for name, b in (("max_steps", max_steps), ("max_forward_tokens", max_forward_tokens)):
             if b is not None and b < 1:
                 raise ConfigError(f"{name} must be >= 1 or None, got {b}")
@@ -101,7 +121,7 @@ class Search:
         self.lm, self.verifier, self.prompt = lm, verifier, prompt
         self.horizon, self.actions = horizon, actions
         self.temp, self.top_k, self.top_p = temp, top_k, top_p
-        self.log_drift = math.log(drift)
+        self.drift, self.log_drift = drift, math.log(drift)
         self.max_depth = actions.max_depth(horizon)
         # a run always ends: without a step budget, stop after DEFAULT_MAX_STEPS
         self.max_steps = max_steps if max_steps is not None else DEFAULT_MAX_STEPS
@@ -110,11 +130,59 @@ class Search:
         self.seed = seed
         self.stats = SampleStats()
         self.tree = PrefixTree(horizon, frozenset(getattr(lm, "eos_token_ids", frozenset())))
-        self.current: Node = self.tree.root  # best effort if a budget runs out
+        self.current: Node = self.tree.root  # where the sampler is now
+        self.best: Node = self.tree.root  # deepest walk node visited: the unfinished best effort
+        self.events: Iterator[Event] | None = None  # the sampler's event stream (Sampler.start)
+        self.trace = None  # optional fn(mlx_vgb.trace.StepTrace) per walk step (Sampler.start)
+        self.options: list | None = None  # what the current step weighed (only when tracing)
         self.t0 = time.perf_counter()
         lm.begin(prompt)
         if verifier is not None:
             verifier.begin(prompt)
+
+    def __iter__(self) -> Iterator[Event]:
+        if self.events is None:
+            raise ConfigError("this Run has no sampler attached: make runs with Sampler.start()")
+        return self.events
+
+    def close(self) -> None:
+        """Stop the run's event stream (a no-op once it has ended)."""
+        if self.events is not None:
+            self.events.close()
+
+    # -- tracing (a no-op unless ``trace`` is set) ---------------------------------------
+    def note_options(self, options: Sequence[Node], logw) -> None:
+        """A child-choice rule weighed ``options`` with log weights ``logw``."""
+        if self.options is not None:
+            from .trace import MAX_TRACED_OPTIONS
+
+            room = MAX_TRACED_OPTIONS - len(self.options)
+            self.options.extend(list(zip(options, logw))[:max(room, 0)])
+
+    def trace_step(self, before: Node, after: Node, restarted: bool, rule: str) -> None:
+        from .trace import StepOption, StepTrace
+
+        opts = tuple(StepOption(o.tokens, o.log_value, float(w), o is before.parent)
+                     for o, w in (self.options or ()))
+        if after is before:
+            move, target = "stay", None
+        else:
+            move = "restart" if restarted else "child" if len(after) > len(before) else "parent"
+            target = after.tokens
+        self.options = None
+        self.trace(StepTrace(self.stats.steps, before.tokens, before.depth, before.log_value,
+                             opts, target, move, rule))
+
+    def visit(self, node: Node) -> None:
+        """The sampler is now at ``node``: track it as current and as best effort."""
+        self.current = node
+        b = self.best
+        if node.depth > b.depth or (
+            node.depth == b.depth
+            and node.log_value is not None
+            and (b.log_value is None or node.log_value > b.log_value)
+        ):
+            self.best = node
 
     # -- budgets ---------------------------------------------------------------------------
     def count_step(self) -> None:
@@ -133,20 +201,25 @@ class Search:
                 todo.append(n)
         if not todo:
             return
-        if self.max_forward_tokens is not None and self.stats.forward_tokens >= self.max_forward_tokens:
+        if (
+            self.max_forward_tokens is not None
+            and self.stats.forward_tokens >= self.max_forward_tokens
+        ):
             raise BudgetExhausted
         out = np.asarray(self.lm.logprobs([n.tokens for n in todo]))
         v = self.lm.vocab_size
         if out.ndim != 2 or out.shape[0] != len(todo) or out.shape[1] < v:
             raise LanguageModelError(
-                f"logprobs() returned shape {out.shape}; expected ({len(todo)}, {v})")
+                f"logprobs() returned shape {out.shape}; expected ({len(todo)}, {v})"
+            )
         self.stats.model_calls += 1
         self.stats.forward_tokens += len(todo)
         for n, row in zip(todo, out):
             row = row[:v]
             if np.isnan(row).any() or not np.isfinite(row).any():
                 raise LanguageModelError(
-                    f"logprobs() row for prefix {n.tokens[-16:]} has NaN or no finite entry")
+                    f"logprobs() row for prefix {n.tokens[-16:]} has NaN or no finite entry"
+                )
             n.dist = process_logprobs(row, self.temp, self.top_k, self.top_p)
 
     def sample_blocks(self, starts: Sequence[Node]) -> list[Node]:
@@ -181,30 +254,32 @@ class Search:
     def all_children(self, node: Node) -> tuple[list[Node], np.ndarray]:
         """Every single-token child with positive pi_ref, and its log pi_ref."""
         if not self.actions.single_token:
-            raise ConfigError("exact enumeration of children needs single-token actions; "
-                              "use Candidates(k) or Rejection() with blocks")
+            raise ConfigError(
+                "exact enumeration of children needs single-token actions; "
+                "use Rejection(k) or SelfNormalized(k) with blocks"
+            )
         self.ensure_dists([node])
         ids, logp = node.dist.support()
-        kids = []
+        children = []
         for t in ids:
             c = self.tree.child(node, int(t))
             self._mark_walk_node(c, node)
-            kids.append(c)
-        self.stats.proposals += len(kids)
-        return kids, logp
+            children.append(c)
+        self.stats.proposals += len(children)
+        return children, logp
 
     def _mark_walk_node(self, n: Node, start: Node) -> None:
         if n.depth < 0:
-            n.up, n.depth = start, start.depth + 1
+            n.parent, n.depth = start, start.depth + 1
             if n.depth > self.stats.max_depth:
                 self.stats.max_depth = n.depth
 
     # -- V^ and tau ------------------------------------------------------------------------
     def ensure_values(self, nodes: Sequence[Node]) -> None:
-        """log V' for walk nodes: log V^ inside, log tau + drift correction at leaves."""
+        """log V^ for internal walk nodes, log tau for leaves (one batched call each)."""
         inner, leaves, seen = [], [], set()
         for n in nodes:
-            if n.value is None and id(n) not in seen:
+            if n.log_value is None and id(n) not in seen:
                 seen.add(id(n))
                 (leaves if n.is_leaf else inner).append(n)
         for group, fn in ((inner, "value"), (leaves, "tilt")):
@@ -217,15 +292,15 @@ class Search:
             with np.errstate(divide="ignore"):
                 logs = np.log(vals)
             for n, lv in zip(group, logs):
-                if n.is_leaf:
-                    # edge conductance pi * V * lambda^-depth: leaves at unequal depths need
-                    # tau * lambda^(depth - D) for the leaf law to stay pi_ref * tau
-                    lv = lv + (n.depth - self.max_depth) * self.log_drift
-                n.value = float(lv)
+                n.log_value = float(lv)
 
     def tilt_of(self, node: Node) -> float:
         self.ensure_values([node])
-        return math.exp(node.value - (node.depth - self.max_depth) * self.log_drift)
+        return math.exp(node.log_value)
+
+    def pad_steps(self, leaf: Node) -> int:
+        """Forced pad actions after ``leaf`` up to depth D (0 at depth D)."""
+        return max(0, self.max_depth - leaf.depth)
 
     def finish_stats(self) -> SampleStats:
         self.stats.nodes = self.tree.size
