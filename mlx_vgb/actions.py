@@ -23,7 +23,8 @@ class ActionSpace:
         raise NotImplementedError
 
     def max_depth(self, horizon: int) -> int:
-        """Depth (in actions) of the deepest possible leaf: the drift's reference depth."""
+        """D: depth (in actions) of the deepest possible leaf; VGB pads shorter responses to it
+        (``mlx_vgb.vgb``). For ``Lines`` it is the horizon: a line may be a single token."""
         return horizon
 
 
@@ -64,7 +65,9 @@ class Lines(ActionSpace):
     def __post_init__(self):
         object.__setattr__(self, "delimiters", frozenset(int(t) for t in self.delimiters))
         if not self.delimiters:
-            raise ConfigError("Lines() needs at least one delimiter token id (e.g. the ids of '\\n')")
+            raise ConfigError(
+                "Lines() needs at least one delimiter token id (e.g. the ids of '\\n')"
+            )
         if self.max_len < 1:
             raise ConfigError(f"Lines(max_len=...) must be >= 1, got {self.max_len}")
 
