@@ -166,11 +166,47 @@ class PythonSyntax(TextVerifier):
             return self.floor
 
 
+def check_tests(tests: str, source_name: str = "the tests") -> None:
+    """Raise ConfigError, naming ``source_name`` and the line, unless ``tests`` parses as
+    Python and holds at least one ``assert`` or a call of ``check``/``assert*`` (else every
+    program would pass, or none could, and a sampler would search until its budget ends)."""
+    import ast
+
+    try:
+        tree = ast.parse(tests, filename=source_name)
+    except SyntaxError as e:
+        where = f"{source_name}, line {e.lineno}" if e.lineno else source_name
+        text = f": {e.text.strip()}" if e.text and e.text.strip() else ""
+        raise ConfigError(f"{where}: the tests are not valid Python ({e.msg}){text}. Fix the "
+                          "file so that `python -m py_compile` accepts it.") from None
+    except ValueError as e:  # a NUL byte (SyntaxError from Python 3.12 on)
+        raise ConfigError(f"{source_name}: the tests are not valid Python ({e})") from None
+
+    def is_check(node) -> bool:
+        if isinstance(node, ast.Assert):
+            return True
+        if not isinstance(node, ast.Call):
+            return False
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        return name.startswith(("check", "assert"))
+
+    if not any(is_check(node) for node in ast.walk(tree)):
+        raise ConfigError(f"{source_name}: no assert statement and no check(...) call, so the "
+                          "tests cannot fail; add one, e.g. `assert add(2, 3) == 5`")
+
+
 class UnitTests(TextVerifier):
-    """tau = 1 if ``program_prefix + code + tests`` runs clean in the sandbox, else 0."""
+    """tau = 1 if ``program_prefix + code`` passes ``tests`` in the sandbox, else 0.
+
+    The program and the tests run in two sandboxed interpreters (``mlx_vgb.sandbox.run_tests``):
+    the program cannot skip asserts or forge the verdict. The tests are checked here (they
+    parse, they hold an assert or a check call); ``source_name`` names them in the error.
+    """
 
     def __init__(self, tests: str, program_prefix: str = "", inner: TextVerifier | None = None,
-                 timeout_s: float = 5.0, memory_mb: int = 512):
+                 timeout_s: float = 5.0, memory_mb: int = 512, source_name: str = "the tests"):
+        check_tests(tests, source_name)
         self.tests, self.program_prefix = tests, program_prefix
         self.inner = inner if inner is not None else PythonSyntax(program_prefix)
         self.timeout_s, self.memory_mb = timeout_s, memory_mb

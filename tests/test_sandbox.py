@@ -17,10 +17,10 @@ from mlx_vgb.sandbox import (
     SandboxLimits,
     SandboxResult,
     Verdict,
-    _run,
     run_python,
     run_tests,
 )
+from mlx_vgb.sandbox.host import _run, _run_pair
 
 LINUX = sys.platform.startswith("linux")
 ROOT = os.name == "posix" and os.geteuid() == 0
@@ -31,9 +31,11 @@ needs_rlimit_as = pytest.mark.skipif(sys.platform == "darwin", reason="macOS ign
 
 
 def run(code: str, mode: str = "kernel", **limits) -> SandboxResult:
-    return _run(
-        code, SandboxLimits(**limits), "", require_completion=False, isolate=mode == "kernel"
-    )
+    return _run(code, SandboxLimits(**limits), "", isolate=mode == "kernel")
+
+
+def run_pair(program: str, tests: str, mode: str = "kernel", **limits) -> SandboxResult:
+    return _run_pair(program, tests, SandboxLimits(**limits), "", isolate=mode == "kernel")
 
 
 def not_passed(r: SandboxResult) -> bool:
@@ -72,7 +74,8 @@ def test_run_tests_passes_correct_program_and_fails_wrong_one():
     assert run_tests(program, "assert is_even(4)\nassert not is_even(3)").verdict is Verdict.PASSED
     r = run_tests("def is_even(n):\n    return True", "assert not is_even(3), 'odd'")
     assert r.verdict is Verdict.FAILED and r.returncode == 1
-    assert "AssertionError: odd" in r.stderr and 'File "main.py"' in r.stderr
+    assert "AssertionError: odd" in r.stderr and 'File "tests.py", line 1' in r.stderr
+    assert r.program is not None and r.program.verdict is Verdict.PASSED  # it served the call
 
 
 def test_failing_assert_fails_with_traceback():
@@ -108,7 +111,7 @@ def test_exit_status_decides_run_python():
 )
 def test_run_tests_early_exit_is_not_passed(escape):
     r = run_tests(f"def f():\n    return 1\n{escape}\n", "assert f() == 2")
-    assert r.verdict is Verdict.FAILED and r.returncode == 0
+    assert r.verdict is Verdict.FAILED and r.program.returncode == 0
     assert "before the tests finished" in r.reason
 
 
@@ -408,3 +411,403 @@ def test_program_is_not_pid_1_and_signals_behave_normally():
     r = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nprint('alive')")
     assert r.verdict is Verdict.CRASHED and r.returncode == -signal.SIGTERM
     assert r.stdout == "" and "SIGTERM" in r.reason
+
+
+# ---- run_tests: the program cannot reach the tests or the verdict ---------------------------
+# Each attack below is a wrong `add(a, b)` (it subtracts) plus a way to pass anyway. Before the
+# program and the tests ran in separate interpreters, "settrace" and "frame-walk" passed.
+
+WRONG_ADD = "def add(a, b):\n    return a - b\n"
+HUMANEVAL_TESTS = (
+    "def check(candidate):\n"
+    "    assert candidate(2, 3) == 5\n"
+    "    assert candidate(0, 7) == 7\n"
+    "\n"
+    "check(add)\n"
+)
+PLAIN_TESTS = "assert add(2, 3) == 5\nassert add(0, 7) == 7\n"
+_TRACER = (
+    "import dis, sys\n"
+    "def _assert_lines(code):\n"
+    "    lines, line = set(), None\n"
+    "    for ins in dis.get_instructions(code):\n"
+    "        line = ins.starts_line if ins.starts_line is not None else line\n"
+    "        if ins.opname == 'LOAD_ASSERTION_ERROR':\n"
+    "            lines.add(line)\n"
+    "    return lines\n"
+    "def _tracer(frame, event, arg):\n"
+    "    if event in ('call', 'line') and frame.f_lineno in _assert_lines(frame.f_code):\n"
+    "        try:\n"
+    "            frame.f_lineno += 1  # jump over the assert\n"
+    "        except ValueError:\n"
+    "            pass\n"
+    "    return _tracer\n"
+)
+_FORGE_STATUS = (  # write "done <every hex token found>" to every fd, as a leaked nonce would
+    "def _forge(tokens):\n"
+    "    import os\n"
+    "    for fd in range(3, 256):\n"
+    "        for t in tokens:\n"
+    "            try:\n"
+    "                os.write(fd, b'done ' + (t if isinstance(t, bytes) else t.encode()) + b'\\n')\n"
+    "            except (OSError, UnicodeError):\n"
+    "                pass\n"
+    "def _hexlike(x):\n"
+    "    return isinstance(x, (str, bytes)) and len(x) == 32 and all(\n"
+    "        c in (b'0123456789abcdef' if isinstance(x, bytes) else '0123456789abcdef') for c in x)\n"
+)
+ATTACKS = {
+    "settrace": _TRACER + "sys.settrace(_tracer)\nsys._getframe().f_trace = _tracer\n",
+    "settrace-threads-profile": _TRACER
+    + "import threading\nthreading.settrace(_tracer)\nsys.settrace(_tracer)\n"
+    "sys.setprofile(lambda f, e, a: None)\n",
+    "frame-walk": (  # the harness's locals: the nonce and the status pipe
+        "import os, sys\n"
+        "f = sys._getframe()\n"
+        "while f is not None:\n"
+        "    loc = f.f_locals\n"
+        "    if 'nonce' in loc and 'status_fd' in loc:\n"
+        "        os.write(loc['status_fd'], b'done ' + loc['nonce'] + b'\\n')\n"
+        "        os._exit(0)\n"
+        "    f = f.f_back\n"
+    ),
+    "frame-walk-inspect": _FORGE_STATUS + "import inspect\n"
+    "_forge([v for fr in inspect.stack() for v in fr.frame.f_locals.values() if _hexlike(v)])\n",
+    "gc-scan": _FORGE_STATUS
+    + "import gc\n_forge([o for o in gc.get_objects() for o in ([o] if _hexlike(o) else\n"
+    "    [v for v in (o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple))\n"
+    "     else ()) if _hexlike(v)])])\n",
+    "gc-scan-exit": _FORGE_STATUS
+    + "import gc, os\n_forge([o for o in gc.get_objects() if _hexlike(o)])\nos._exit(0)\n",
+    "rebind-builtins": (
+        "import builtins, operator\n"
+        "class _Never(Exception):\n    pass\n"
+        "builtins.AssertionError = _Never\n"
+        "builtins.abs = lambda x: 0\nbuiltins.all = lambda xs: True\n"
+        "operator.eq = lambda a, b: True\n"
+    ),
+    "shadow-builtins": (  # top-level names the tests' helpers would pick up from the program
+        "def abs(x):\n    return 0\n"
+        "def all(xs):\n    return True\n"
+        "isinstance = lambda *a: True\n"
+        "import types\nmath = types.SimpleNamespace(isclose=lambda *a, **k: True)\n"
+    ),
+    "shadow-check": "def check(candidate):\n    pass\n",
+    "eq-override": (
+        "class _Yes:\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    def __ne__(self, other):\n        return False\n"
+        "    __hash__ = object.__hash__\n"
+        "def add(a, b):\n    return _Yes()\n"
+    ),
+    "eq-override-int-subclass": (
+        "class _Int(int):\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def add(a, b):\n    return _Int(a - b)\n"
+    ),
+    "eq-override-list-subclass": (
+        "class _L(list):\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "def add(a, b):\n    return _L([a - b])\n"
+    ),
+    "os-exit-in-call": "import os\ndef add(a, b):\n    os._exit(0)\n",
+    "sys-exit-in-call": "import sys\ndef add(a, b):\n    sys.exit(0)\n",
+    "kill-self-in-call": "import os, signal\ndef add(a, b):\n    os.kill(os.getpid(), 9)\n",
+    "stop-iteration": "def add(a, b):\n    raise StopIteration\n",
+    "daemon-exit": (
+        "import os, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.01), os._exit(0)), daemon=True).start()\n"
+        "def add(a, b):\n    time.sleep(0.05)\n    return a - b\n"
+    ),
+    "close-channel": (
+        "import os\nfor fd in range(3, 256):\n    try:\n        os.close(fd)\n"
+        "    except OSError:\n        pass\n"
+    ),
+    "fake-verdict-output": (
+        "import os, sys\n"
+        "for s in ('done ' + '0' * 32, 'isolation net', 'exit status 0', 'PASSED'):\n"
+        "    print(s, flush=True)\n    print(s, file=sys.stderr, flush=True)\n"
+        "for fd in range(1, 256):\n    try:\n        os.write(fd, b'done ' + b'0' * 32 + b'\\n')\n"
+        "    except OSError:\n        pass\n"
+    ),
+    "kill-everything": (  # the tests' process, its reaper, the host: whatever it can see
+        "import os, signal\n"
+        "for p in os.listdir('/proc'):\n"
+        "    if p.isdigit() and int(p) != os.getpid():\n"
+        "        try:\n            os.kill(int(p), signal.SIGKILL)\n"
+        "        except OSError:\n            pass\n"
+    ),
+    "fork-and-leave": ("import os\nif os.fork():\n    os._exit(0)\n"),
+}
+# Appended after the attack's code: the attack defines add itself, or the wrong one is used.
+TEST_SHAPES = {
+    "humaneval": HUMANEVAL_TESTS,
+    "plain": PLAIN_TESTS,
+    "helpers": "assert abs(add(2, 3) - 5) < 1e-9\nassert all(add(i, i) == 2 * i for i in (1, 2))\n"
+    "assert isinstance(add(1, 1), int) and math.isclose(add(0.5, 0.25), 0.75)\n",
+    "map": "assert not any(map(lambda i: add(i, 1) != i + 1, range(3)))\n",
+}
+
+
+def attack_program(name: str) -> str:
+    code = ATTACKS[name]
+    return "import math\n" + (code if "def add(" in code else WRONG_ADD + code)
+
+
+@pytest.mark.parametrize("shape", sorted(TEST_SHAPES))
+def test_every_test_shape_passes_the_right_program(shape):
+    r = run_tests("import math\ndef add(a, b):\n    return a + b\n", TEST_SHAPES[shape])
+    assert r.passed, (r.stderr, r.program)
+
+
+@pytest.mark.parametrize("shape", sorted(TEST_SHAPES))
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_wrong_program_cannot_pass_the_tests(name, shape):
+    host_pid = os.getpid()
+    r = run_tests(attack_program(name), TEST_SHAPES[shape])
+    assert not_passed(r), (r.reason, r.stderr, r.program)
+    os.kill(host_pid, 0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "settrace",
+        "frame-walk",
+        "gc-scan",
+        "shadow-builtins",
+        "eq-override",
+        "os-exit-in-call",
+        "kill-everything",
+    ],
+)
+def test_wrong_program_cannot_pass_without_kernel_isolation(name):
+    for tests in (HUMANEVAL_TESTS, TEST_SHAPES["helpers"]):
+        r = run_pair(attack_program(name), tests, mode="guard")
+        assert not_passed(r), (name, r.reason, r.stderr)
+
+
+@pytest.mark.parametrize("name", ["settrace", "frame-walk", "gc-scan", "eq-override"])
+def test_unit_tests_verifier_gives_tau_zero_to_attacks(name):
+    from mlx_vgb.verifiers import UnitTests
+
+    v = UnitTests(HUMANEVAL_TESTS)
+    assert v.tilt_text(attack_program(name)) == 0.0
+    assert v.tilt_text("def add(a, b):\n    return a + b\n") == 1.0
+
+
+def test_attacks_pass_with_the_right_answer():
+    """Control: each attack's machinery alone does not break an honest run, so the
+    failures above are the harness refusing a wrong answer, not a crash."""
+    right = "def add(a, b):\n    return a + b\n"
+    for name in ("settrace", "frame-walk", "rebind-builtins", "shadow-builtins", "shadow-check"):
+        r = run_tests(right + ATTACKS[name], HUMANEVAL_TESTS)
+        assert r.passed, (name, r.reason, r.stderr, r.program)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_program_cannot_read_the_tests(mode):
+    token = secrets.token_hex(16)
+    scan = (
+        "import glob, os\n"
+        "found = []\n"
+        "paths = glob.glob('/tmp/mlx-vgb-sandbox-*/**', recursive=True)\n"
+        "paths += glob.glob('/proc/[0-9]*/fd/*') + glob.glob('/proc/[0-9]*/cmdline')\n"
+        "paths += glob.glob('/proc/[0-9]*/environ')\n"
+        "for p in paths:\n"
+        "    try:\n"
+        "        with open(p, 'rb') as f:\n"
+        "            found.append(f.read(1 << 20))\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "for p in glob.glob('/proc/[0-9]*/maps'):\n"
+        "    pid = p.split('/')[2]\n"
+        "    try:\n"
+        "        mem = open(f'/proc/{pid}/mem', 'rb')\n"
+        "        for line in open(p):\n"
+        "            lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
+        "            try:\n"
+        "                mem.seek(lo)\n"
+        "                found.append(mem.read(min(hi - lo, 1 << 22)))\n"
+        "            except Exception:\n"
+        "                pass\n"
+        "    except Exception:\n"
+        "        pass\n"
+        f"TOKEN = bytes.fromhex({token.encode().hex()!r})\n"
+        "hits = [chunk for chunk in found if TOKEN in chunk and b'fromhex' not in chunk]\n"
+        "print('leaked' if hits else 'nothing', flush=True)\n"
+        "def add(a, b):\n    return a - b\n"
+    )
+    tests = f"SECRET = {token!r}\nimport time\ntime.sleep(0.3)\nassert add(2, 3) == 5\n"
+    r = run_pair(scan, tests, mode=mode, timeout_s=10)
+    assert not_passed(r)
+    assert r.program is not None and r.program.stdout == "nothing\n", r.program
+
+
+# ---- run_tests: what honest tests can do ---------------------------------------------------
+
+
+def test_humaneval_style_tests_see_plain_values():
+    program = (
+        "from typing import List, Tuple\n"
+        "import math\n"
+        "def poly(xs: list, x: float):\n"
+        "    return sum(c * math.pow(x, i) for i, c in enumerate(xs))\n"
+        "def stats(xs: List[int]) -> Tuple[int, float]:\n"
+        "    return sum(xs), sum(xs) / len(xs)\n"
+        "def shape(n):\n"
+        "    return {'n': n, 'sq': {n * n}, 'b': bytes([n]), 'z': complex(n, -n), 'none': None,\n"
+        "            'big': 2 ** 200, 'neg0': -0.0, 'inf': float('inf'), 'nested': [[n], (n,)]}\n"
+        "def safe_div(a, b):\n"
+        "    if b == 0:\n"
+        "        raise ValueError('b is zero')\n"
+        "    return a / b\n"
+        "class MyError(Exception):\n    pass\n"
+        "def mine():\n    raise MyError('custom')\n"
+        "LIMIT = 10\n"
+    )
+    tests = (
+        "import math, random\n"
+        "def check(candidate):\n"
+        "    assert candidate([1, 2, 3]) == (6, 2.0)\n"
+        "    assert type(candidate([1])) is tuple\n"
+        "    rng = random.Random(0)\n"
+        "    for _ in range(20):\n"
+        "        xs = [rng.randint(-9, 9) for _ in range(5)]\n"
+        "        assert candidate(xs) == (sum(xs), sum(xs) / 5)\n"
+        "check(stats)\n"
+        "assert abs(poly([1, 2], 3.0) - 7.0) < 1e-9\n"
+        "s = shape(3)\n"
+        "assert s == {'n': 3, 'sq': {9}, 'b': b'\\x03', 'z': 3 - 3j, 'none': None,\n"
+        "             'big': 2 ** 200, 'neg0': 0.0, 'inf': math.inf, 'nested': [[3], (3,)]}\n"
+        "assert math.copysign(1, s['neg0']) == -1\n"
+        "try:\n    safe_div(1, 0)\nexcept ValueError as e:\n    assert 'zero' in str(e)\n"
+        "else:\n    raise AssertionError('no ValueError')\n"
+        "try:\n    mine()\nexcept Exception as e:\n    assert 'MyError: custom' in str(e)\n"
+        "assert LIMIT == 10 and math.isclose(safe_div(1, 4), 0.25)\n"
+    )
+    for mode in MODES:
+        r = run_pair(program, tests, mode=mode)
+        assert r.passed, (r.stderr, r.program.stderr)
+
+
+def test_tests_can_use_the_programs_classes_and_generators():
+    program = (
+        "class Stack:\n"
+        "    def __init__(self):\n        self.items = []\n"
+        "    def push(self, x):\n        self.items.append(x)\n"
+        "    def pop(self):\n        return self.items.pop()\n"
+        "    def __len__(self):\n        return len(self.items)\n"
+        "    def __str__(self):\n        return f'Stack{self.items}'\n"
+        "def count(n):\n    yield from range(n)\n"
+    )
+    tests = (
+        "s = Stack()\n"
+        "s.push(1)\ns.push(2)\n"
+        "assert len(s) == 2 and s.items == [1, 2] and str(s) == 'Stack[1, 2]'\n"
+        "assert s.pop() == 2 and len(s) == 1\n"
+        "s.label = 'x'\nassert s.label == 'x'\n"
+        "assert list(count(3)) == [0, 1, 2]\n"
+        "assert Stack() != Stack()  # objects compare by identity, not by the program's __eq__\n"
+    )
+    r = run_tests(program, tests)
+    assert r.passed, (r.stderr, r.program.stderr)
+
+
+def test_program_output_stdin_and_errors_are_reported():
+    r = run_tests(
+        "n = int(input())\nprint('loaded', n)\ndef f():\n    return n\n",
+        "assert f() == 5\nprint('tests done')",
+        stdin="5\n",
+    )
+    assert r.passed and r.stdout == "tests done\n" and r.program.stdout == "loaded 5\n"
+    r = run_tests("def f(:\n    pass\n", "assert f() == 1")
+    assert r.verdict is Verdict.FAILED and "before the tests finished" in r.reason
+    assert "SyntaxError" in r.program.stderr
+    r = run_tests("def f():\n    return 1 / 0\n", "f()")
+    assert r.verdict is Verdict.FAILED and "ZeroDivisionError" in r.stderr
+    assert 'File "main.py"' in r.program.stderr  # the program's own traceback
+    r = run_tests("def f():\n    while True:\n        pass\n", "f()", timeout_s=1)
+    assert r.verdict is Verdict.TIMED_OUT
+    r = run_tests("def f():\n    return 'x' * (32 << 20)\n", "f()")
+    assert r.verdict is Verdict.FAILED and "limit" in r.stderr
+
+
+def test_exec_harness_over_the_programs_names():
+    """The shape of mlx_vgb.tasks.testcases: tests exec lines against globals()."""
+    harness = (
+        "import json\n_ok = []\n"
+        'for _l in json.loads(\'["assert is_even(4)", "assert is_even(3)"]\'):\n'
+        "    try:\n        exec(compile(_l, '<test>', 'exec'), dict(globals()))\n"
+        "        _ok.append(True)\n"
+        "    except BaseException:\n        _ok.append(False)\n"
+        "print('@@RESULT@@' + json.dumps(_ok))\n"
+    )
+    r = run_tests("def is_even(n):\n    return n % 2 == 0\n", harness)
+    assert r.passed and r.stdout == "@@RESULT@@[true, false]\n"
+
+
+def test_run_tests_overhead_is_small():
+    run_tests("pass", "pass")
+    walls = []
+    for _ in range(10):
+        start = time.perf_counter()
+        assert run_tests("def f():\n    return 1\n", "assert f() == 1").passed
+        walls.append(time.perf_counter() - start)
+    median = statistics.median(walls)
+    print(f"run_tests per-call overhead: median {median * 1e3:.1f} ms, min {min(walls) * 1e3:.1f}")
+    assert median < 0.5  # two interpreters; typically 50-70 ms on a busy 2-core VM
+
+
+# ---- the channel's codec -------------------------------------------------------------------
+
+
+def test_codec_round_trips_plain_data_and_refuses_the_rest():
+    from mlx_vgb.sandbox.codec import ChannelError, decode, encode
+
+    values = [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        2**300,
+        -(2**70),
+        1.5,
+        -0.0,
+        float("inf"),
+        1e-300,
+        3 - 4j,
+        "",
+        "é\n\x00\ud800",
+        b"\x00\xff",
+        bytearray(b"ab"),
+        [1, [2, (3,)]],
+        (),
+        {1, 2},
+        frozenset({"a"}),
+        {"k": [1], (1, 2): None},
+    ]
+    for v in values:
+        back = decode(encode(v, lambda _: None), lambda n: n)
+        assert back == v and type(back) is type(v)
+    nan = decode(encode(float("nan"), lambda _: None), lambda n: n)
+    assert nan != nan
+    with pytest.raises(ChannelError):
+        encode(object(), lambda _: None)
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(ChannelError):
+        encode(deep, lambda _: None)
+    rng = __import__("random").Random(0)
+    good = encode(values, lambda _: None)
+    for _ in range(2000):  # corrupted messages: plain data or ChannelError, nothing else
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            decode(bytes(data[: rng.randint(0, len(data))]), lambda n: n)
+        except ChannelError:
+            pass
