@@ -7,6 +7,8 @@ against a reference ``is_even`` in the sandbox, and the response passes if they 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..verifiers import extract_code, python_prefix_ok
 
 IS_EVEN = "def is_even(n):\n    return n % 2 == 0\n"
@@ -79,20 +81,35 @@ def is_even_test_cases(text: str, complete: bool) -> float:
     return 1.0 if res.passed else 0.0
 
 
+HEAD_FOLDER = Path(__file__).resolve().parent.parent / "results" / "testcases" / "head"
+
+ADD_TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
+
+
 def examples() -> list[dict]:
-    """Example settings (``RunSettings`` fields) with a title each."""
+    """The presets: ``RunSettings`` fields with a title each, one per task; their defaults
+    finish in seconds on SmolLM2-135M (small H, a step budget)."""
     he_prompt, he_tests = human_eval_problem()
+    walk = dict(sampler="vgb", choice="self-normalized", candidates=8, temp=1.0, seed=0,
+                block="token", compare=False)
+    code = dict(walk, block="line", candidates=4, temp=0.8)
     return [
-        dict(title="Letter avoidance (no 'e')", prompt="Write a one-sentence story.",
-             verifier="no-letter", letter="e", alpha=0.3, sampler="vgb", block="token",
-             candidates=8, temp=1.0, max_tokens=32, max_steps=2000, seed=0),
-        dict(title="Test cases (asserts that hold)", prompt=TEST_CASES_PROMPT,
-             verifier="python function", function="mlx_vgb.app.examples:is_even_test_cases",
-             sampler="vgb", block="line", candidates=4, temp=0.8, max_tokens=96,
-             max_steps=200, seed=0),
-        dict(title="HumanEval/0 (unit tests)",
+        dict(walk, title="Letters: a story without 'e'", prompt="Write a one-sentence story.",
+             verifier="no-letter", letter="e", alpha=0.3, max_tokens=24, max_steps=1000),
+        dict(walk, title="Regex: one plain sentence",
+             prompt="Write one short sentence about the sea.", verifier="regex",
+             pattern=r"[A-Z][a-z ,]*\.", max_tokens=24, max_steps=1000),
+        dict(code, title="Code with unit tests: add(a, b)",
+             prompt="Write a Python function add(a, b) that returns a + b, in a ```python "
+                    "block.", verifier="unit-tests", tests=ADD_TESTS, max_tokens=64,
+             max_steps=200),
+        dict(code, title="HumanEval/0 (unit tests)",
              prompt="Complete this Python function. Answer with the whole function in a "
                     "```python block.\n\n" + he_prompt,
-             verifier="unit-tests", tests=he_tests, sampler="vgb", block="line",
-             candidates=4, temp=0.8, max_tokens=256, max_steps=300, seed=0),
+             verifier="unit-tests", tests=he_tests, max_tokens=192, max_steps=200),
+        dict(code, title="Test cases: the trained code head", prompt=TEST_CASES_PROMPT,
+             verifier="head", verifier_path=str(HEAD_FOLDER), max_tokens=96, max_steps=200),
+        dict(code, title="Test cases: asserts that hold (Python function)",
+             prompt=TEST_CASES_PROMPT, verifier="python function",
+             function="mlx_vgb.app.examples:is_even_test_cases", max_tokens=96, max_steps=200),
     ]

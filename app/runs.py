@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import hashlib
+import importlib
+import inspect
 import logging
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import ConfigError, VGBError
 from ..registry import (
+    SAMPLERS,
     ForbidSpec,
     FunctionSpec,
     HeadSpec,
@@ -37,7 +44,10 @@ log = logging.getLogger("mlx_vgb.app")
 GENERATOR_DEFAULT = "default"
 GENERATOR_FOLDER = "local MLX folder"
 GENERATOR_HUB = "hub id"
-GENERATORS = (GENERATOR_DEFAULT, GENERATOR_FOLDER, GENERATOR_HUB)
+GENERATOR_PICK = "picked"  # the model picker's value: default, a registry name, folder or hub id
+GENERATORS = (GENERATOR_DEFAULT, GENERATOR_PICK, GENERATOR_FOLDER, GENERATOR_HUB)
+DEFAULT_MODEL_CHOICE = "default"
+CHOICES = ("default", "rejection", "self-normalized", "enumerate")
 
 VERIFIERS = ("none", "no-letter", "regex", "forbid", "python-syntax", "unit-tests", "head",
              "model", "python function")
@@ -62,6 +72,7 @@ class RunSettings:
     verifier_path: str = ""
     function: str = ""
     sampler: str = "vgb"
+    choice: str = "default"  # child-choice rule of the walks (mlx_vgb.children.CHOICES)
     block: str = "token"
     candidates: int = 8
     temp: float = 1.0
@@ -79,9 +90,12 @@ class RunSettings:
         return parse_block(self.block)
 
     def model_spec(self, default: str | None) -> str | None:
-        if self.generator == GENERATOR_DEFAULT:
-            return default
         path = (self.model_path or "").strip()
+        if self.generator == GENERATOR_DEFAULT or (
+                self.generator == GENERATOR_PICK and path in ("", DEFAULT_MODEL_CHOICE)):
+            return default
+        if self.generator == GENERATOR_PICK:
+            return resolve_model(path)
         if not path:
             raise ConfigError(f"generator '{self.generator}': type the folder path or hub id "
                               "in the model box")
@@ -107,8 +121,8 @@ class RunSettings:
                 raise ConfigError("regex verifier: type a pattern the response must match")
             return RegexSpec(self.pattern)
         if kind == "forbid":
-            words = [w.strip() for w in (self.words or "").replace("\n", "|").split("|")]
-            words = [w for w in words if w]
+            # spaces count ("a " bans "a " only); empty entries are dropped
+            words = [w for w in (self.words or "").replace("\n", "|").split("|") if w.strip()]
             if not words:
                 raise ConfigError("forbidden strings: type at least one, separated by |")
             return ForbidSpec(tuple(words))
@@ -118,7 +132,7 @@ class RunSettings:
             if not (self.tests or "").strip():
                 raise ConfigError("unit tests: type Python asserts (they run after the "
                                   "response's code, in the sandbox)")
-            return UnitTestsSpec(self.tests, "tests.py")
+            return UnitTestsSpec(self.tests, str(saved_file(self.tests, "tests", ".py")))
         if kind in ("head", "model"):
             path = (self.verifier_path or "").strip()
             if not path:
@@ -134,23 +148,39 @@ class RunSettings:
         raise ConfigError(f"unknown verifier kind {kind!r}; choose one of {', '.join(VERIFIERS)}")
 
     def check(self) -> None:
+        """Every field in range, else a ``FieldError`` naming the field as the form labels it."""
         if not (self.prompt or "").strip():
-            raise ConfigError("the prompt is empty: type what the model should answer")
-        for name, lo in (("max tokens", 1), ("candidates", 1)):
-            v = self.max_tokens if name == "max tokens" else self.candidates
-            if v is None or int(v) != v or v < lo:
-                raise ConfigError(f"{name} must be a whole number >= {lo}, got {v!r}")
-        if self.temp is None or self.temp < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temp!r}")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ConfigError(f"max steps must be >= 0 (0: no limit), got {self.max_steps!r}")
-        if self.drift is None or not 0 < self.drift <= 1:
-            raise ConfigError(f"drift must be in (0, 1], got {self.drift!r}")
-        if self.top_p is None or not 0 < self.top_p <= 1:
-            raise ConfigError(f"top-p must be in (0, 1], got {self.top_p!r}")
+            raise FieldError("Prompt", "the prompt is empty: type what the model should answer")
+        for name, label, lo in (("max_tokens", "Max tokens (H)", 1),
+                                ("candidates", "Candidates K", 1),
+                                ("max_steps", "Max steps", 0), ("top_k", "top-k", 0),
+                                ("seed", "Seed", 0)):
+            v = getattr(self, name)
+            if v is None or not isinstance(v, (int, float)) or int(v) != v or v < lo:
+                raise FieldError(label, f"must be a whole number >= {lo}, got {v!r}"
+                                 + (" (0: no limit)" if name == "max_steps" else ""))
+        for name, label, lo, hi, lo_open in (("temp", "Temperature", 0, None, False),
+                                             ("drift", "Drift lambda", 0, 1, True),
+                                             ("top_p", "top-p", 0, 1, True),
+                                             ("alpha", "alpha", 0, 1, True)):
+            v = getattr(self, name)
+            if name == "alpha" and self.verifier != "no-letter":
+                continue
+            bad = v is None or not isinstance(v, (int, float)) or v < lo or (lo_open and v == lo) \
+                or (hi is not None and v > hi)
+            if bad:
+                rng = f"in ({lo}, {hi}]" if hi is not None else f">= {lo}"
+                raise FieldError(label, f"must be {rng}, got {v!r}")
+        if self.sampler not in SAMPLERS:
+            raise FieldError("Sampler", f"choose one of {', '.join(SAMPLERS)}")
+        if self.choice not in CHOICES:
+            raise FieldError("Choice rule", f"choose one of {', '.join(CHOICES)}")
         if self.compare and self.baseline not in BASELINES:
-            raise ConfigError(f"baseline must be one of {', '.join(BASELINES)}")
-        self.block_value()
+            raise FieldError("Baseline", f"choose one of {', '.join(BASELINES)}")
+        try:
+            self.block_value()
+        except ConfigError as e:
+            raise FieldError("Block (action)", str(e)) from None
 
     def stream_kwargs(self, sampler: str, verifier) -> dict:
         return dict(
@@ -158,7 +188,99 @@ class RunSettings:
             temp=float(self.temp), top_p=float(self.top_p), top_k=int(self.top_k or 0),
             seed=int(self.seed or 0), block=self.block_value(), candidates=int(self.candidates),
             max_steps=int(self.max_steps) if self.max_steps else None, drift=float(self.drift),
+            choice=None if self.choice in ("", "default") else self.choice,
             system_prompt=(self.system_prompt or None))
+
+
+class FieldError(ConfigError):
+    """A form field is out of range; the message starts with the field's label."""
+
+    def __init__(self, field_label: str, message: str):
+        self.field = field_label
+        super().__init__(f"{field_label}: {message}")
+
+
+def app_home() -> Path:
+    """Where the app keeps files it writes (the tests box, uploaded verifier modules)."""
+    base = os.environ.get("MLX_VGB_HOME") or os.path.expanduser("~/.cache/mlx-vgb")
+    d = Path(base) / "app"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def saved_file(text: str, stem: str, suffix: str) -> Path:
+    """``text`` saved under ``app_home()`` by content hash (the command line names this file)."""
+    h = hashlib.sha256(text.encode()).hexdigest()[:10]
+    path = app_home() / f"{stem}-{h}{suffix}"
+    if not path.exists():
+        path.write_text(text)
+    return path
+
+
+def save_verifier_module(source: str, filename: str = "verifier.py") -> str:
+    """An uploaded verifier module, saved under ``app_home()/modules`` (put on ``sys.path``);
+    returns the ``module:function`` spec of its first ``fn(text, complete)`` function."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise FieldError("Verifier module", f"{filename} does not parse: {e}") from None
+    fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and len(n.args.args) >= 2]
+    if not fns:
+        raise FieldError("Verifier module", f"{filename} defines no function fn(text, complete)")
+    name = next((f for f in fns if f in ("verify", "verifier", "value")), fns[0])
+    mods = app_home() / "modules"
+    mods.mkdir(exist_ok=True)
+    stem = "".join(ch if ch.isalnum() else "_" for ch in Path(filename).stem) or "verifier"
+    (mods / f"{stem}.py").write_text(source)
+    if str(mods) not in sys.path:
+        sys.path.insert(0, str(mods))
+    return f"{stem}:{name}"
+
+
+def reload_if_changed(target: str) -> None:
+    """A user's verifier module edited since it was imported is imported again (no restart)."""
+    mod = sys.modules.get(target.partition(":")[0])
+    path = getattr(mod, "__file__", None)
+    if not path or not os.path.exists(path):
+        return
+    mtime = os.path.getmtime(path)
+    if getattr(mod, "_mlx_vgb_mtime", mtime) != mtime:
+        mod = importlib.reload(mod)
+    mod._mlx_vgb_mtime = mtime
+
+
+def model_choices(default_label: str) -> list[tuple[str, str]]:
+    """The model picker: the default, the registry's models (``mlx_vgb.models``, marked when on
+    disk) and other converted folders; empty extras where the registry is not there."""
+    out = [(f"default ({default_label})", DEFAULT_MODEL_CHOICE)]
+    try:
+        from .. import models as reg
+
+        rows, others = reg.status()
+        for r in rows:
+            where = "on disk" if r.folders else "downloads on first use"
+            out.append((f"{r.name}: {r.description} [{where}]", r.name))
+        out += [(f"local: {p}", str(p)) for p in others]
+    except Exception:  # noqa: BLE001 - no registry (or no cache): the default and typed paths
+        log.debug("model registry unavailable", exc_info=True)
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """A picked model -> what ``load`` takes: a registry name is pulled (``mlx_vgb.models``)."""
+    try:
+        from .. import models as reg
+    except Exception:  # noqa: BLE001
+        reg = None
+    if reg is not None and name in getattr(reg, "REGISTRY", {}):
+        return reg.resolve(name)
+    p = os.path.expanduser(name)
+    if name.startswith((".", "/", "~")) and not os.path.isdir(p):
+        raise FieldError("Model", f"no folder at {name!r}: give an MLX model folder (convert "
+                         "other formats with `mlx-vgb convert`)")
+    return p if os.path.isdir(p) else name
 
 
 class ModelWorker:
@@ -200,6 +322,10 @@ class ModelCache:
 
     def _default_key(self):
         return self.default if self.default is not None else "<default>"
+
+    def has(self, spec: str | None) -> bool:
+        with self._lock:
+            return (spec if spec is not None else "<default>") in self._models
 
     def loaded(self) -> list[str]:
         return list(self._models)
@@ -248,15 +374,29 @@ class RunRegistry:
             run.cancel.set()
         return run
 
+    def last(self, session: str) -> SessionRun | None:
+        """The session's latest run, ended or not."""
+        with self._lock:
+            return self._last.get(session)
+
     def active(self) -> int:
         with self._lock:
             return len(self._runs)
 
 
 def user_message(e: BaseException) -> str:
-    """What the page shows for an exception: our errors' messages; others without traceback."""
+    """What the page shows for an exception: our errors' messages; a crash in the user's own
+    verifier function is named as such; others without traceback."""
     if isinstance(e, VGBError):
         return str(e)
+    frames = traceback.extract_tb(e.__traceback__)
+    pkg = str(Path(__file__).resolve().parent.parent)
+    if frames:
+        last = frames[-1]
+        user = not last.filename.startswith((pkg, sys.prefix, sys.base_prefix))
+        if user and any("verifiers.py" in f.filename for f in frames):
+            return (f"your verifier function raised {type(e).__name__}: {e} "
+                    f"({os.path.basename(last.filename)}, line {last.lineno})")
     log.exception("run failed")
     return f"internal error ({type(e).__name__}: {e}); the server log has the details"
 
@@ -279,18 +419,28 @@ class Runner:
             settings.check()
             spec = settings.verifier_settings()
             model_spec = settings.model_spec(self.models.default)
+            if isinstance(spec, FunctionSpec):
+                self.worker.call(reload_if_changed, spec.target)
             labels = [settings.sampler]
             if settings.compare:
                 labels.append(settings.baseline + " (baseline)")
-            run.views = [WalkView(label=lab) for lab in labels]
-            yield run.views, "loading the model…"
+            vstr = spec.to_string()
+            run.views = [WalkView(label=lab, verifier=vstr) for lab in labels]
+            if not self.models.has(model_spec):
+                yield run.views, f"loading the model {model_spec or '(default)'}…"
             model, tokenizer = self.worker.call(self.models.get, model_spec)
+            decode = getattr(tokenizer, "decode", None) or str
+            traced = "trace" in inspect.signature(self.stream_generate).parameters
             samplers = [settings.sampler] + ([settings.baseline] if settings.compare else [])
-            for s in samplers:
-                ver = spec if s != "plain" else NoVerifierSpec()
+            for s, view in zip(samplers, run.views):
+                view.decode = decode
+                # every run is scored by the selected verifier (plain too: its verdict)
+                kw = settings.stream_kwargs(s, spec)
+                if traced:
+                    kw["trace"] = view.add_trace
                 streams.append(self.worker.call(
-                    self.stream_generate, model, tokenizer, settings.prompt,
-                    **settings.stream_kwargs(s, ver)))
+                    self.stream_generate, model, tokenizer, settings.prompt, **kw))
+            yield run.views, "running…"
             yield from self._pump(run, streams)
         except GeneratorExit:  # Gradio stopped iterating: the page's Cancel, or a closed tab
             run.cancel.set()
@@ -313,7 +463,8 @@ class Runner:
             for i in list(live):
                 if run.cancel.is_set():
                     break
-                resp = self.worker.call(next, streams[i], None)
+                resp, took = self.worker.call(_timed_next, streams[i])
+                views[i].busy_s += took  # each run's own time, though they interleave
                 if resp is None:
                     live.remove(i)
                     continue
@@ -330,5 +481,16 @@ class Runner:
             now = time.monotonic()
             if changed and (now - last >= self.update_interval_s or not live):
                 last = now
-                yield views, "running…" if live else "done"
-        yield views, "done"
+                yield views, "running…" if live else status_line(views)
+        yield views, status_line(views)
+
+
+def _timed_next(stream):
+    t0 = time.perf_counter()
+    resp = next(stream, None)
+    return resp, time.perf_counter() - t0
+
+
+def status_line(views: list[WalkView]) -> str:
+    """"done: vgb passes, plain (baseline) fails"."""
+    return "done: " + ", ".join(f"{v.label} {v.verdict()[1]}" for v in views)

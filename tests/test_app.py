@@ -2,6 +2,7 @@
 gradio_client (runs stream, backtracks arrive, cancel works, bad settings give a message,
 compare mode, concurrent sessions do not mix)."""
 
+import html
 import re
 import threading
 import time
@@ -15,12 +16,14 @@ from test_app_support import running_app, save_tiny_model_folder
 
 # a letter-avoidance run on the tiny model that backtracks (fixed seed: deterministic)
 LETTER_RUN = dict(prompt="Write a one-sentence story.", verifier="no-letter", letter="e",
-                  alpha=0.3, sampler="vgb", max_tokens=32, max_steps=2000, seed=0)
+                  alpha=0.3, sampler="vgb", choice="self-normalized", max_tokens=32,
+                  max_steps=2000, seed=0)
 # a run that cannot end soon: 300 letters or spaces and nothing else, no step limit
 LONG_RUN = dict(prompt="Write a long story.", verifier="regex", pattern="[a-z ]{300,}",
                 sampler="vgb", max_tokens=400, max_steps=0, seed=1)
 
-STATUS, COMMAND, LIVE, DEPTH, STATS, FINAL, B_LIVE, B_DEPTH, B_STATS, B_FINAL = range(10)
+(STATUS, COMMAND, SUMMARY, DEPTH, LIVE, STATS, FINAL, TREE, B_LIVE, B_STATS, B_FINAL,
+ B_TREE) = range(12)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,8 @@ def test_a_run_streams_with_backtracks_and_ends_clean(app_url):
     depths = [int(re.search(r'data-backtracks="(\d+)"', o[DEPTH]).group(1)) for o in running]
     assert max(depths) > 0 and depths == sorted(depths)
     last = outs[-1]
-    assert "done" in last[STATUS]
+    assert "done" in last[STATUS] and "vgb passes" in last[STATUS]
+    assert 'data-verdict="passes"' in last[STATS]
     assert stat(last[STATS], "reached leaf") == "yes"
     assert int(stat(last[STATS], "backtracks")) > 0
     assert int(stat(last[STATS], "forward tokens")) > 0
@@ -120,9 +124,16 @@ def test_bad_settings_give_a_message_not_a_traceback(app_url, settings, message)
     assert "Traceback" not in str(out)
 
 
-def test_out_of_range_numbers_are_refused_with_a_message(app_url):
-    with pytest.raises(gradio_client.exceptions.AppError, match="minimum"):
-        client(app_url).predict(prompt="hi", candidates=0, api_name="/run")
+@pytest.mark.parametrize("settings, message", [
+    (dict(candidates=0), "Candidates K: must be a whole number >= 1"),
+    (dict(max_tokens=0), "Max tokens (H): must be a whole number >= 1"),
+    (dict(temp=-1), "Temperature: must be >= 0"),
+    (dict(top_k=-5), "top-k: must be a whole number >= 0"),
+    (dict(drift=0), "Drift lambda: must be in (0, 1]"),
+])
+def test_out_of_range_numbers_get_a_message_naming_the_field(app_url, settings, message):
+    out = client(app_url).predict(**dict(LETTER_RUN, **settings), api_name="/run")
+    assert 'class="vgb-error"' in out[STATUS] and html.escape(message) in out[STATUS], out[STATUS]
 
 
 def test_compare_mode_runs_the_baseline_on_the_same_prompt_and_seed(app_url):
@@ -132,6 +143,11 @@ def test_compare_mode_runs_the_baseline_on_the_same_prompt_and_seed(app_url):
     assert "(baseline)" in both[B_STATS] and stat(both[B_STATS], "backtracks") == "0"
     assert both[B_FINAL] == alone[FINAL]  # same prompt, same seed, same baseline text
     assert stat(both[STATS], "reached leaf") == "yes" and "e" not in both[FINAL].lower()
+    # plain is scored by the selected verifier too: its text has an "e", so it fails
+    assert "e" in both[B_FINAL].lower() and 'data-verdict="fails"' in both[B_STATS]
+    assert "vgb passes, plain fails" in both[SUMMARY]
+    assert 'data-series="2"' in both[DEPTH]  # both depth traces on one axis
+    assert 'data-stat="forward ratio"' in both[SUMMARY]
 
 
 def test_concurrent_sessions_each_get_their_own_run(app_url):

@@ -2,6 +2,7 @@
 picture, the settings form -> API arguments, and the CLI flags. No server, no model."""
 
 import re
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -111,7 +112,7 @@ def test_stats_panel_shows_the_run_numbers():
     assert "running" in stats_html(v)
     v.update(done("a"))
     out = stats_html(v)
-    for want in ("done (stop)", ">9<", ">2<", ">7<", "12.5", "reached leaf", ">yes<"):
+    for want in ("complete (no verifier)", ">9<", ">2<", ">7<", "12.5", "reached leaf", ">yes<"):
         assert want in out, want
 
 
@@ -129,11 +130,13 @@ def test_settings_make_typed_verifier_settings_that_round_trip_through_the_cli_g
     s = RunSettings(prompt="x", verifier="no-letter", letter="z", alpha=0.5)
     assert s.verifier_settings() == NoLetterSpec("z", 0.5)
     assert RunSettings(verifier="regex", pattern="a+").verifier_settings() == RegexSpec("a+")
+    # spaces count: "a " bans "a " only, not every "a"
     assert RunSettings(verifier="forbid", words="cat | dog\nbird").verifier_settings() == \
-        ForbidSpec(("cat", "dog", "bird"))
-    # the tests travel as text: no file is written for them
-    assert RunSettings(verifier="unit-tests", tests="assert f()").verifier_settings() == \
-        UnitTestsSpec("assert f()", "tests.py")
+        ForbidSpec(("cat ", " dog", "bird"))
+    # the tests travel as text, and are saved to a real file the command line names
+    spec = RunSettings(verifier="unit-tests", tests="assert f()").verifier_settings()
+    assert isinstance(spec, UnitTestsSpec) and spec.tests == "assert f()"
+    assert Path(spec.source).read_text() == "assert f()"
     assert RunSettings(verifier="python function", function="m.n:f").verifier_settings() == \
         FunctionSpec("m.n:f")
     assert RunSettings(verifier="head", verifier_path="/v").verifier_settings() == HeadSpec("/v")
@@ -156,7 +159,7 @@ def test_settings_make_typed_verifier_settings_that_round_trip_through_the_cli_g
 ])
 def test_bad_settings_raise_config_errors_with_a_hint(kw, words):
     s = RunSettings(**kw)
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match="(?i)" + words):
         s.check()
         s.verifier_settings()
         s.model_spec(None)
@@ -180,9 +183,12 @@ def test_cli_binds_localhost_unless_asked_to_share_on_the_lan():
     assert (a.model, a.max_concurrent) == ("/m", 2)
 
 
-def test_examples_cover_letter_avoidance_test_cases_and_human_eval():
+def test_presets_cover_letters_regex_unit_tests_human_eval_and_the_code_head():
     titles = " ".join(e["title"] for e in examples())
-    assert "Letter avoidance" in titles and "Test cases" in titles and "HumanEval" in titles
+    for task in ("Letters", "Regex", "unit tests", "HumanEval", "trained code head"):
+        assert task in titles, task
+    # defaults that finish in seconds: a short horizon and a step budget
+    assert all(e["max_tokens"] <= 192 and 0 < e["max_steps"] <= 1000 for e in examples())
     prompt, tests = human_eval_problem()
     assert "def has_close_elements" in prompt and tests.rstrip().endswith(
         "check(has_close_elements)")
@@ -196,3 +202,39 @@ def test_test_case_verifier_accepts_true_asserts_only():
     assert is_even_test_cases("```python\nassert is_even(2)\nassert not is_even(3)\n```",
                               True) == 1.0
     assert is_even_test_cases("```python\nassert is_even(3)\n```", True) == 0.0
+
+
+def test_every_run_gets_a_verdict_from_the_selected_verifier():
+    def finished(tilt, leaf=True, reason="stop", verifier="no-letter:e,alpha=0.3"):
+        v = WalkView(label="plain", verifier=verifier)
+        st = SampleStats(steps=3)
+        r = SampleResult((1, 2), leaf, reason, tilt, st, "plain", 0, "ab")
+        v.update(Resp("ab", Done(r), 2, 3, st, 1.0, reason, r))
+        return v.verdict()[0]
+
+    assert finished(1.0) == "passes"
+    assert finished(0.0) == "fails"  # plain with an 'e' fails, whatever the sampler
+    assert finished(None, leaf=False, reason="budget") == "unfinished"
+    assert finished(0.5, reason="rejected") == "fails"
+    assert finished(1.0, verifier="none") == "complete"
+
+
+def test_explored_tree_counts_visits_and_backtracks_and_marks_the_path():
+    from mlx_vgb.app.explore import ExploredTree, step_html, tree_html
+    from mlx_vgb.trace import StepOption, StepTrace
+
+    t = ExploredTree()
+    t.on_append([1])
+    t.on_append([2])
+    t.on_backtrack(1)  # back to (1,)
+    t.on_append([3])
+    t.on_trace(StepTrace(4, (1,), 1, 0.0, (
+        StepOption((1, 3), -0.5, -0.5), StepOption((1, 4), float("-inf"), float("-inf")),
+        StepOption((), None, 0.0, up=True)), (1, 3), "child", "SelfNormalized"))
+    assert t.nodes[(1,)].visits == 2 and t.nodes[(1, 2)].ups == 1
+    assert t.path() == [(), (1,), (1, 3)]
+    assert (1, 4) in t.nodes and t.nodes[(1, 4)].visits == 0  # valued, never visited
+    out = tree_html(t, lambda ids: "".join(chr(96 + i) for i in ids), "vgb")
+    assert out.count("vgb-onpath") == 3 and "1↑" in out and 'data-nodes="5"' in out
+    step = step_html(t, lambda ids: "".join(chr(96 + i) for i in ids), 4)
+    assert 'data-move="child"' in step and "◀ drawn" in step and "↑ parent" in step
