@@ -1,0 +1,599 @@
+"""`mlx-vgb server`: an OpenAI-compatible HTTP server (in the shape of ``mlx_lm.server``) whose
+completions are sampled by VGB or a baseline under a verifier.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``
+(``"stream": true``: server-sent events), ``GET /health``. Extra request fields choose the walk:
+``sampler``, ``verifier`` (the ``--verifier`` grammar), ``candidates`` (K; alias ``k``),
+``drift``, ``block``, ``choice``, ``max_steps``, ``max_forward_tokens``, ``seed``, ``top_k``;
+the response carries the walk's stats under ``vgb``. See docs/server.md.
+
+Streaming and backtracking: ``choices[0].delta.content`` (``text`` for completions) only ever
+carries *committed* text, text no later event can erase, so a client that only appends ends
+with the right final text. A walk that can move up (every sampler but ``plain``) commits its
+text when it ends; ``plain`` commits as it goes. Every walk event is also sent, unless
+``"vgb_events": false``, as a chunk with empty choices' content and a top-level ``vgb`` field
+``{"event": "append" | "backtrack", "erase": N, "append": "...", "step", "depth"}``: drop the
+last N characters of the live text, then add ``append``. The last chunk's ``vgb`` holds the
+final ``text``, the verdict and the stats.
+
+Concurrency: one ``Engine`` thread runs every walk (MLX arrays stay on the thread that made
+them) and interleaves the active walks an event at a time, first come first served. A request
+becomes a walk in one place, ``Engine._open``: a batched engine (several walks sharing a
+forward) replaces ``Engine`` and keeps ``submit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .errors import ConfigError, VGBError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_TOKENS = 128
+DEFAULT_SAMPLER = "vgb"
+DEFAULT_VERIFIER = "none"
+MAX_LOADED_MODELS = 2
+NEVER_ERASES = ("plain",)  # samplers whose text only grows: their content streams live
+
+log = logging.getLogger("mlx_vgb.server")
+
+
+class RequestError(ConfigError):
+    """A bad request: answered with HTTP 400 and this message."""
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+_WALK_FIELDS = {  # request field -> (stream_generate keyword, type, check, hint)
+    "sampler": ("sampler", str, None, "a sampler name"),
+    "verifier": ("verifier", str, None, "a verifier spec"),
+    "candidates": ("candidates", int, lambda v: v >= 1, "an integer >= 1"),
+    "k": ("candidates", int, lambda v: v >= 1, "an integer >= 1"),
+    "drift": ("drift", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "block": ("block", (str, int), None, "'token', 'line' or a number of tokens"),
+    "choice": ("choice", str, None, "a child-choice rule"),
+    "max_steps": ("max_steps", int, lambda v: v >= 1, "an integer >= 1"),
+    "max_forward_tokens": ("max_forward_tokens", int, lambda v: v >= 1, "an integer >= 1"),
+    "seed": ("seed", int, None, "an integer"),
+    "top_k": ("top_k", int, lambda v: v >= 0, "an integer >= 0"),
+    "max_tokens": ("max_tokens", int, lambda v: v >= 1, "an integer >= 1"),
+    "max_completion_tokens": ("max_tokens", int, lambda v: v >= 1, "an integer >= 1"),
+    "temperature": ("temp", float, lambda v: v >= 0, "a number >= 0"),
+    "top_p": ("top_p", float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+}
+
+
+@dataclass
+class WalkRequest:
+    """One completion request, checked: what the engine needs to start its walk."""
+
+    chat: bool
+    model: str | None  # None: the served model
+    prompt: str | None = None  # completions: raw text (no chat template)
+    messages: list[dict] | None = None  # chat
+    stream: bool = False
+    events: bool = True  # stream the walk's events (the ``vgb`` chunks)
+    include_usage: bool = False
+    kwargs: dict = field(default_factory=dict)  # stream_generate keywords
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _typed(name: str, value, kind, check, hint):
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise RequestError(f"'{name}' must be {hint}, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(f"'{name}' must be {hint}, got {value!r}")
+        value = float(value)
+    elif isinstance(kind, tuple) or kind is str:
+        if not isinstance(value, kind if isinstance(kind, tuple) else (kind,)) or \
+                isinstance(value, bool):
+            raise RequestError(f"'{name}' must be {hint}, got {value!r}")
+    if check is not None and not check(value):
+        raise RequestError(f"'{name}' must be {hint}, got {value!r}")
+    return value
+
+
+def parse_request(body, chat: bool, defaults: dict) -> WalkRequest:
+    """A checked ``WalkRequest`` from a request's JSON body; ``RequestError`` (400) if bad."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(f"'model' must be a string, got {model!r}")
+    req = WalkRequest(chat=chat, model=model or None)
+    if chat:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise RequestError("'messages' must be a non-empty list of {role, content}")
+        for m in msgs:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
+                    not isinstance(m.get("content"), (str, list)):
+                raise RequestError(f"each message needs a 'role' and a 'content', got {m!r}")
+        req.messages = [{"role": m["role"], "content": _content_text(m["content"])}
+                        for m in msgs]
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RequestError("'prompt' must be a non-empty string")
+        req.prompt = prompt
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise RequestError(f"'n' must be 1 (one walk per request), got {n!r}")
+    if body.get("stop") not in (None, [], ""):
+        raise RequestError("'stop' is not supported: a stop string would cut a response after "
+                           "the verifier scored it; use a regex verifier instead")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(f"'stream' must be true or false, got {stream!r}")
+    req.stream = stream
+    ev = body.get("vgb_events", True)
+    if not isinstance(ev, bool):
+        raise RequestError(f"'vgb_events' must be true or false, got {ev!r}")
+    req.events = ev
+    opts = body.get("stream_options") or {}
+    req.include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+    kw = dict(defaults)
+    for name, (key, kind, check, hint) in _WALK_FIELDS.items():
+        if body.get(name) is not None:
+            kw[key] = _typed(name, body[name], kind, check, hint)
+    req.kwargs = kw
+    return req
+
+
+def _content_text(content) -> str:
+    """A message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    parts = [p.get("text", "") for p in content if isinstance(p, dict) and
+             p.get("type") == "text"]
+    return "".join(parts)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+_END = object()
+
+
+class Job:
+    """A submitted request: the engine puts ``GenerationResponse``s (then ``_END``, or an
+    exception) on ``out``; ``cancel()`` stops its walk at the next event."""
+
+    def __init__(self, req: WalkRequest):
+        self.req = req
+        self.out: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self.prompt_tokens = 0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Engine:
+    """The model-worker thread: loads models and runs every walk, one event at a time round
+    robin over the active walks."""
+
+    def __init__(self, model: str | None, load: Callable | None = None,
+                 stream_generate: Callable | None = None,
+                 max_models: int = MAX_LOADED_MODELS):
+        if load is None or stream_generate is None:
+            import importlib
+
+            gen = importlib.import_module("mlx_vgb.generate")
+            load, stream_generate = load or gen.load, stream_generate or gen.stream_generate
+        self._load, self._stream_generate = load, stream_generate
+        self.model = model
+        self.model_id = model or "mlx-vgb-default"
+        self.max_models = max_models
+        self._models: collections.OrderedDict = collections.OrderedDict()
+        self._inbox: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="mlx-vgb-engine", daemon=True)
+        self._thread.start()
+        self.served = 0
+
+    def preload(self) -> None:
+        """Load the served model now (on the engine thread); raises its ConfigError."""
+        done: queue.Queue = queue.Queue()
+        self._inbox.put(("call", lambda: self._get_model(None), done))
+        res = done.get()
+        if isinstance(res, BaseException):
+            raise res
+
+    def submit(self, req: WalkRequest) -> Job:
+        job = Job(req)
+        self._inbox.put(("job", job, None))
+        return job
+
+    def model_ids(self) -> list[str]:
+        return [self.model_id] + [k for k in list(self._models) if k not in (None,
+                                                                            self.model_id)]
+
+    # engine thread only ------------------------------------------------------------------
+    def _get_model(self, name: str | None):
+        key = None if name in (None, "", self.model_id, "default") else name
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        pair = self._load(self.model if key is None else key)
+        self._models[key] = pair
+        while len(self._models) > self.max_models:
+            old = next(k for k in self._models if k is not None)
+            del self._models[old]
+        return pair
+
+    def _open(self, job: Job):
+        """A request -> its walk (a ``stream_generate`` generator), on the engine thread."""
+        req = job.req
+        model, tokenizer = self._get_model(req.model)
+        kw = dict(req.kwargs)
+        if req.chat:
+            msgs = req.messages
+            users = [m for m in msgs if m["role"] == "user"]
+            systems = [m for m in msgs if m["role"] == "system"]
+            if len(users) == 1 and msgs[-1] is users[0] and len(systems) + 1 == len(msgs):
+                # one question: the prompt text travels (verifiers bridged through text see it)
+                prompt = users[0]["content"]
+                kw["system_prompt"] = systems[0]["content"] if systems else None
+                ids = _chat_ids(tokenizer, msgs)
+            else:
+                prompt = ids = _chat_ids(tokenizer, msgs)
+        else:
+            prompt = req.prompt
+            kw["chat_template"] = False
+            ids = list(tokenizer.encode(prompt))
+        job.prompt_tokens = len(ids)
+        return self._stream_generate(model, tokenizer, prompt, **kw)
+
+    def _loop(self) -> None:
+        active: list[tuple[Job, object]] = []
+        while True:
+            try:  # wait only when idle; otherwise take what has arrived and go on walking
+                item = self._inbox.get(block=not active, timeout=None)
+            except queue.Empty:
+                item = None
+            while item is not None:
+                kind, obj, done = item
+                if kind == "call":
+                    try:
+                        done.put(obj())
+                    except BaseException as e:  # noqa: BLE001 - handed to the caller
+                        done.put(e)
+                else:
+                    active.append((obj, None))
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            still = []
+            for job, gen in active:
+                if job.cancelled.is_set():
+                    _close(gen)
+                    continue
+                try:
+                    if gen is None:
+                        gen = self._open(job)
+                    resp = next(gen, None)
+                except BaseException as e:  # noqa: BLE001 - the request's error, not ours
+                    job.out.put(e)
+                    _close(gen)
+                    continue
+                if resp is None:
+                    job.out.put(_END)
+                    continue
+                job.out.put(resp)
+                if resp.result is not None:
+                    job.out.put(_END)
+                    _close(gen)
+                    self.served += 1
+                    continue
+                still.append((job, gen))
+            active = still
+
+
+def _close(gen) -> None:
+    if gen is not None:
+        try:
+            gen.close()
+        except Exception:  # pragma: no cover - closing must not stop the engine
+            log.exception("closing a walk")
+
+
+def _chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+    return list(tokenizer.encode(text))
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+def finish_reason(result) -> str:
+    """OpenAI's finish_reason: "stop" (EOS), else "length" (the horizon, or a budget / dead
+    end: ``vgb.finish_reason`` says which)."""
+    return "stop" if result.finish_reason == "stop" else "length"
+
+
+def walk_info(req: WalkRequest, resp) -> dict:
+    """The ``vgb`` field of a final response: the walk's outcome and stats."""
+    r = resp.result
+    kw = req.kwargs
+    verifier = str(kw.get("verifier", DEFAULT_VERIFIER))
+    if not r.reached_leaf:
+        verdict = "unfinished"
+    elif verifier in ("none", ""):
+        verdict = "complete"
+    else:
+        verdict = "passes" if r.tilt and r.finish_reason != "rejected" else "fails"
+    return {"sampler": r.sampler, "verifier": verifier, "finish_reason": r.finish_reason,
+            "reached_leaf": bool(r.reached_leaf), "tilt": r.tilt, "verdict": verdict,
+            "seed": r.seed, "stats": r.stats.as_dict()}
+
+
+def _usage(job: Job, resp) -> dict:
+    n = len(resp.result.tokens) if resp is not None and resp.result is not None else 0
+    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": n,
+            "total_tokens": job.prompt_tokens + n}
+
+
+def _choice(req: WalkRequest, text: str | None, reason: str | None, role: bool = False) -> dict:
+    if req.chat:
+        delta = {}
+        if role:
+            delta["role"] = "assistant"
+        if text:
+            delta["content"] = text
+        key = "delta" if req.stream else "message"
+        if not req.stream:
+            delta = {"role": "assistant", "content": text or ""}
+        return {"index": 0, key: delta, "finish_reason": reason, "logprobs": None}
+    return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+
+
+def _envelope(req: WalkRequest, engine: Engine, choices: list, **extra) -> dict:
+    obj = ("chat.completion.chunk" if req.stream else "chat.completion") if req.chat \
+        else "text_completion"
+    return {"id": ("chatcmpl-" if req.chat else "cmpl-") + req.id, "object": obj,
+            "created": req.created, "model": req.model or engine.model_id,
+            "system_fingerprint": "mlx-vgb", "choices": choices, **extra}
+
+
+class Committed:
+    """What a stream has committed so far: for a sampler that can erase, nothing until the
+    end; for one that cannot, the live text (minus an unfinished UTF-8 character)."""
+
+    def __init__(self, sampler: str):
+        self.live = sampler in NEVER_ERASES
+        self.text = ""
+
+    def advance(self, text: str, final: bool) -> str:
+        """The new committed characters after an event whose clean text is ``text``."""
+        upto = text if final else (text.rstrip("\ufffd") if self.live else self.text)
+        if not upto.startswith(self.text):  # cannot happen for "plain"; never resend
+            log.warning("committed text was changed by a later event")
+            return ""
+        new, self.text = upto[len(self.text):], upto
+        return new
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "mlx-vgb"
+    engine: Engine  # set by make_server
+    defaults: dict
+
+    def log_message(self, fmt, *args):  # through logging, not stderr
+        log.info("%s %s", self.address_string(), fmt % args)
+
+    def _json(self, status: int, obj) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        self._json(status, {"error": {"message": message, "type": kind, "code": status}})
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/models":
+            now = int(time.time())
+            self._json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": now, "owned_by": "mlx-vgb"}
+                for m in self.engine.model_ids()]})
+        elif path == "/health":
+            self._json(200, {"status": "ok"})
+        else:
+            self._error(404, f"no endpoint {self.path}; see /v1/models, /v1/completions, "
+                        "/v1/chat/completions", "not_found")
+
+    def do_POST(self):  # noqa: N802
+        path = self.path.split("?")[0].rstrip("/")
+        if path not in ("/v1/completions", "/v1/chat/completions"):
+            self._error(404, f"no endpoint {self.path}", "not_found")
+            return
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(n) or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            self._error(400, f"the request body is not JSON ({e})")
+            return
+        try:
+            req = parse_request(body, path.endswith("chat/completions"), self.defaults)
+        except RequestError as e:
+            self._error(400, str(e))
+            return
+        job = self.engine.submit(req)
+        first = job.out.get()
+        if isinstance(first, BaseException):  # bad settings surface at the walk's start
+            if isinstance(first, VGBError):
+                self._error(400, str(first))
+            else:
+                log.error("request failed", exc_info=first)
+                self._error(500, f"internal error ({type(first).__name__}: {first})",
+                            "server_error")
+            return
+        try:
+            if req.stream:
+                self._stream(job, first)
+            else:
+                self._complete(job, first)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away
+            job.cancel()
+
+    def _responses(self, job: Job, first):
+        item = first
+        while item is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            item = job.out.get()
+
+    def _complete(self, job: Job, first) -> None:
+        last = None
+        try:
+            for last in self._responses(job, first):
+                pass
+        except VGBError as e:  # a verifier that fails midway: the request's fault
+            self._error(400, str(e))
+            return
+        except Exception as e:  # noqa: BLE001
+            log.error("walk failed", exc_info=e)
+            self._error(500, f"internal error ({type(e).__name__}: {e})", "server_error")
+            return
+        req = job.req
+        self._json(200, _envelope(req, self.engine,
+                                  [_choice(req, last.text, finish_reason(last.result))],
+                                  usage=_usage(job, last), vgb=walk_info(req, last)))
+
+    def _stream(self, job: Job, first) -> None:
+        req = job.req
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        committed = Committed(str(req.kwargs.get("sampler", DEFAULT_SAMPLER)))
+
+        def send(obj) -> None:
+            self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+            self.wfile.flush()
+
+        if req.chat:
+            send(_envelope(req, self.engine, [_choice(req, None, None, role=True)]))
+        try:
+            for resp in self._responses(job, first):
+                final = resp.result is not None
+                new = committed.advance(resp.text, final)
+                if final:
+                    send(_envelope(req, self.engine,
+                                   [_choice(req, new, finish_reason(resp.result))],
+                                   usage=_usage(job, resp),
+                                   vgb=dict(walk_info(req, resp), event="done", text=resp.text)))
+                    break
+                ev = None
+                if req.events:
+                    ev = {"event": type(resp.event).__name__.lower(), "erase": len(resp.erased),
+                          "append": resp.appended, "step": resp.step, "depth": resp.depth}
+                if new or ev:
+                    send(_envelope(req, self.engine, [_choice(req, new, None)],
+                                   **({"vgb": ev} if ev else {})))
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the stream has started: an error event
+            if not isinstance(e, VGBError):
+                log.error("walk failed", exc_info=e)
+            send({"error": {"message": str(e) if isinstance(e, VGBError) else
+                            f"internal error ({type(e).__name__}: {e})",
+                            "type": "invalid_request_error" if isinstance(e, VGBError)
+                            else "server_error"}})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def make_server(engine: Engine, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                defaults: dict | None = None) -> ThreadingHTTPServer:
+    """A ``ThreadingHTTPServer`` serving ``engine`` (``serve_forever()`` to run it)."""
+    handler = type("VGBHandler", (Handler,), {"engine": engine, "defaults": dict(
+        defaults or {})})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def setup_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlx-vgb server",
+        description="An OpenAI-compatible HTTP server whose completions are VGB walks.")
+    p.add_argument("--model", default=None,
+                   help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
+                   help=f"default sampler of requests that name none ({DEFAULT_SAMPLER})")
+    p.add_argument("--verifier", default=DEFAULT_VERIFIER,
+                   help="default verifier spec of requests that name none (none)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help=f"default max_tokens (H) of requests ({DEFAULT_MAX_TOKENS})")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = setup_arg_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(name)s: %(message)s")
+    engine = Engine(args.model)
+    defaults = {"sampler": args.sampler, "verifier": args.verifier,
+                "max_tokens": args.max_tokens}
+    try:
+        from .registry import parse_verifier
+
+        parse_verifier(args.verifier)
+        engine.preload()
+        server = make_server(engine, args.host, args.port, defaults)
+    except (VGBError, OSError) as e:
+        print(f"mlx-vgb server: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    host, port = server.server_address[:2]
+    print(f"mlx-vgb server: model {engine.model_id}; serving on http://{host}:{port}/v1",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        import os
+
+        os._exit(0)  # see mlx_vgb.app.cli: MLX used from a worker thread can abort at exit
+
+
+if __name__ == "__main__":
+    main()
