@@ -9,6 +9,7 @@ SUBCOMMANDS = {
     "train-verifier": "mlx_vgb.train_verifier",
     "bench": "mlx_vgb.bench.cli",
     "app": "mlx_vgb.app.cli",
+    "server": "mlx_vgb.server",
     "models": "mlx_vgb.models_cli",
 }
 
