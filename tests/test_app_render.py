@@ -2,8 +2,8 @@
 picture, the settings form -> API arguments, and the CLI flags. No server, no model."""
 
 import re
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
