@@ -811,3 +811,18 @@ def test_codec_round_trips_plain_data_and_refuses_the_rest():
             decode(bytes(data[: rng.randint(0, len(data))]), lambda n: n)
         except ChannelError:
             pass
+
+
+def test_tests_probing_errors_in_a_loop_do_not_fill_the_output():
+    program = (
+        "def root(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x**0.5\n"
+    )
+    tests = (
+        "for i in range(1, 3001):\n"
+        "    try:\n        root(-i)\n    except ValueError:\n        pass\n"
+        "    else:\n        raise AssertionError(i)\n"
+        "assert root(4) == 2.0\n"
+    )
+    r = run_tests(program, tests, max_output_bytes=100_000)
+    assert r.passed, (r.reason, r.program.stderr[-300:])
+    assert r.program.stderr.count("ValueError: negative") == 3

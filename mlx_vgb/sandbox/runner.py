@@ -22,6 +22,8 @@ except ImportError:
 MAIN_FILENAME = "main.py"
 TESTS_FILENAME = "tests.py"
 MAX_MESSAGE_BYTES = 16 << 20
+_MAX_MANIFEST_VALUE = 1 << 20  # larger top-level values are sent by reference
+_SHOWN_ERRORS = 3  # tracebacks the program's process prints for exceptions sent to the tests
 # Requests the tests may make about an object of the program (a Remote).
 _OPS = (
     "call",
@@ -155,6 +157,7 @@ class _Server:
         self.channel, self.namespace, self.code = channel, namespace, code
         self.objects: dict = {}  # reference -> object (kept alive for the run)
         self.refs: dict = {}  # id(object) -> reference
+        self.errors = 0
 
     def ref(self, obj) -> int:
         n = self.refs.get(id(obj))
@@ -172,11 +175,11 @@ class _Server:
             if isinstance(value, type(sys)):
                 entries.append((name, "module", str(getattr(value, "__name__", ""))))
                 continue
-            try:
-                encode(value, self.ref)
-                entries.append((name, "value", value))
-            except (ChannelError, RecursionError, ValueError, TypeError):
-                entries.append((name, "ref", self.ref(value)))
+            try:  # plain data goes by value unless large; anything else by reference
+                by_value = len(encode(value, self.ref)) <= _MAX_MANIFEST_VALUE
+            except (ChannelError, RecursionError, ValueError, TypeError, OverflowError):
+                by_value = False
+            entries.append((name, "value", value) if by_value else (name, "ref", self.ref(value)))
         return entries
 
     def serve(self) -> int:
@@ -207,7 +210,13 @@ class _Server:
         except SystemExit:
             raise
         except BaseException as e:
-            _print_exception(e, {MAIN_FILENAME: self.code})
+            # The tests may expect the exception; show the first few, so that tests probing
+            # errors in a loop do not fill the output cap.
+            self.errors += 1
+            if self.errors <= _SHOWN_ERRORS:
+                _print_exception(e, {MAIN_FILENAME: self.code})
+            elif self.errors == _SHOWN_ERRORS + 1:
+                sys.stderr.write("(later exceptions of the program not shown)\n")
             return self.error(e)
         try:
             return encode(("ok", result), self.ref)
