@@ -204,7 +204,7 @@ def plot_points(points: list[tuple[int, int, bool]], limit: int = MAX_PLOT_POINT
     return out
 
 
-def depth_svg(views, width: int = 900, height: int = 200) -> str:
+def depth_svg(views, width: int = 760, height: int = 240) -> str:
     """Depth over steps of one or several runs on one axis (one x scale): a step line per run,
     red dots at the drops (backtracks); hover a dot or the line for the step."""
     if isinstance(views, WalkView):
@@ -365,6 +365,9 @@ CSS = """
 .vgb-options td, .vgb-options th { padding: 1px 8px; border-bottom: 1px solid #eee; }
 .vgb-drawn { background: #fff4c2; font-weight: 600; }
 .vgb-note { color: #666; font-size: 12px; }
+/* overflow: clip (not hidden) keeps the container from being a scroll box, so the run bar
+   sticks to the window */
+.gradio-container { overflow: clip !important; }
 #vgb-run-bar { position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary,
   white); padding: 4px 0; }
 .vgb-error { color: #8a1c12; background: #fdecea; border: 1px solid #e6b0aa; padding: 8px;

@@ -226,7 +226,7 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                     c["compare"] = gr.Checkbox(label="Compare with a baseline", value=False,
                                                elem_id="compare")
                     c["baseline"] = gr.Dropdown(list(BASELINES), value=defaults.baseline,
-                                                label="Baseline")
+                                                label="Baseline", elem_id="baseline")
                 with gr.Accordion("History (kept in this browser)", open=True):
                     hist_pick = gr.Dropdown([], label="Earlier runs", elem_id="history",
                                             interactive=True)
@@ -335,9 +335,11 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
 
         def on_finished(hist, *values, request: gr.Request = None):
             """After a run: the JSON export, the step view, and the run added to the history."""
+            if len(values) > len(fields):  # the request comes positionally (see on_run)
+                values, request = values[: len(fields)], values[len(fields)]
             views = last_views(request)
             if not views or not any(v.done for v in views):
-                return [gr.update()] * 5
+                return [gr.update()] * 6
             settings = dict(zip(fields, values))
             rec = run_record(views, settings)
             text = json.dumps(rec, indent=1, ensure_ascii=False)
@@ -354,6 +356,12 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
             v = views[0]
             step = step_html(v.tree, v.decode or str, None, v.label)
             return [text, path.name, step] + _history_outputs(hist) + [hist]
+
+        on_finished.__signature__ = inspect.Signature(
+            [inspect.Parameter("hist", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+            + [inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD) for f in fields]
+            + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                 default=None, annotation=gr.Request)])
 
         def on_restore(hist, pick):
             entry = next((h for h in hist or [] if h.get("id") == pick), None)

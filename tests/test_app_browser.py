@@ -1,9 +1,10 @@
-"""The web app in a real browser: Debian's chromium, driven by playwright, opens the page, starts a
-run on the tiny model, waits for it to finish, checks the page and saves a screenshot.
+"""The web app in a real browser: Debian's chromium, driven by playwright, on the tiny model: a
+run with its verdict, the comparison, the explored tree and a step's inspection, the form's own
+validation messages, presets, the run as JSON, and the history surviving a reload.
 
 Needs `pip install playwright` (the Python driver only: no `playwright install`) and a system
 chromium (`apt-get install -y chromium`); skipped with the reason otherwise. Set
-MLX_VGB_CHROMIUM to use another chromium binary, MLX_VGB_SCREENSHOTS to keep the screenshot.
+MLX_VGB_CHROMIUM to use another chromium binary, MLX_VGB_SCREENSHOTS to keep the screenshots.
 """
 
 import os
@@ -17,6 +18,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
+DONE = ("() => { const s = document.querySelector('#status');"
+        " return s && /done|⚠/.test(s.innerText); }")
 
 
 def chromium_path():
@@ -43,46 +46,145 @@ def app_url(tmp_path_factory):
         yield url
 
 
-def test_page_runs_a_walk_and_shows_it(app_url, tmp_path):
-    shots = Path(os.environ.get("MLX_VGB_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+@pytest.fixture(scope="module")
+def browser():
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
-            page = ctx.new_page()
-            page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
-            page.wait_for_selector("#run", timeout=60_000)
-            assert "verifier-guided backtracking" in page.content()
-            # the default form is the letter-avoidance example; compare with the plain baseline
-            page.locator("#compare input[type=checkbox]").check()
-            page.locator("#run").click()
-            page.wait_for_function(
-                "() => { const s = document.querySelector('#status');"
-                " return s && /done|⚠/.test(s.innerText); }", timeout=60_000)
-            status = page.locator("#status").inner_text()
-            assert "done" in status, status
-            stats = page.locator("#stats-0").inner_text()
-            assert "reached leaf" in stats and "yes" in stats, stats
-            assert "backtracks" in stats
-            assert page.locator("#walk-0 .vgb-text[data-done=true]").count() == 1
-            assert page.locator("#depth-0 svg.vgb-depth").count() == 1
-            assert page.locator("#walk-0 del.vgb-erased").count() > 0  # erased spans visible
-            final = page.locator("#final-0 textarea").input_value()
-            assert final and "e" not in final.lower()
-            assert "(baseline)" in page.locator("#stats-1").inner_text()
-            path = shots / "app-tiny-model.png"
-            page.screenshot(path=str(path), full_page=True)
-            assert path.stat().st_size > 10_000
-        finally:
-            browser.close()
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = ctx.new_page()
+    pg.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
+    pg.wait_for_selector("#run", timeout=60_000)
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    out = Path(os.environ.get("MLX_VGB_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def pick(page, elem_id, option):
+    """Choose ``option`` in a Gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def run(page):
+    page.locator("#run").click()
+    page.wait_for_function(DONE, timeout=60_000)
+    return page.locator("#status").inner_text()
+
+
+def test_a_run_shows_its_verdict_and_the_comparison_with_plain(page, shots):
+    page.locator("#compare input[type=checkbox]").check()
+    pick(page, "baseline", "plain")
+    status = run(page)
+    # the letter preset: VGB avoids the 'e'; plain, scored by the same verifier, does not
+    assert "vgb passes" in status and "plain (baseline) fails" in status, status
+    assert page.locator("#stats-0 .vgb-verdict").get_attribute("data-verdict") == "passes"
+    assert page.locator("#stats-1 .vgb-verdict").get_attribute("data-verdict") == "fails"
+    assert "vgb passes, plain fails" in page.locator("#compare-summary").inner_text()
+    assert "output tokens/s" in page.locator("#compare-summary").inner_text()
+    svg = page.locator("#depth svg.vgb-depth")
+    assert svg.get_attribute("data-series") == "2"  # both runs on one axis
+    assert page.locator("#walk-0 del.vgb-erased").count() > 0  # erased spans visible
+    final = page.locator("#final-0 textarea").input_value()
+    assert final and "e" not in final.lower()
+    page.screenshot(path=str(shots / "app-tiny-compare.png"), full_page=True)
+
+
+def test_the_tree_view_and_step_inspection_show_the_walk(page, shots):
+    run(page)
+    page.get_by_role("tab", name="Explored tree").click()
+    tree = page.locator("#tree-0 .vgb-tree")
+    assert int(tree.get_attribute("data-nodes")) > 5
+    assert page.locator("#tree-0 .vgb-onpath").count() >= 3  # the path taken, in bold
+    ups = [int(x) for x in page.locator("#tree-0 .vgb-node").evaluate_all(
+        "els => els.map(e => e.dataset.ups)")]
+    assert sum(ups) > 0  # backtracks are marked on the nodes they left
+    assert "V^" in tree.inner_text() and "visits" in tree.inner_text()
+    page.get_by_role("tab", name="Inspect a step").click()
+    page.locator("#inspect-step input").fill("5")
+    page.locator("#inspect-show").click()
+    page.wait_for_selector("#step-view .vgb-step[data-step='5']", timeout=10_000)
+    step = page.locator("#step-view .vgb-step")
+    assert step.locator(".vgb-options tr").count() >= 3  # header + candidates (+ parent)
+    assert step.locator("tr.vgb-drawn").count() == 1 or step.get_attribute("data-move") == "stay"
+    assert "share of weight" in step.inner_text()
+    page.screenshot(path=str(shots / "app-tiny-step.png"), full_page=True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("max-tokens", "0", "Max tokens (H): must be a whole number >= 1"),
+    ("candidates", "0", "Candidates K: must be a whole number >= 1"),
+    ("temp", "-1", "Temperature: must be >= 0"),
+])
+def test_out_of_range_fields_get_the_apps_own_message(page, field, value, message):
+    page.locator(f"#{field} input").fill(value)
+    page.locator("#run").click()
+    page.wait_for_selector("#status .vgb-error", timeout=20_000)
+    assert message in page.locator("#status").inner_text()
+    assert page.get_by_text("Error", exact=True).count() == 0  # no bare Gradio error labels
+
+
+def test_run_is_at_the_top_and_stays_in_view(page):
+    box = page.locator("#run").bounding_box()
+    assert box["y"] + box["height"] <= 720
+    page.mouse.wheel(0, 1500)
+    page.wait_for_timeout(300)
+    box = page.locator("#run").bounding_box()
+    assert 0 <= box["y"] <= 720 - box["height"]  # sticky
+
+
+def test_a_preset_fills_the_form_and_runs(page):
+    pick(page, "preset", "Regex: one plain sentence")
+    page.wait_for_function("() => document.querySelector('#verifier input').value === 'regex'",
+                           timeout=10_000)
+    assert page.locator("#pattern input, #pattern textarea").first.input_value() == \
+        r"[A-Z][a-z ,]*\."
+    assert page.locator("#letter").is_hidden()
+    assert page.locator("#prompt textarea").input_value().startswith("Write one short")
+    run(page)
+    verdict = page.locator("#stats-0 .vgb-verdict").get_attribute("data-verdict")
+    assert verdict in ("passes", "fails", "unfinished")
+
+
+def test_the_run_as_json_and_the_history_survive_a_reload(page):
+    page.locator("#prompt textarea").fill("Tell me about cats.")
+    run(page)
+    page.get_by_role("tab", name="Run as JSON").click()
+    page.wait_for_function("() => /mlx-vgb run v1/.test(document.querySelector('#run-json')"
+                           ".innerText)", timeout=10_000)
+    assert '"verdict"' in page.locator("#run-json").inner_text()
+    link = page.locator("#run-json-file a").first  # the download link
+    rec = page.request.get(link.get_attribute("href")).json()
+    assert rec["format"] == "mlx-vgb run v1" and rec["settings"]["prompt"] == "Tell me about cats."
+    first = rec["runs"][0]
+    assert first["events"] and first["stats"]["steps"] > 0 and first["verdict"]
+    page.wait_for_function("() => /cats/.test(document.querySelector('#history-list')"
+                           ".innerText)", timeout=10_000)
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector("#run", timeout=60_000)
+    page.wait_for_function("() => /cats/.test(document.querySelector('#history-list')"
+                           ".innerText)", timeout=10_000)
+    page.locator("#prompt textarea").fill("something else")
+    page.locator("#restore").click()
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === "
+                           "'Tell me about cats.'", timeout=10_000)
 
 
 @pytest.mark.slow
 def test_screenshots_of_the_real_app():
     """The README's screenshots: the app on SmolLM2 (MLX_VGB_APP_MODEL: a model folder, default
-    the embedded one), letter avoidance, VGB beside ActionLevelRS; saved in docs/img/."""
+    the embedded one), letter avoidance, VGB beside plain sampling; saved in docs/img/."""
     out = Path(__file__).resolve().parent.parent / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
     with running_app(os.environ.get("MLX_VGB_APP_MODEL"), timeout_s=600) as (url, _):
@@ -93,12 +195,18 @@ def test_screenshots_of_the_real_app():
             page.goto(url, wait_until="domcontentloaded", timeout=120_000)
             page.wait_for_selector("#run", timeout=120_000)
             page.locator("#compare input[type=checkbox]").check()
+            pick(page, "baseline", "plain")
             page.locator("#run").click()
             page.wait_for_selector("#walk-0 del.vgb-erased", timeout=300_000)
             page.screenshot(path=str(out / "app-smollm2-running.png"), full_page=True)
-            page.wait_for_function(
-                "() => /done|⚠/.test(document.querySelector('#status').innerText)",
-                timeout=600_000)
+            page.wait_for_function(DONE, timeout=600_000)
             assert "done" in page.locator("#status").inner_text()
             page.screenshot(path=str(out / "app-smollm2-compare.png"), full_page=True)
+            page.get_by_role("tab", name="Explored tree").click()
+            page.locator("#tree-0").screenshot(path=str(out / "app-smollm2-tree.png"))
+            page.get_by_role("tab", name="Inspect a step").click()
+            page.locator("#inspect-step input").fill("3")
+            page.locator("#inspect-show").click()
+            page.wait_for_selector("#step-view .vgb-step[data-step]", timeout=20_000)
+            page.locator("#step-view").screenshot(path=str(out / "app-smollm2-step.png"))
             browser.close()
