@@ -361,3 +361,34 @@ def test_dequantized_conversion_matches_the_quantized_one(tmp_path):
     lq = np.array(mq(mx.array([IDS]))[0])
     lf = np.array(mf(mx.array([IDS]))[0])
     assert np.abs(lq - lf).max() / np.abs(lq).max() < 1e-3
+
+
+@pytest.mark.parametrize("arch,tied", [("qwen2", False), ("gemma3", True)])
+def test_value_head_reads_the_converted_models_hidden_states(tmp_path, arch, tied):
+    """MLXLanguageModel's hidden-state path (value head on h, logits from lm_head when untied,
+    from the embedding when tied) matches the numpy reference on a converted GGUF."""
+    import mlx_lm
+
+    from mlx_vgb.lm import MLXLanguageModel
+    from mlx_vgb.verifier_format import HeadConfig, ValueHead
+
+    hf = write_gguf(tmp_path / "m.gguf", arch=arch, qtype=T.Q8_0, tied=tied)
+    out = convert_gguf(tmp_path / "m.gguf", tmp_path / "mlx", dtype="float32", q_bits=None)
+    model, tok = mlx_lm.load(str(out))
+    assert hasattr(model, "lm_head") is not tied
+    mx.random.seed(0)
+    head = ValueHead(HeadConfig(dims=[SMALL.hidden, 8, 1]))
+    lm = MLXLanguageModel(model, tok, value_head=head)
+    prompt = list((SPM_PROMPTS if arch == "gemma3" else PROMPTS)[1])
+    lm.begin(prompt)
+    prefixes = [(), (7,), (7, 9)]
+    values, logprobs = lm.values(prefixes), lm.logprobs(prefixes)
+
+    w1, b1, w2, b2 = (np.array(p) for L in head.layers for p in (L.weight, L.bias))
+    for prefix, v, lp in zip(prefixes, values, logprobs):
+        h = numpy_forward(hf, prompt + list(prefix), hidden=True)[-1]
+        expected_v = 1 / (1 + np.exp(-(np.maximum(h @ w1.T + b1, 0) @ w2.T + b2)[0]))
+        assert abs(v - expected_v) < 1e-5
+        logits = numpy_forward(hf, prompt + list(prefix))[-1]
+        np.testing.assert_allclose(lp, logits - np.log(np.exp(logits - logits.max()).sum())
+                                   - logits.max(), atol=LOGPROB_TOL)
