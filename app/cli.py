@@ -38,7 +38,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 
 
 def launch_kwargs(args: argparse.Namespace) -> dict:
-    from .render import CSS
+    from .render import CSS, HEAD
 
     host = args.host or (LAN_HOST if args.share_lan else DEFAULT_HOST)
     kw = dict(server_name=host, server_port=args.port or None, share=False, show_error=False,
@@ -47,6 +47,8 @@ def launch_kwargs(args: argparse.Namespace) -> dict:
 
     if "css" in inspect.signature(gr.Blocks.launch).parameters:  # Gradio >= 6
         kw["css"] = CSS
+    if "head" in inspect.signature(gr.Blocks.launch).parameters:
+        kw["head"] = HEAD
     return kw
 
 

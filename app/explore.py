@@ -115,7 +115,13 @@ def _label(decode: Callable, parent: Tokens | None, tokens: Tokens) -> str:
         s = decode(list(tokens[len(parent):]))
     except Exception:  # noqa: BLE001 - a label is best effort
         s = str(tokens[len(parent):])
-    return repr(s)[1:-1] or "∅"
+    return _visible(s)
+
+
+def _visible(s: str) -> str:
+    """A token's text as shown: escapes for newlines and tabs, ␣ for a blank one."""
+    r = repr(s)[1:-1]
+    return "␣" * len(r) if r and not r.strip() else r or "∅"
 
 
 def tree_html(tree: ExploredTree, decode: Callable, label: str = "run",
@@ -197,7 +203,7 @@ def step_html(tree: ExploredTree, decode: Callable, step: int | None, label: str
     rows = []
     for (o, c), w in zip(merged.values(), ws):
         what = "↑ parent" if o.up else html.escape(
-            repr(_safe_decode(decode, o.tokens[len(st.node):]))[1:-1] or "∅")
+            _visible(_safe_decode(decode, o.tokens[len(st.node):])))
         p = math.exp(w - top) * c / z if z > 0 and w > -math.inf else 0.0
         drawn = st.target is not None and (
             (o.up and st.move == "parent") or (not o.up and tuple(o.tokens) == st.target))

@@ -226,8 +226,9 @@ def depth_svg(views, width: int = 760, height: int = 240) -> str:
             x, y = xy(step, depth)
             path.append(f"M{x:.1f},{y:.1f}" if i == 0 else f"H{x:.1f}V{y:.1f}")
         dots = "".join(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.4" class="vgb-drop" data-step="{st}">'
-            f"<title>{html.escape(v.label)}: step {st}, back to depth {d}</title></circle>"
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" class="vgb-drop" data-step="{st}">'
+            f"<title>{html.escape(v.label)}: step {st}, back to depth {d} (click: inspect)"
+            "</title></circle>"
             for st, d, back in pts[-2000:] if back for x, y in [xy(st, d)])
         body.append(f'<g class="vgb-series" data-run="{html.escape(v.label)}" '
                     f'data-points="{len(v.points)}" data-backtracks="{v.backtrack_events}">'
@@ -368,8 +369,10 @@ CSS = """
 /* overflow: clip (not hidden) keeps the container from being a scroll box, so the run bar
    sticks to the window */
 .gradio-container { overflow: clip !important; }
-#vgb-run-bar { position: sticky; top: 0; z-index: 20; background: var(--background-fill-primary,
-  white); padding: 4px 0; }
+#vgb-run-bar { position: sticky; top: 0; z-index: 20; background: #fff !important;
+  padding: 6px 0; box-shadow: 0 2px 4px rgba(0, 0, 0, 0.06); }
+.vgb-drop { cursor: pointer; }
+.vgb-node code { font-size: 13px; }
 .vgb-error { color: #8a1c12; background: #fdecea; border: 1px solid #e6b0aa; padding: 8px;
   border-radius: 6px; }
 """
@@ -389,3 +392,25 @@ def run_record(views: list[WalkView], settings: dict) -> dict:
             len(v.tree.nodes), "events": v.log, "events_dropped": max(0, v.events - 1
                                                                       - len(v.log))})
     return {"format": "mlx-vgb run v1", "settings": settings, "runs": runs}
+
+
+# clicking a backtrack dot of the depth plot opens that step in the "Inspect a step" tab
+HEAD = """<script>
+document.addEventListener('click', (e) => {
+  const dot = e.target.closest && e.target.closest('.vgb-drop');
+  if (!dot) return;
+  const tab = [...document.querySelectorAll('button[role=tab]')]
+    .find((b) => b.innerText.trim() === 'Inspect a step');
+  if (tab) tab.click();
+  const base = (dot.closest('g.vgb-series')?.dataset.run || '').includes('(baseline)');
+  setTimeout(() => {
+    const radio = document.querySelector(`#inspect-run input[value=${base ? 'baseline' : 'run'}]`);
+    if (radio && !radio.checked) radio.click();
+    const box = document.querySelector('#inspect-step input');
+    if (!box) return;
+    box.value = dot.dataset.step;
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+    setTimeout(() => document.querySelector('#inspect-show')?.click(), 150);
+  }, 150);
+});
+</script>"""

@@ -119,6 +119,11 @@ def test_the_tree_view_and_step_inspection_show_the_walk(page, shots):
     assert step.locator(".vgb-options tr").count() >= 3  # header + candidates (+ parent)
     assert step.locator("tr.vgb-drawn").count() == 1 or step.get_attribute("data-move") == "stay"
     assert "share of weight" in step.inner_text()
+    # a click on a backtrack dot of the depth plot opens that step
+    dot = page.locator("#depth circle.vgb-drop").first
+    want = dot.get_attribute("data-step")
+    dot.click()
+    page.wait_for_selector(f"#step-view .vgb-step[data-step='{want}']", timeout=10_000)
     page.screenshot(path=str(shots / "app-tiny-step.png"), full_page=True)
 
 
@@ -198,15 +203,17 @@ def test_screenshots_of_the_real_app():
             pick(page, "baseline", "plain")
             page.locator("#run").click()
             page.wait_for_selector("#walk-0 del.vgb-erased", timeout=300_000)
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(out / "app-smollm2-running.png"), full_page=True)
             page.wait_for_function(DONE, timeout=600_000)
             assert "done" in page.locator("#status").inner_text()
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(out / "app-smollm2-compare.png"), full_page=True)
             page.get_by_role("tab", name="Explored tree").click()
             page.locator("#tree-0").screenshot(path=str(out / "app-smollm2-tree.png"))
-            page.get_by_role("tab", name="Inspect a step").click()
-            page.locator("#inspect-step input").fill("3")
-            page.locator("#inspect-show").click()
-            page.wait_for_selector("#step-view .vgb-step[data-step]", timeout=20_000)
+            dot = page.locator("#depth circle.vgb-drop").nth(3)  # a backtrack: click inspects
+            want = dot.get_attribute("data-step")
+            dot.click()
+            page.wait_for_selector(f"#step-view .vgb-step[data-step='{want}']", timeout=20_000)
             page.locator("#step-view").screenshot(path=str(out / "app-smollm2-step.png"))
             browser.close()
