@@ -250,7 +250,7 @@ class UnitTestsSpec(VerifierSpec):
     def build(self, lm, *, max_tokens, prompt_text):
         from .verifiers import UnitTests
 
-        return UnitTests(self.tests)
+        return UnitTests(self.tests, source_name=self.source)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,27 @@ def test_testcases_verifier_checks_each_line_against_the_reference():
     assert v.value([enc("print(1)\n")])[0] == 0.0  # not an assert: no sandbox run needed
 
 
+def test_testcases_verifier_refuses_lines_that_could_reach_the_harness():
+    from mlx_vgb.tasks.testcases import AssertLines
+
+    v = AssertLines("f_abc", "def f_abc(lst):\n    return sorted(set(lst))\n")
+    v.bind(lambda toks: "".join(chr(t) for t in toks))
+    enc = lambda s: [ord(c) for c in s]  # noqa: E731
+    good = "assert f_abc([2, 1]) == sorted([1, 2], reverse=False)\n"
+    # a line that switches the asserts of the next (wrong) line off, and other escapes
+    hostile = [
+        "assert f_abc([1]) == [1] and (__import__('sys').settrace(lambda *a: None) or True)\n",
+        "assert f_abc([1]).__class__ == list\n",
+        "assert f_abc([1]) == [1] or exec('import sys')\n",
+        "assert (lambda: True)() and f_abc([]) == []\n",
+    ]
+    wrong = "assert f_abc([2]) == [3]\n"
+    assert v.value([enc(good)])[0] == 1.0
+    for h in hostile:
+        assert v.value([enc(h)])[0] == 0.0, h
+        assert v.value([enc(h + wrong)])[0] == 0.0, h
+
+
 @needs_model
 def test_testcases_quick_reports_correct_rate_and_lengths(tmp_path):
     head = Path(__file__).resolve().parent.parent / "results" / "testcases" / "head"

@@ -18,6 +18,7 @@ for ``mlx-vgb train-verifier --reward testcases``.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 import string
@@ -96,6 +97,15 @@ def reward(prompt: str, completion: str) -> float:
     return 1.0 if lines and all(ver.memo[ln] for ln in lines) else 0.0
 
 
+# what a model-written assert line may contain (see AssertLines._syntactic)
+_ASSERT_NODES = (
+    ast.Assert, ast.Expr, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.IfExp, ast.Call,
+    ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Subscript, ast.Slice, ast.Name,
+    ast.Load, ast.keyword, ast.cmpop, ast.boolop, ast.unaryop, ast.operator,
+)
+_PURE_BUILTINS = frozenset({"len", "sorted", "set", "list", "tuple", "sum", "min", "max", "abs",
+                            "all", "any", "reversed", "range", "str", "int", "float", "bool"})
+
 _HARNESS = """
 import json as _json
 _lines = _json.loads({lines!r})
@@ -120,7 +130,27 @@ class AssertLines(TextVerifier):
         self.sandbox_calls = 0
 
     def _syntactic(self, line: str) -> bool:
-        return line.startswith("assert ") and f"{self.name}(" in line
+        """A single ``assert`` over literals, comparisons and calls of the target or a few pure
+        builtins: the model writes these lines and they run beside the harness that collects
+        the per-line results, so nothing else may be reachable (no attributes, no other names:
+        ``sys.settrace`` in one line could otherwise switch off the asserts of the next)."""
+        try:
+            tree = ast.parse(line, mode="exec")
+        except (SyntaxError, ValueError):
+            return False
+        if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+            return False
+        calls_target = False
+        for node in ast.walk(tree.body[0]):
+            if not isinstance(node, _ASSERT_NODES):
+                return False
+            if isinstance(node, ast.Name) and node.id not in _PURE_BUILTINS | {self.name}:
+                return False
+            if isinstance(node, ast.Call):
+                if not isinstance(node.func, ast.Name):
+                    return False
+                calls_target |= node.func.id == self.name
+        return calls_target
 
     def check_lines(self, lines) -> None:
         """Fill the memo for ``lines`` with one sandbox call (one per line if that fails)."""
