@@ -17,6 +17,7 @@ from .explore import ExploredTree
 MAX_ERASED_CHARS = 160  # one struck-through span shows at most this many characters
 MAX_PLOT_POINTS = 1200  # the depth plot keeps the min and max of each step bucket beyond this
 MAX_LOGGED_EVENTS = 20_000  # events kept for the JSON export of a run
+POOLS = ("outcome-rs", "bon", "block-bon", "block-rs")  # their backtracks discard, not move up
 SERIES_COLORS = ("#2f6fde", "#e67e22", "#27ae60", "#8e44ad")
 
 
@@ -273,7 +274,8 @@ def stats_rows(view: WalkView) -> list[tuple[str, str]]:
     rows = [
         ("status", status),
         ("steps", str(get("steps"))),
-        ("backtracks", str(get("backtracks"))),
+        ("backtracks" if view.label.split()[0] not in POOLS else "backtracks (discarded)",
+         str(get("backtracks"))),
         ("restarts", str(get("restarts"))),
         ("depth (max)", f"{view.depth} ({get('max_depth')})"),
         ("forward tokens", str(get("forward_tokens"))),

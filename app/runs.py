@@ -239,14 +239,24 @@ def save_verifier_module(source: str, filename: str = "verifier.py") -> str:
     return f"{stem}:{name}"
 
 
+def _installed_dirs() -> tuple[str, ...]:
+    """Where the package's and the environment's code lives (not the user's own)."""
+    import mlx_vgb
+
+    return (str(Path(mlx_vgb.__file__).resolve().parent), str(Path(__file__).resolve().parent),
+            sys.prefix, sys.base_prefix)
+
+
 def reload_if_changed(target: str) -> None:
     """A user's verifier module edited since it was imported is imported again (no restart)."""
     mod = sys.modules.get(target.partition(":")[0])
     path = getattr(mod, "__file__", None)
     if not path or not os.path.exists(path):
         return
+    if path.startswith(_installed_dirs()):
+        return  # installed code does not change under a running app
     mtime = os.path.getmtime(path)
-    if getattr(mod, "_mlx_vgb_mtime", mtime) != mtime:
+    if getattr(mod, "_mlx_vgb_mtime", None) != mtime:  # first seen here, or edited since
         mod = importlib.reload(mod)
     mod._mlx_vgb_mtime = mtime
 
@@ -390,10 +400,9 @@ def user_message(e: BaseException) -> str:
     if isinstance(e, VGBError):
         return str(e)
     frames = traceback.extract_tb(e.__traceback__)
-    pkg = str(Path(__file__).resolve().parent.parent)
     if frames:
         last = frames[-1]
-        user = not last.filename.startswith((pkg, sys.prefix, sys.base_prefix))
+        user = not last.filename.startswith(_installed_dirs())
         if user and any("verifiers.py" in f.filename for f in frames):
             return (f"your verifier function raised {type(e).__name__}: {e} "
                     f"({os.path.basename(last.filename)}, line {last.lineno})")

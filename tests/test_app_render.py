@@ -238,3 +238,25 @@ def test_explored_tree_counts_visits_and_backtracks_and_marks_the_path():
     assert out.count("vgb-onpath") == 3 and "1↑" in out and 'data-nodes="5"' in out
     step = step_html(t, lambda ids: "".join(chr(96 + i) for i in ids), 4)
     assert 'data-move="child"' in step and "◀ drawn" in step and "↑ parent" in step
+
+
+def test_an_uploaded_verifier_module_is_used_and_reloaded_when_edited(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from mlx_vgb.app.runs import reload_if_changed, save_verifier_module
+    from mlx_vgb.verifiers import CallableVerifier
+
+    monkeypatch.setenv("MLX_VGB_HOME", str(tmp_path))
+    spec = save_verifier_module("def verify(text, complete):\n    return 0.25\n", "mine.py")
+    assert spec == "mine:verify"
+    assert CallableVerifier.from_spec(spec).value_text("x", 1) == 0.25
+    reload_if_changed(spec)
+    path = tmp_path / "app" / "modules" / "mine.py"
+    path.write_text("def verify(text, complete):\n    return 0.75\n")
+    later = time.time() + 5
+    os.utime(path, (later, later))
+    reload_if_changed(spec)  # edited since imported: imported again, no restart
+    assert CallableVerifier.from_spec(spec).value_text("x", 1) == 0.75
+    with pytest.raises(ConfigError, match="Verifier module"):
+        save_verifier_module("x = 1\n", "none.py")
