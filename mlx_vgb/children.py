@@ -21,7 +21,13 @@ ActionLevelRS).
   pi_ref(a|s) V^(s.a). Each proposal is accepted with probability
   (lambda V^(s) + E_pi_ref V^(s.z)) / ((1 + lambda) B), i.e. V^(s) / B for the exact value:
   the step costs about k * ceil(B / (k V^(s))) V^ evaluations. After ``max_proposals``
-  rejections in a row the node counts as a dead end (only then is the step not exact).
+  (default 64) rejections in a row the step falls back to the self-normalized choice among the
+  children drawn, counts itself in ``SampleStats.inexact_steps``, and the rest of the run uses
+  ``SelfNormalized(k)``: only then is the walk not exact (with acceptance >= 0.2 that happens
+  with probability < 1e-6 per step, >= 0.1: < 1.2e-3; raise ``max_proposals`` for more). A
+  verifier whose values sit far below its ``bound`` -- e.g. letter avoidance's alpha^(H - h) --
+  lands there at once and costs max_proposals V^ evaluations once: choose ``SelfNormalized``
+  for it, or give a tighter ``bound``.
 - ``SelfNormalized(k)`` (formerly ``Candidates``; the name stays as an alias): k children
   z_1..z_k drawn from pi_ref(.|s); child i weighs V^(s.z_i), the parent k * lambda * V^(s).
   Fast (exactly k V^ evaluations, never loops) but *biased* for finite k: the ratio of the
@@ -44,7 +50,7 @@ from .run import Run
 from .tree import Node
 
 DEFAULT_CANDIDATES = 8
-DEFAULT_MAX_PROPOSALS = 4096
+DEFAULT_MAX_PROPOSALS = 64
 
 
 class ChildChoice:
@@ -103,6 +109,8 @@ class Rejection(ChildChoice):
             raise ConfigError(f"max_proposals must be >= 1, got {self.max_proposals!r}")
 
     def choose(self, run, node, parent_logw):
+        if run.stats.inexact_steps:  # this verifier defeated rejection once: the fast rule now
+            return _self_normalized(run, node, parent_logw, self.k)
         bound = self.bound if self.bound is not None else getattr(run.verifier, "bound", 1.0)
         if not bound > 0:
             raise ConfigError(f"rejection bound must be > 0, got {bound}")
@@ -114,7 +122,7 @@ class Rejection(ChildChoice):
             log_v = parent_logw - run.log_drift  # log V^(s)
             if log_v > log_b + 1e-9:
                 self._too_big(log_v, bound)
-        drawn = 0
+        drawn, rejected = 0, []
         while drawn < self.max_proposals:
             k = min(self.k, self.max_proposals - drawn)
             drawn += k
@@ -132,7 +140,13 @@ class Rejection(ChildChoice):
                     self._too_big(lv, bound)
                 if lu < lv - log_b:
                     return c
-        return None
+            rejected.extend(c for c, u in zip(batch, up) if not u)
+        # every proposal rejected (acceptance below ~1 / max_proposals, e.g. V^ far below its
+        # bound): the self-normalized step over the children drawn, counted as inexact
+        if not rejected or not any(c.log_value > -math.inf for c in rejected) and p_parent == 0:
+            return None
+        run.stats.inexact_steps += 1
+        return _choose_among(run, node, parent_logw, rejected)
 
     @staticmethod
     def _too_big(log_v: float, bound: float):
@@ -152,14 +166,23 @@ class SelfNormalized(ChildChoice):
         _check_k(self.k)
 
     def choose(self, run, node, parent_logw):
-        children = run.sample_blocks([node] * self.k)
-        run.ensure_values(children)
-        logw = [c.log_value for c in children]
-        options = list(children)
-        if parent_logw is not None:
-            options.append(node.parent)
-            logw.append(math.log(self.k) + parent_logw)
-        return _pick(run, options, logw)
+        return _self_normalized(run, node, parent_logw, self.k)
+
+
+def _self_normalized(run: Run, node: Node, parent_logw: float | None, k: int) -> Node | None:
+    children = run.sample_blocks([node] * k)
+    run.ensure_values(children)
+    return _choose_among(run, node, parent_logw, children)
+
+
+def _choose_among(run, node, parent_logw, children: list[Node]) -> Node | None:
+    """Child i weighs V^(s.z_i), the parent len(children) * lambda * V^(s)."""
+    logw = [c.log_value for c in children]
+    options = list(children)
+    if parent_logw is not None:
+        options.append(node.parent)
+        logw.append(math.log(len(children)) + parent_logw)
+    return _pick(run, options, logw)
 
 
 Candidates = SelfNormalized  # the biased rule's former name, kept for existing code

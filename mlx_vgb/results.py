@@ -20,6 +20,7 @@ class SampleStats:
     verifier_calls: int = 0  # batched verifier calls
     proposals: int = 0  # candidate children drawn (K-candidates, rejection, blocks)
     pad_returns: int = 0  # practical VGB: steps onto a shallow leaf whose pad coin said "back"
+    inexact_steps: int = 0  # Rejection steps that fell back to the biased rule (max_proposals)
     max_depth: int = 0  # deepest walk node reached (in actions)
     nodes: int = 0  # prefixes in the store at the end
     wall_s: float = 0.0

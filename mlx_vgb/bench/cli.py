@@ -23,6 +23,7 @@ TASKS = {
     "testcases": "mlx_vgb.bench.testcases",
     "humaneval": "mlx_vgb.bench.humaneval",
     "perf": "mlx_vgb.bench.perf",
+    "exactness": "mlx_vgb.bench.exactness",
     "models": "mlx_vgb.bench.models",
 }
 
