@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from stats_util import CHI2_ALPHA, chi_square
 
-from mlx_vgb import VGB, ActionLevelRS, Enumerate, Rejection, SelfNormalized, laws, toy
+from mlx_vgb import VGB, ActionLevelRS, Enumerate, Rejection, laws, toy
 from mlx_vgb.actions import Tokens
+from mlx_vgb.children import SelfNormalized
 from mlx_vgb.run import Run
 
 TREES = [  # (vocab, horizon, eos, seed)

@@ -14,11 +14,11 @@ from mlx_vgb import (
     Enumerate,
     FunctionVerifier,
     Rejection,
-    SelfNormalized,
     Tokens,
     Trace,
     toy,
 )
+from mlx_vgb.children import SelfNormalized
 from mlx_vgb.lm import MLXLanguageModel
 
 CHOICES = {

@@ -9,12 +9,12 @@ from mlx_vgb import (
     ActionLevelRS,
     Enumerate,
     Rejection,
-    SelfNormalized,
     Walk,
     laws,
     toy,
 )
 from mlx_vgb.actions import Tokens
+from mlx_vgb.children import SelfNormalized
 from mlx_vgb.run import Run
 
 
