@@ -108,8 +108,9 @@ MAX_HISTORY = 30  # runs kept in the browser's history
 
 
 def _panel(view: WalkView | None) -> list:
+    # plain values, not gr.update(): Gradio's Runs page shows an update as "[object Object]"
     if view is None:
-        return [gr.update()] * N_PANEL_OUTPUTS
+        return [""] * N_PANEL_OUTPUTS
     return [text_html(view), stats_html(view), view.text,
             tree_html(view.tree, view.decode or str, view.label, view.final_tokens)]
 
@@ -279,7 +280,7 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
             padded = views + [None] * (2 - len(views))
             out = [status_html, gr.update() if cmd is None else cmd,
                    compare_html(views) if len(views) > 1 else "",
-                   depth_svg(views) if views else gr.update()]
+                   depth_svg(views) if views else ""]
             for v in padded:
                 p = _panel(v)
                 out += p[:3] + [p[3]]
@@ -295,13 +296,12 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                 cmd = command_line(settings, model)
                 for views, line in runner.run(settings, session):
                     yield outputs_for(views, _status(line), cmd)
-                    cmd = None
             except Exception as e:  # noqa: BLE001 - every error becomes a message in the page
                 msg = user_message(e)
                 for v in views:
                     v.error = v.error or ("stopped" if not v.done else None)
                 gr.Warning(msg)
-                yield outputs_for(views, error_html(msg))
+                yield outputs_for(views, error_html(msg), command_line(settings, model))
 
         # named parameters (not *values) so that API clients see prompt=, verifier=, ...
         on_run.__signature__ = inspect.Signature(
