@@ -161,7 +161,8 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                 c["prompt"] = gr.Textbox(label="Prompt", lines=4, value=d.prompt,
                                          elem_id="prompt")
                 with gr.Accordion("Model", open=False):
-                    c["generator"] = gr.Textbox(value=GENERATOR_PICK, visible=False)
+                    c["generator"] = gr.Textbox(value=GENERATOR_PICK, visible=False,
+                                                label="Generator")
                     c["model_path"] = gr.Dropdown(
                         model_choices(model_label), value=DEFAULT_MODEL_CHOICE,
                         allow_custom_value=True, elem_id="model",
