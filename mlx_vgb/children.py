@@ -21,13 +21,14 @@ ActionLevelRS).
   pi_ref(a|s) V^(s.a). Each proposal is accepted with probability
   (lambda V^(s) + E_pi_ref V^(s.z)) / ((1 + lambda) B), i.e. V^(s) / B for the exact value:
   the step costs about k * ceil(B / (k V^(s))) V^ evaluations. After ``max_proposals``
-  (default 64) rejections in a row the step falls back to the self-normalized choice among the
+  (default 1024) rejections in a row -- or 64 when every positive weight drawn is below 1e-6 x B,
+  where rejection is hopeless -- the step falls back to the self-normalized choice among the
   children drawn, counts itself in ``SampleStats.inexact_steps``, and the rest of the run uses
-  ``SelfNormalized(k)``: only then is the walk not exact (with acceptance >= 0.2 that happens
-  with probability < 1e-6 per step, >= 0.1: < 1.2e-3; raise ``max_proposals`` for more). A
-  verifier whose values sit far below its ``bound`` -- e.g. letter avoidance's alpha^(H - h) --
-  lands there at once and costs max_proposals V^ evaluations once: choose ``SelfNormalized``
-  for it, or give a tighter ``bound``.
+  ``SelfNormalized(k)``: only then is the walk not exact (with acceptance >= 0.01 that happens
+  with probability < 3e-5 per step). Zero weights (a constraint verifier's dead children) do not
+  count as hopeless. A verifier whose values sit far below its ``bound`` -- e.g. letter
+  avoidance's alpha^(H - h) -- falls back at its first step: choose ``SelfNormalized`` for it,
+  or give a tighter ``bound``.
 - ``SelfNormalized(k)`` (formerly ``Candidates``; the name stays as an alias): k children
   z_1..z_k drawn from pi_ref(.|s); child i weighs V^(s.z_i), the parent k * lambda * V^(s).
   Fast (exactly k V^ evaluations, never loops) but *biased* for finite k: the ratio of the
@@ -50,7 +51,9 @@ from .run import Run
 from .tree import Node
 
 DEFAULT_CANDIDATES = 8
-DEFAULT_MAX_PROPOSALS = 64
+DEFAULT_MAX_PROPOSALS = 1024
+HOPELESS_AFTER = 64  # proposals after which tiny positive weights (below) end the step early
+LOG_HOPELESS = math.log(1e-6)
 
 
 class ChildChoice:
@@ -122,8 +125,10 @@ class Rejection(ChildChoice):
             log_v = parent_logw - run.log_drift  # log V^(s)
             if log_v > log_b + 1e-9:
                 self._too_big(log_v, bound)
-        drawn, rejected = 0, []
+        drawn, rejected, top = 0, [], -math.inf  # top: the largest positive log weight seen
         while drawn < self.max_proposals:
+            if drawn >= HOPELESS_AFTER and top < log_b + LOG_HOPELESS:
+                break  # all weights seen > 0 sit below 1e-6 x bound: hopeless, fall back now
             k = min(self.k, self.max_proposals - drawn)
             drawn += k
             up = rng.uniform(k) < p_parent
@@ -140,6 +145,8 @@ class Rejection(ChildChoice):
                     self._too_big(lv, bound)
                 if lu < lv - log_b:
                     return c
+                if lv > -math.inf:
+                    top = max(top, lv)
             rejected.extend(c for c, u in zip(batch, up) if not u)
         # every proposal rejected (acceptance below ~1 / max_proposals, e.g. V^ far below its
         # bound): the self-normalized step over the children drawn, counted as inexact

@@ -5,8 +5,8 @@ V^ at internal nodes and tau at leaves (a leaf: EOS or the horizon). A *kernel* 
 non-lazy step does at each node: for node n, ``up[n]`` is the probability of moving to its parent
 (a forced move on a dead end included) and ``down[n]`` the probability that its parent moves to
 n; ``stay[root]`` is the probability that the root draws only zero weights (the walk stays).
-- ``exact_kernel``: the exact step (``Enumerate``; ``Rejection`` has the same law, see
-  ``mlx_vgb.children``);
+- ``exact_kernel``: the exact step (``Enumerate``; ``Rejection`` has the same law while it does
+  not fall back, i.e. ``SampleStats.inexact_steps == 0``, see ``mlx_vgb.children``);
 - ``self_normalized_kernel``: ``SelfNormalized(k)``, by enumerating the multisets of k draws.
 The laws follow the samplers' rules, including the padding of ``mlx_vgb.vgb``:
 - ``practical_law``: the first leaf the walk is absorbed at (one pad coin at a shallow leaf);
