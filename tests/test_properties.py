@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis) of the sampler's invariants under random walks."""
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import LOGPROB_TOL, full_forward_logprobs, logprob_error, tiny_llama
@@ -182,3 +183,28 @@ def test_root_retries_exhausted_end_unfinished_with_the_best_text_not_an_excepti
             assert len(r.tokens) == 2 and r.tokens[0] == 2  # the deepest text, kept
             reasons.append(r.finish_reason)
     assert "dead-end" in reasons
+
+
+def test_rejection_falls_back_once_on_a_hopeless_scale_and_says_so():
+    # V^ = 1e-9 inside, tau = 1: rejection against bound 1 would need ~1e9 proposals
+    lm = toy.TabularLM.uniform(3)
+    v = FunctionVerifier(lambda p: 1e-9, lambda y: 1.0)
+    r = VGB(horizon=5, choice=Rejection(8)).sample(lm, v, seed=0)
+    assert r.reached_leaf and r.stats.inexact_steps == 1
+    assert r.stats.proposals < 64 + 8 * r.stats.steps  # one long step, then K per step
+    # zero weights are dead children, not a hopeless scale: no fallback for a 0/1 verifier
+    v01 = FunctionVerifier(lambda p: 0.0 if p[-1:] == (0,) else 1.0)
+    r = VGB(horizon=5, choice=Rejection(8)).sample(lm, v01, seed=0)
+    assert r.reached_leaf and r.stats.inexact_steps == 0 and 0 not in r.tokens
+
+
+def test_choice_rules_by_name():
+    from mlx_vgb import CHOICES, ConfigError, make_choice
+
+    assert set(CHOICES) == {"rejection", "enumerate", "self-normalized"}
+    assert make_choice("rejection", 4) == Rejection(4)
+    assert make_choice("self-normalized", 3) == SelfNormalized(3)
+    assert make_choice("enumerate", 5) == Enumerate()
+    assert make_choice() == Rejection(8) and Rejection(8).exact and not SelfNormalized(8).exact
+    with pytest.raises(ConfigError, match="rejection.*enumerate.*self-normalized"):
+        make_choice("candidates", 8)
