@@ -194,3 +194,26 @@ def test_pad_coin_equals_walking_the_padded_tree(cfg, drift):
     lazy, p = laws.lazy_law(tree, laws.exact_kernel(tree, drift), 40, drift, pad=True)
     lazy_walked, p2 = laws.lazy_law(padded, laws.exact_kernel(padded, drift), 40, drift, pad=False)
     assert toy.tv(lazy, lazy_walked) < 1e-12 and abs(p - p2) < 1e-12
+
+
+def test_exactness_benchmark_writes_the_before_after_table(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mlx_vgb.bench import exactness
+
+    monkeypatch.setattr(exactness, "SHAPES", [(2, 3)])
+    args = SimpleNamespace(
+        quick=True,
+        seed=0,
+        samples=10,
+        cost_trees=1,
+        out=tmp_path,
+        command="mlx-vgb bench exactness --quick",
+    )
+    exactness.run(args)
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("# `exactness` benchmark\n\nCommand: `mlx-vgb bench exactness --quick`")
+    tv = __import__("json").loads((tmp_path / "results.json").read_text())["summary"]["tv"]
+    before = tv["vgb, SelfNormalized(8), no padding | early EOS | exact"]["mean_tv"]
+    after = tv["vgb (default: Rejection(8), padded) | early EOS | exact"]["mean_tv"]
+    assert before > 0.1 and after < 1e-9
