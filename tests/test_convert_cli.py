@@ -1,6 +1,7 @@
 """`mlx-vgb convert` end to end on tiny checkpoints, and the default-model cache."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -107,3 +108,20 @@ def test_cached_conversion_survives_racing_threads_and_repairs_incomplete_folder
     assert not is_complete(target)
     cached_conversion(tmp_path / "m.gguf", target)
     assert is_complete(target)
+
+
+def test_temp_folder_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
+    from mlx_vgb.convert.output import remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-abc"  # a writer killed mid-way
+    live = tmp_path / f".out.tmp-{os.getpid()}-def"  # a writer still running
+    other = tmp_path / f".outer.tmp-{dead.stdout.strip()}-x"  # another output's
+    for d in (stale, live, other):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"half")
+    write_gguf(tmp_path / "m.gguf")
+    main(["--gguf", str(tmp_path / "m.gguf"), "--mlx-path", str(tmp_path / "out")])
+    assert not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temps(tmp_path / "out") == []
