@@ -17,7 +17,9 @@ from .tree import Node
 @dataclass
 class Sampler:
     """Settings shared by all samplers (a sampler object holds settings only: every run's state
-    lives in its own ``Run``, so one sampler object may serve concurrent runs).
+    lives in its own ``Run``, so one sampler object may serve concurrent runs -- each with its
+    own language model object when the model keeps per-run state, like ``MLXLanguageModel``'s
+    KV cache).
 
     horizon: H, the most tokens a response may have (a leaf is EOS or H tokens).
     actions: what one step appends (``Tokens()``, ``Blocks(L)``, ``Lines(...)``).
