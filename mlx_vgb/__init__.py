@@ -12,7 +12,7 @@ preload_openblas()
 
 from .actions import Blocks, Lines, Tokens, make_actions
 from .baselines import BestOfN, BlockBestOfN, BlockRS, OutcomeLevelRS, Plain
-from .children import Candidates, Enumerate, Rejection
+from .children import CHOICES, Candidates, Enumerate, Rejection, SelfNormalized, make_choice
 from .errors import (
     ConfigError,
     DeadEndError,
@@ -23,28 +23,18 @@ from .errors import (
 )
 from .protocols import BaseLanguageModel, BaseVerifier, FunctionVerifier, LanguageModel, Verifier
 from .results import Append, Backtrack, Done, SampleResult, SampleStats, Trace
+from .run import Run
 from .vgb import VGB, ActionLevelRS, Walk
 
-SAMPLERS = {
-    "vgb": lambda **kw: VGB(**kw),
-    "vgb-lazy": lambda **kw: VGB(lazy=True, **kw),
-    "action-rs": ActionLevelRS,
-    "outcome-rs": OutcomeLevelRS,
-    "bon": BestOfN,
-    "block-bon": BlockBestOfN,
-    "block-rs": BlockRS,
-    "plain": Plain,
-}
-
-
-# mlx-lm's shape: mlx_vgb.load / generate / stream_generate (after SAMPLERS: generate uses it)
-from .generate import GenerationResponse, generate, load, stream_generate  # noqa: E402
+from .registry import SAMPLERS, make_sampler, make_verifier, parse_verifier
+from .generate import GenerationResponse, generate, load, stream_generate
 
 __all__ = [
     "VGB", "ActionLevelRS", "Walk", "Plain", "OutcomeLevelRS", "BestOfN", "BlockBestOfN",
     "BlockRS", "SAMPLERS", "Tokens", "Blocks", "Lines", "make_actions", "Candidates",
-    "Enumerate", "Rejection", "LanguageModel", "Verifier", "BaseLanguageModel", "BaseVerifier",
+    "Enumerate", "Rejection", "SelfNormalized", "CHOICES", "make_choice", "Run", "LanguageModel",
+    "Verifier", "BaseLanguageModel", "BaseVerifier",
     "FunctionVerifier", "Append", "Backtrack", "Done", "SampleResult", "SampleStats", "Trace",
     "VGBError", "ConfigError", "EmptyPromptError", "VerifierError", "LanguageModelError",
-    "DeadEndError", "load", "generate", "stream_generate", "GenerationResponse",
+    "DeadEndError", "make_sampler", "make_verifier", "parse_verifier", "load", "generate", "stream_generate", "GenerationResponse",
 ]

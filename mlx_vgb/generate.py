@@ -10,12 +10,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import SAMPLERS
-from .actions import Lines, make_actions
-from .children import Candidates
 from .errors import ConfigError, VGBError
-from .lm import MLXLanguageModel
-from .protocols import BaseVerifier
+from .registry import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_SAMPLER,
+    DEFAULT_VERIFIER,
+    SAMPLERS,
+    VERIFIER_HELP,
+    choice_names,
+    make_choice,
+    make_language_model,
+    make_sampler,
+    make_verifier,
+    parse_block,
+    parse_verifier,
+)
+from .prefixes import common_prefix_len
+from .vocab import newline_tokens
 from .results import Append, Backtrack, Done, Event, SampleResult, SampleStats
 
 DEFAULT_PROMPT = "Write a one-sentence story about a cat."
@@ -23,28 +34,6 @@ DEFAULT_MAX_TOKENS = 64
 DEFAULT_TEMP = 1.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_SEED = 0
-DEFAULT_SAMPLER = "vgb"
-DEFAULT_VERIFIER = "none"
-DEFAULT_CANDIDATES = 8
-
-VERIFIER_HELP = """verifier spec:
-  none                       V^ = tau = 1 (plain pi_ref; for baselines)
-  no-letter:e[,alpha=0.3]    the paper's letter avoidance, V^ = alpha^(H-h) * [no 'e' so far]
-  regex:PATTERN              the response must fully match PATTERN
-  forbid:word1|word2         none of these strings may appear
-  python-syntax              every finished line parses as the start of a Python program
-  unit-tests:FILE            python-syntax inside; at the end FILE's asserts run in the sandbox
-  head:PATH                  a value-head verifier folder on the generator's hidden states
-  model:PATH                 a verifier folder with its own backbone (bridged through text)
-  package.module:function    fn(text, complete) -> float, your own"""
-
-
-class _One(BaseVerifier):
-    def value(self, prefixes):
-        import numpy as np
-
-        return np.ones(len(prefixes))
-
 
 def load(path_or_hf_repo: str | None = None):
     """(model, tokenizer): the registry's default model when None, else a registry name (see
@@ -78,6 +67,7 @@ def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
                   chat_template: bool = True) -> list[int]:
     if not prompt or not prompt.strip():
         raise ConfigError("the prompt is empty: give the text to complete")
+    _quiet_transformers()  # its "sequence length is longer than" warning precedes our message
     if chat_template and getattr(tokenizer, "chat_template", None):
         msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
         msgs.append({"role": "user", "content": prompt})
@@ -86,92 +76,12 @@ def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
     return list(tokenizer.encode(text))
 
 
-def token_texts(tokenizer, vocab_size: int) -> Iterator[tuple[int, str]]:
-    """(id, text) of every token id the tokenizer can decode on its own."""
-    for i in range(vocab_size):
-        try:
-            yield i, tokenizer.decode([i])
-        except Exception:
-            continue
-
-
-def newline_tokens(tokenizer, vocab_size: int) -> frozenset[int]:
-    """Ids of the tokens whose text contains a newline (for line blocks)."""
-    return frozenset(i for i, s in token_texts(tokenizer, vocab_size) if "\n" in s)
-
-
-def make_verifier(spec, lm: MLXLanguageModel, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-                  prompt_text: str | None = None):
-    """A verifier from a spec string (see VERIFIER_HELP) or a ready verifier object."""
-    from . import verifiers as V
-
-    if not isinstance(spec, str):
-        v = spec
-    else:
-        kind, _, arg = spec.partition(":")
-        if spec in ("none", ""):
-            return _One()
-        if kind == "no-letter":
-            letter, *opts = arg.split(",")
-            kw = dict(o.split("=", 1) for o in opts if "=" in o)
-            v = V.LetterAvoidance(letter or "e", float(kw.get("alpha", 0.3)), max_tokens)
-        elif kind == "regex":
-            v = V.RegexMatch(arg)
-        elif kind == "forbid":
-            v = V.ForbiddenStrings(arg.split("|"))
-        elif spec == "python-syntax":
-            v = V.PythonSyntax()
-        elif kind == "unit-tests":
-            path = Path(arg)
-            if not path.is_file():
-                raise ConfigError(f"unit-tests: no such test file {arg!r}")
-            v = V.UnitTests(path.read_text())
-        elif kind in ("head", "model"):
-            from .model_verifier import GeneratorHeadVerifier, SeparateModelVerifier
-            from .verifier_format import load_verifier
-
-            if not Path(arg).exists():
-                raise ConfigError(f"{kind}: no verifier folder at {arg!r}")
-            if kind == "head":
-                cfg, head, backbone = load_verifier(arg)
-                if backbone is not None:
-                    raise ConfigError(f"{arg} has its own backbone: use model:{arg}")
-                hidden = getattr(lm.model.args, "hidden_size", None)
-                if hidden is not None and cfg.head.dims[0] != hidden:
-                    raise ConfigError(f"{arg}: the head reads hidden size {cfg.head.dims[0]} but "
-                                      f"the generator's is {hidden}: it was trained for "
-                                      "another model")
-                lm.value_head = head
-                return GeneratorHeadVerifier(lm)
-            return SeparateModelVerifier(arg, lm.decode, lm.eos_token_ids, prompt_text)
-        elif ":" in spec and "." in kind or (":" in spec and kind.isidentifier()):
-            v = V.CallableVerifier.from_spec(spec)
-        else:
-            raise ConfigError(f"unknown verifier {spec!r}\n{VERIFIER_HELP}")
-    if isinstance(v, V.TextVerifier) and v.decode is None:
-        v.bind(lm.decode, lm.eos_token_ids)
-    return v
-
-
-def make_sampler(name: str = DEFAULT_SAMPLER, *, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 block=None, candidates: int = DEFAULT_CANDIDATES, temp: float = DEFAULT_TEMP,
-                 top_p: float = DEFAULT_TOP_P, top_k: int = 0, max_steps: int | None = None,
-                 max_forward_tokens: int | None = None, drift: float = 1.0,
-                 line_tokens: frozenset[int] = frozenset()):
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    actions = make_actions(block, line_tokens) if block != "line" else Lines(line_tokens)
-    common = dict(horizon=max_tokens, actions=actions, temp=temp, top_p=top_p, top_k=top_k,
-                  max_steps=max_steps, max_forward_tokens=max_forward_tokens)
-    if name in ("vgb", "vgb-lazy"):
-        return SAMPLERS[name](choice=Candidates(candidates), drift=drift, **common)
-    if name == "action-rs":
-        return SAMPLERS[name](choice=Candidates(candidates), **common)
-    if name in ("bon", "block-bon", "block-rs"):
-        return SAMPLERS[name](n=candidates, **common)
-    if name == "outcome-rs":
-        return SAMPLERS[name](max_tries=candidates, **common)
-    return SAMPLERS[name](**common)
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - mlx-lm depends on transformers
+        return
+    hf_logging.set_verbosity_error()
 
 
 @dataclass
@@ -196,12 +106,14 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
                     temp: float = DEFAULT_TEMP, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
                     seed: int = DEFAULT_SEED, block=None, candidates: int = DEFAULT_CANDIDATES,
                     max_steps: int | None = None, max_forward_tokens: int | None = None,
-                    drift: float = 1.0, system_prompt: str | None = None,
-                    chat_template: bool = True) -> Iterator[GenerationResponse]:
-    """Run one sampler on ``prompt`` (text or token ids); yield a response per walk event."""
+                    drift: float = 1.0, choice=None, system_prompt: str | None = None,
+                    chat_template: bool = True, trace=None) -> Iterator[GenerationResponse]:
+    """Run one sampler on ``prompt`` (text or token ids); yield a response per walk event.
+    ``trace``: optional fn(mlx_vgb.trace.StepTrace), called at each walk step."""
     if not isinstance(max_tokens, int) or max_tokens < 1:
         raise ConfigError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
-    lm = MLXLanguageModel(model, tokenizer)
+    spec = parse_verifier(verifier)
+    lm = make_language_model(model, tokenizer, spec)
     if isinstance(prompt, str):
         ids = encode_prompt(tokenizer, prompt, system_prompt, chat_template)
         prompt_text = prompt
@@ -212,12 +124,13 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
     if lm.context_length and len(ids) + max_tokens > lm.context_length:
         raise ConfigError(f"prompt ({len(ids)} tokens) + max tokens ({max_tokens}) exceed the "
                           f"model's context of {lm.context_length}: shorten one of them")
-    line_tokens = newline_tokens(tokenizer, lm.vocab_size) if block == "line" else frozenset()
+    block = parse_block(block)
+    line_tokens = newline_tokens(tokenizer, lm.vocab_size).line if block == "line" else frozenset()
     smp = sampler if not isinstance(sampler, str) else make_sampler(
         sampler, max_tokens=max_tokens, block=block, candidates=candidates, temp=temp,
         top_p=top_p, top_k=top_k, max_steps=max_steps, max_forward_tokens=max_forward_tokens,
-        drift=drift, line_tokens=line_tokens)
-    ver = make_verifier(verifier, lm, max_tokens=max_tokens, prompt_text=prompt_text)
+        drift=drift, choice=choice, line_tokens=line_tokens)
+    ver = make_verifier(spec, lm, max_tokens=max_tokens, prompt_text=prompt_text)
     eos = lm.eos_token_ids
     tokens: list[int] = []
 
@@ -225,7 +138,7 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
         return lm.decode([t for t in toks if t not in eos])
 
     text, t0 = "", time.perf_counter()
-    stream = smp.stream(lm, ver, ids, seed=seed)
+    stream = smp.start(lm, ver, ids, seed=seed, trace=trace)  # a Run: its own events, stats
     try:
         for ev in stream:
             before = text
@@ -235,28 +148,20 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
                 del tokens[len(tokens) - ev.n_tokens:]
             text = text_of(tokens)
             # erase, then append (a multi-byte character may change when its last byte arrives)
-            c = _common_prefix(before, text)
+            c = common_prefix_len(before, text)
             erased, appended = before[c:], text[c:]
-            stats = smp.search.stats if getattr(smp, "search", None) else SampleStats()
+            stats = stream.stats
             el = max(time.perf_counter() - t0, 1e-9)
             if isinstance(ev, Done):
                 r = ev.result
                 text = r.text if r.text is not None else text_of(r.tokens)
                 yield GenerationResponse(text, ev, "", "", r.stats.max_depth, r.stats.steps,
-                                         r.stats, lm.forward_tokens / el, r.finish_reason, r)
+                                         r.stats, lm.positions_computed / el, r.finish_reason, r)
                 return
             yield GenerationResponse(text, ev, appended, erased, ev.depth, ev.step,
-                                     replace(stats), lm.forward_tokens / el)
+                                     replace(stats), lm.positions_computed / el)
     finally:
         stream.close()
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def generate(model, tokenizer, prompt, *, verbose: bool = False, **kw) -> str:
@@ -315,12 +220,15 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--verifier", default=DEFAULT_VERIFIER, help="see below")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
+                   help="; ".join(f"{e.name}: {e.help}" for e in SAMPLERS.values()))
     p.add_argument("--block", default=None,
                    help="action: 'token' (default), an integer L (blocks of L tokens) or 'line'")
     p.add_argument("--candidates", "-k", type=int, default=DEFAULT_CANDIDATES,
                    help="K candidate children per step (VGB, ActionLevelRS); n for BoN / RS")
     p.add_argument("--drift", type=float, default=1.0, help="lambda in (0, 1]: parent weight")
+    p.add_argument("--choice", default=None, help="child-choice rule of the walks (VGB, "
+                   "ActionLevelRS): " + ", ".join(choice_names()) + " (default: exact)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-forward-tokens", type=int, default=None)
     p.add_argument("--verbose", action="store_true",
@@ -331,23 +239,19 @@ def setup_arg_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = setup_arg_parser().parse_args(argv)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    block = args.block
-    if block is not None and block not in ("token", "line"):
-        try:
-            block = int(block)
-        except ValueError:
-            print(f"mlx-vgb generate: --block must be 'token', 'line' or an integer, got {block!r}",
-                  file=sys.stderr)
-            sys.exit(2)
+    last = None
     try:
+        # settings first: a bad flag is reported before the model loads
+        block = parse_block(args.block)
+        verifier = parse_verifier(args.verifier)
+        make_choice(args.choice, args.candidates)
         model, tokenizer = load(args.model)
-        last = None
         for resp in stream_generate(
-                model, tokenizer, prompt, verifier=args.verifier, sampler=args.sampler,
+                model, tokenizer, prompt, verifier=verifier, sampler=args.sampler,
                 max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                 seed=args.seed, block=block, candidates=args.candidates, drift=args.drift,
-                max_steps=args.max_steps, max_forward_tokens=args.max_forward_tokens,
-                system_prompt=args.system_prompt,
+                choice=args.choice, max_steps=args.max_steps,
+                max_forward_tokens=args.max_forward_tokens, system_prompt=args.system_prompt,
                 chat_template=not args.ignore_chat_template):
             if args.verbose:
                 _print_event(resp, sys.stdout)
@@ -355,6 +259,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except VGBError as e:
         print(f"mlx-vgb generate: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # the text so far is the best effort: print it, then exit as interrupted shells do
+        if last is not None:
+            print(("\n" if args.verbose else "") + last.text)
+        print("[interrupted: the text above is unfinished]", file=sys.stderr)
+        sys.exit(130)
     if args.verbose:
         _print_stats(last, sys.stdout)
     else:
@@ -362,7 +272,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         r = last.result
         if not r.reached_leaf:
             print(f"[unfinished: {r.finish_reason}]", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()

@@ -12,14 +12,14 @@ state is small and of fixed size), a backtrack restores the longest snapshot on 
 re-prefills the rest (counted in ``recomputed_tokens``).
 
 With a ``value_head`` (``mlx_vgb.verifier_format.ValueHead``) the forward that gives
-pi_ref(.|s) also gives V^(s) from the same last hidden state: ``value_verifier()``.
+pi_ref(.|s) also gives V^(s) from the same last hidden state (``model_verifier.ValueHeadVerifier``).
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-from typing import Callable, Sequence
+from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -32,15 +32,8 @@ from mlx_lm.models.cache import (
 )
 
 from .errors import ConfigError, EmptyPromptError
-from .protocols import BaseLanguageModel, BaseVerifier
-
-
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+from .prefixes import common_prefix_len, common_prefix_len_many
+from .protocols import BaseLanguageModel
 
 
 def _slice_cache(cache: list, rows: list[int] | None, length: int, repeat: int = 1) -> list:
@@ -101,7 +94,7 @@ class MLXLanguageModel(BaseLanguageModel):
 
     # -- counters ------------------------------------------------------------------------
     def reset_counters(self) -> None:
-        self.forward_tokens = 0  # positions run through the model, prompt excluded
+        self.positions_computed = 0  # positions run through the model, prompt excluded
         self.prefill_tokens = 0  # prompt positions
         self.recomputed_tokens = 0  # positions run again after having been computed once
         self.reprefill_tokens = 0  # ... of which on the walk's own path (after a backtrack)
@@ -135,7 +128,7 @@ class MLXLanguageModel(BaseLanguageModel):
         self._snapshots: collections.OrderedDict = collections.OrderedDict()
         # prefill all but the last prompt token; the first request computes the rest
         self._extend_trunk(prompt[:-1])
-        self.prefill_tokens, self.forward_tokens = len(prompt) - 1, 0
+        self.prefill_tokens, self.positions_computed = len(prompt) - 1, 0
 
 
     # -- forward -------------------------------------------------------------------------
@@ -169,7 +162,7 @@ class MLXLanguageModel(BaseLanguageModel):
                         self.reprefill_tokens += 1
                 else:
                     self._seen.add(key)
-            self.forward_tokens += len(r) - start
+            self.positions_computed += len(r) - start
 
     def _extend_trunk(self, tokens: Sequence[int]):
         if not tokens:
@@ -192,15 +185,19 @@ class MLXLanguageModel(BaseLanguageModel):
         end when ``need_logits``."""
         if target == self._trunk_tokens and (self._trunk_logp is not None or not need_logits):
             return
-        c = _lcp(self._trunk_tokens, target)
+        c = common_prefix_len(self._trunk_tokens, target)
         # a branch row may share more of the target than the trunk: promote it
         best, best_b, best_j = c, None, -1
         for b in self._branches:
             for j, r in enumerate(b[1]):
-                m = _lcp(r, target)
+                m = common_prefix_len(r, target)
                 if m > best:
                     best, best_b, best_j = m, b, j
         if best_b is not None:
+            if self.batchable and c < len(self._trunk_tokens):
+                # the trunk's own path past the fork is not held anywhere else: keep it
+                self._branches.append((self._trunk, [self._trunk_tokens], [self._trunk_logp],
+                                       [self._trunk_value]))
             n = min(best, len(target))
             self._trunk = _slice_cache(best_b[0], [best_j], n)
             self._trunk_tokens = target[:n]
@@ -279,7 +276,6 @@ class MLXLanguageModel(BaseLanguageModel):
         return out
 
     def _compute_batch(self, rows, idx, out) -> None:
-        # serve from the branch when every row extends a branch row by the same number of tokens
         # serve from recent branches when every row extends a branch row by the same length
         src = None
         if self._branches and len({len(r) for r in rows}) == 1:
@@ -302,7 +298,7 @@ class MLXLanguageModel(BaseLanguageModel):
                     break
                 ext = len(r) - cut
                 src.append(hit)
-        L = min(min(len(r) for r in rows) - 1, _lcp_many(rows))
+        L = min(min(len(r) for r in rows) - 1, common_prefix_len_many(rows))
         if src is not None and len(rows[0]) - ext <= L:
             src = None  # the shared prefix through the trunk covers at least as much
         if src is not None:
@@ -349,9 +345,6 @@ class MLXLanguageModel(BaseLanguageModel):
         self._pending = {self._full(p): r for p, r in zip(prefixes, res)}
         return np.array([r[1] for r in res], dtype=np.float64)
 
-    def value_verifier(self, tilt: Callable[[tuple[int, ...]], float]) -> "HeadVerifier":
-        return HeadVerifier(self, tilt)
-
     def decode(self, tokens: Sequence[int]) -> str:
         if self.tokenizer is None:
             return " ".join(map(str, tokens))
@@ -366,26 +359,3 @@ def _concat_caches(pieces: list[list]) -> list:
         n.values = mx.concatenate([c.values for c in layers], axis=0)
         out.append(n)
     return out
-
-
-def _lcp_many(rows) -> int:
-    n = min(len(r) for r in rows)
-    first = rows[0]
-    for r in rows[1:]:
-        n = min(n, _lcp(first[:n], r))
-    return n
-
-
-class HeadVerifier(BaseVerifier):
-    """V^ from a value head on the generator's own hidden states; tau from ``tilt``
-    (a function of the response tokens)."""
-
-    def __init__(self, lm: MLXLanguageModel, tilt: Callable[[tuple[int, ...]], float]):
-        self.lm, self._tilt = lm, tilt
-        self.bound = 1.0
-
-    def value(self, prefixes):
-        return self.lm.values(prefixes)
-
-    def tilt(self, responses):
-        return np.array([float(self._tilt(tuple(r))) for r in responses])

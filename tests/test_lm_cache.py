@@ -106,7 +106,7 @@ def test_walk_with_backtracks_recomputes_no_token(model):
     assert r.stats.backtracks >= 2
     assert lm.recomputed_tokens == 0
     # every pi_ref the sampler asked for was a forward token, plus one per trimmed node rerun
-    assert lm.forward_tokens >= r.stats.forward_tokens
+    assert lm.positions_computed >= r.stats.forward_tokens
 
 
 def test_value_head_gives_value_from_the_same_forward(model):
@@ -116,7 +116,9 @@ def test_value_head_gives_value_from_the_same_forward(model):
     head = ValueHead(HeadConfig(type="mlp", dims=[32, 8, 1], activation="relu", output="sigmoid"))
     mx.eval(head.parameters())
     lm = MLXLanguageModel(model, eos_token_ids=[0], value_head=head)
-    ver = lm.value_verifier(lambda y: 1.0)
+    from mlx_vgb.model_verifier import ValueHeadVerifier
+
+    ver = ValueHeadVerifier(lm, tilt=lambda prompt, y: 1.0)
     r = VGB(horizon=9, actions=Blocks(3), choice=Candidates(3)).sample(lm, ver, PROMPT, seed=0)
     assert r.reached_leaf and lm.recomputed_tokens == 0
     # the values equal the head applied to a fresh forward's last hidden state
