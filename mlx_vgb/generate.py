@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -49,6 +50,11 @@ def load(path_or_hf_repo: str | None = None):
         if not (p / "config.json").exists():
             raise ConfigError(f"{p} is not an MLX model folder (no config.json); convert it "
                               "with `mlx-vgb convert`")
+        try:
+            json.loads((p / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{p / 'config.json'} is unreadable or not JSON ({e}); convert the "
+                              "model again with `mlx-vgb convert` (or `mlx-vgb models pull`)") from None
         try:
             return mlx_load(str(p))
         except Exception as e:  # corrupt or truncated weights

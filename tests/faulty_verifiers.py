@@ -10,3 +10,11 @@ def crash_late(text: str, complete: bool) -> float:
 
 def nan_late(text: str, complete: bool) -> float:
     return float("nan") if len(text) > 3 else 1.0
+
+
+def slow_never_done(text: str, complete: bool) -> float:
+    """20 ms a call; 1 inside, 0 at every leaf: a walk that goes on until interrupted."""
+    import time
+
+    time.sleep(0.02)
+    return 0.0 if complete else 1.0

@@ -1,6 +1,7 @@
 """Bad input end to end: one clear exception with a message that says what to do."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,62 @@ def test_hub_id_while_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="hub|not found"):
         load("no-such-org/no-such-model-xyz")
+
+
+# -- the command line: one message, a nonzero exit, never a traceback -----------------------
+
+
+@pytest.mark.parametrize("verifier, words", [
+    ("head:{empty}", "no verifier_config.json"),
+    ("model:{empty}", "no verifier_config.json"),
+    ("no-letter:e,alpha=abc", "alpha must be a number"),
+    ("no-letter:", "exactly one letter"),
+    ("no-letter:e,beta=2", "unknown option"),
+    ("unit-tests:{tests}", "line 1"),
+    ("unit-tests:{missing}", "no such test file"),
+])
+def test_cli_bad_verifier_specs_exit_with_one_message(folder, tmp_path, capsys, verifier, words):
+    from mlx_vgb.generate import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "tests.py").write_text("assert f(1) ==\n")
+    spec = verifier.format(empty=tmp_path / "empty", tests=tmp_path / "tests.py",
+                           missing=tmp_path / "nope.py")
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(folder), "--verifier", spec, "--max-tokens", "4", "-p", "Hi"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    assert words in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3  # one paragraph
+
+
+def test_corrupt_config_names_the_file(folder, tmp_path):
+    import shutil
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(folder, bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json"):
+        load(str(bad))
+
+
+def test_ctrl_c_prints_the_partial_text_and_exits_130(folder, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a walk that cannot end (every leaf fails, 20 ms a verifier call), then SIGINT
+    cmd = [sys.executable, "-m", "mlx_vgb.cli", "generate", "--model", str(folder),
+           "--verifier", "tests.faulty_verifiers:slow_never_done", "--max-tokens", "16",
+           "--choice", "self-normalized", "-p", "Write a long story."]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    time.sleep(12)  # import, load and some walk steps
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted" in err and "Traceback" not in err
+    assert out.strip()  # the text so far
