@@ -157,21 +157,33 @@ class Run:
             from .trace import MAX_TRACED_OPTIONS
 
             room = MAX_TRACED_OPTIONS - len(self.options)
-            self.options.extend(list(zip(options, logw))[:max(room, 0)])
+            self.options.extend(list(zip(options, logw))[: max(room, 0)])
 
     def trace_step(self, before: Node, after: Node, restarted: bool, rule: str) -> None:
         from .trace import StepOption, StepTrace
 
-        opts = tuple(StepOption(o.tokens, o.log_value, float(w), o is before.parent)
-                     for o, w in (self.options or ()))
+        opts = tuple(
+            StepOption(o.tokens, o.log_value, float(w), o is before.parent)
+            for o, w in (self.options or ())
+        )
         if after is before:
             move, target = "stay", None
         else:
             move = "restart" if restarted else "child" if len(after) > len(before) else "parent"
             target = after.tokens
         self.options = None
-        self.trace(StepTrace(self.stats.steps, before.tokens, before.depth, before.log_value,
-                             opts, target, move, rule))
+        self.trace(
+            StepTrace(
+                self.stats.steps,
+                before.tokens,
+                before.depth,
+                before.log_value,
+                opts,
+                target,
+                move,
+                rule,
+            )
+        )
 
     def visit(self, node: Node) -> None:
         """The sampler is now at ``node``: track it as current and as best effort."""

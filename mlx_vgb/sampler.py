@@ -120,8 +120,9 @@ class Sampler:
         )
         yield Done(result)
 
-    def stream(self, lm, verifier=None, prompt=(), seed: int = 0, decode=None,
-               trace=None) -> Iterator[Event]:
+    def stream(
+        self, lm, verifier=None, prompt=(), seed: int = 0, decode=None, trace=None
+    ) -> Iterator[Event]:
         """The events of a new run (see ``start``)."""
         run = self.start(lm, verifier, prompt, seed, decode, trace)
         try:
