@@ -105,6 +105,7 @@ class GenerationResponse:
     tokens_per_s: float
     finish_reason: str | None = None
     result: SampleResult | None = None
+    choice: str | None = None  # the walks' child-choice rule, by name
 
 
 def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
@@ -112,7 +113,7 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
                     temp: float = DEFAULT_TEMP, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
                     seed: int = DEFAULT_SEED, block=None, candidates: int = DEFAULT_CANDIDATES,
                     max_steps: int | None = None, max_forward_tokens: int | None = None,
-                    drift: float = 1.0, choice=None, system_prompt: str | None = None,
+                    drift: float | None = None, choice=None, system_prompt: str | None = None,
                     chat_template: bool = True, trace=None) -> Iterator[GenerationResponse]:
     """Run one sampler on ``prompt`` (text or token ids); yield a response per walk event.
     ``trace``: optional fn(mlx_vgb.trace.StepTrace), called at each walk step."""
@@ -132,6 +133,8 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
                           f"model's context of {lm.context_length}: shorten one of them")
     block = parse_block(block)
     line_tokens = newline_tokens(tokenizer, lm.vocab_size).line if block == "line" else frozenset()
+    if choice is None:  # the rule the verifier asks for (letter avoidance: the fast one)
+        choice = getattr(spec, "default_choice", None)
     smp = sampler if not isinstance(sampler, str) else make_sampler(
         sampler, max_tokens=max_tokens, block=block, candidates=candidates, temp=temp,
         top_p=top_p, top_k=top_k, max_steps=max_steps, max_forward_tokens=max_forward_tokens,
@@ -162,12 +165,20 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
                 r = ev.result
                 text = r.text if r.text is not None else text_of(r.tokens)
                 yield GenerationResponse(text, ev, "", "", r.stats.max_depth, r.stats.steps,
-                                         r.stats, lm.positions_computed / el, r.finish_reason, r)
+                                         r.stats, lm.positions_computed / el, r.finish_reason, r,
+                                         _choice_name(smp))
                 return
             yield GenerationResponse(text, ev, appended, erased, ev.depth, ev.step,
                                      replace(stats), lm.positions_computed / el)
     finally:
         stream.close()
+
+
+def _choice_name(sampler) -> str | None:
+    from .children import CHOICES
+
+    rule = getattr(sampler, "choice", None)
+    return next((n for n, cls in CHOICES.items() if type(rule) is cls), None)
 
 
 def generate(model, tokenizer, prompt, *, verbose: bool = False, **kw) -> str:
@@ -202,8 +213,12 @@ def _print_stats(resp: GenerationResponse, out) -> None:
     print("\n" + "=" * 10, file=out)
     print(resp.text, file=out)
     print("=" * 10, file=out)
-    print(f"sampler: {r.sampler}, finish: {r.finish_reason}, reached leaf: {r.reached_leaf}, "
-          f"tilt: {r.tilt}", file=out)
+    rule = f", choice: {resp.choice}" if resp.choice else ""
+    print(f"sampler: {r.sampler}{rule}, finish: {r.finish_reason}, reached leaf: "
+          f"{r.reached_leaf}, tilt: {r.tilt}", file=out)
+    if getattr(s, "inexact_steps", 0):
+        print(f"note: {s.inexact_steps} step(s) fell back to the self-normalized rule (rejection "
+              "accepted nothing)", file=out)
     print(f"steps: {s.steps}, backtracks: {s.backtracks}, restarts: {s.restarts}, "
           f"forward tokens: {s.forward_tokens}, verifier evals: {s.verifier_evals}, "
           f"wall: {s.wall_s:.2f} s", file=out)
@@ -232,7 +247,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
                    help="action: 'token' (default), an integer L (blocks of L tokens) or 'line'")
     p.add_argument("--candidates", "-k", type=int, default=DEFAULT_CANDIDATES,
                    help="K candidate children per step (VGB, ActionLevelRS); n for BoN / RS")
-    p.add_argument("--drift", type=float, default=1.0, help="lambda in (0, 1]: parent weight")
+    p.add_argument("--drift", type=float, default=None,
+                   help="lambda in (0, 1]: parent weight (default 1, the paper's walk; 0.5 with "
+                   "--block line, where short responses are padded to the token horizon)")
     p.add_argument("--choice", default=None, help="child-choice rule of the walks (VGB, "
                    "ActionLevelRS): " + ", ".join(choice_names()) + " (default: exact)")
     p.add_argument("--max-steps", type=int, default=None)

@@ -28,6 +28,11 @@ DEFAULT_SAMPLER = "vgb"
 DEFAULT_VERIFIER = "none"
 DEFAULT_CANDIDATES = 8
 DEFAULT_CHOICE = None  # None: the child-choice rule's own default (mlx_vgb.children)
+DEFAULT_DRIFT = 1.0  # the paper's walk
+# line actions: a response of few lines is padded to D = the token horizon, and at lambda = 1
+# the walk reaches a padded leaf from the end of a short response with probability 1 / (pad
+# steps + 1); lambda = 0.5 makes that >= 1/2 (the leaf law is unchanged: every leaf is at D)
+DEFAULT_LINE_DRIFT = 0.5
 
 # -- samplers ----------------------------------------------------------------------------------
 
@@ -91,10 +96,11 @@ def make_choice(choice, candidates: int = DEFAULT_CANDIDATES):
 def make_sampler(name: str = DEFAULT_SAMPLER, *, max_tokens: int, block=None,
                  candidates: int = DEFAULT_CANDIDATES, choice=DEFAULT_CHOICE, temp: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, max_steps: int | None = None,
-                 max_forward_tokens: int | None = None, drift: float = 1.0,
+                 max_forward_tokens: int | None = None, drift: float | None = None,
                  line_tokens: frozenset[int] = frozenset(), actions=None) -> Sampler:
     """A sampler by name. ``candidates`` is K for the walks, n for the pools (BoN, RS);
-    ``actions`` (an ``ActionSpace``) replaces the one ``block`` and ``line_tokens`` give."""
+    ``actions`` (an ``ActionSpace``) replaces the one ``block`` and ``line_tokens`` give;
+    ``drift`` None: ``default_drift(block)``."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if not isinstance(candidates, int) or candidates < 1:
@@ -103,9 +109,16 @@ def make_sampler(name: str = DEFAULT_SAMPLER, *, max_tokens: int, block=None,
     if actions is None:
         block = parse_block(block)
         actions = Lines(line_tokens) if block == "line" else make_actions(block)
+    if drift is None:
+        drift = default_drift(actions)
     common = dict(horizon=max_tokens, actions=actions, temp=temp, top_p=top_p, top_k=top_k,
                   max_steps=max_steps, max_forward_tokens=max_forward_tokens)
     return SAMPLERS[name].make(common, candidates, choice, drift)
+
+
+def default_drift(block) -> float:
+    """lambda when none is given: ``DEFAULT_LINE_DRIFT`` for line actions, else 1."""
+    return DEFAULT_LINE_DRIFT if block == "line" or isinstance(block, Lines) else DEFAULT_DRIFT
 
 
 def parse_block(value) -> int | str | None:
@@ -180,6 +193,9 @@ class NoLetterSpec(VerifierSpec):
     letter: str = "e"
     alpha: float = 0.3
     kind = "no-letter"
+    # its values alpha^(H - h) sit far below the bound 1: the exact rejection step would almost
+    # never accept, so the walks default to the fast K-candidate rule for it
+    default_choice = "self-normalized"
 
     def to_string(self):
         return f"no-letter:{self.letter},alpha={self.alpha:g}"

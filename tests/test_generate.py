@@ -97,3 +97,24 @@ def test_cli_generate_end_to_end(folder):
                          text=True, timeout=120)
     assert bad.returncode == 1 and "unknown verifier" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_default_drift_is_half_for_lines_and_one_otherwise():
+    from mlx_vgb.registry import make_sampler
+
+    assert make_sampler("vgb", max_tokens=8, block="line", line_tokens=frozenset({1})).drift == 0.5
+    assert make_sampler("vgb", max_tokens=8, block=4).drift == 1.0
+    assert make_sampler("vgb", max_tokens=8, block="line", line_tokens=frozenset({1}),
+                        drift=1.0).drift == 1.0
+
+
+def test_walks_use_the_exact_rule_unless_the_verifier_asks_for_the_fast_one(loaded):
+    model, tok = loaded
+    last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0))[-1]
+    assert last.choice == "rejection"
+    last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0,
+                                verifier="no-letter:e"))[-1]
+    assert last.choice == "self-normalized"
+    last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0, verifier="no-letter:e",
+                                choice="rejection"))[-1]
+    assert last.choice == "rejection"
