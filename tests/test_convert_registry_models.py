@@ -103,3 +103,33 @@ def test_value_head_reads_the_real_models_hidden_states(pulled):
     w1, b1, w2, b2 = (np.array(p) for L in head.layers for p in (L.weight, L.bias))
     expected = 1 / (1 + np.exp(-(np.maximum(h @ w1.T + b1, 0) @ w2.T + b2)[0]))
     assert abs(v - expected) < 1e-4, (name, v, expected)
+
+
+TEXTS = (
+    "Write is_prime(n) in Python.",
+    "  def f(x):\n\treturn x**2  # 12345 héllo 😀\n\n",
+    "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>",
+)
+
+
+def test_qwen_tokenizer_agrees_with_transformers_gguf_reader(pulled):
+    """An independent reading of the same metadata (transformers' GGUF tokenizer builder;
+    SmolLM2's 'smollm' pre-tokenizer is not in its table, so only Qwen is compared)."""
+    from mlx_vgb import models
+
+    name, _, tok, *_ = pulled
+    if name != "qwen2.5-coder-0.5b":
+        pytest.skip("transformers has no 'smollm' pre-tokenizer")
+    from gguf import GGUFReader
+
+    hf_gguf = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    r = GGUFReader(str(models.gguf_path(models.REGISTRY[name])))
+    meta = {k: f.contents() for k, f in r.fields.items() if k.startswith("tokenizer.ggml.")}
+    renames = hf_gguf.GGUF_TOKENIZER_MAPPING["tokenizer"]  # its reader needs torch; not its builder
+    tdict = {v: meta[f"tokenizer.{k}"] for k, v in renames.items() if f"tokenizer.{k}" in meta}
+    backend, _ = hf_gguf.convert_gguf_tokenizer("qwen2", tdict)
+    for text in TEXTS:
+        ours = tok.encode(text, add_special_tokens=False)
+        assert ours == backend.encode(text, add_special_tokens=False).ids, text
+        assert tok.decode(ours) == text
+    assert tok.encode("<|im_start|>", add_special_tokens=False) == [151644]
