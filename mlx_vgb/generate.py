@@ -60,8 +60,12 @@ def load(path_or_hf_repo: str | None = None):
         except Exception as e:  # corrupt or truncated weights
             raise ConfigError(f"cannot load the model in {p}: {e}") from None
     if path_or_hf_repo.startswith((".", "/", "~")) or path_or_hf_repo.count("/") != 1:
-        raise ConfigError(f"model {path_or_hf_repo!r} not found: give an existing MLX folder or "
-                          "a Hugging Face repo id like 'mlx-community/SmolLM2-135M-Instruct'")
+        from .models import REGISTRY
+
+        raise ConfigError(f"model {path_or_hf_repo!r} not found: give a registry name "
+                          f"({', '.join(REGISTRY)}; see `mlx-vgb models`), an existing MLX "
+                          "folder or GGUF file, or a Hugging Face repo id like "
+                          "'mlx-community/SmolLM2-135M-Instruct'")
     try:
         return mlx_load(path_or_hf_repo)
     except Exception as e:

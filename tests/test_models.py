@@ -219,8 +219,14 @@ def test_unsupported_architecture_in_the_registry_is_a_clean_cli_error(
     write_gguf(tmp_path / "falcon.gguf", arch="falcon")
     data = (tmp_path / "falcon.gguf").read_bytes()
     w = make_wheel(wheels, "tiny-falcon", "1.0", "f/m.gguf", data)
-    falcon = RegistryModel("falcon", "x", "falcon.gguf", len(data), sha(data),
-                           (WheelPart("tiny-falcon", "1.0", sha(w), "f/m.gguf"),))
+    falcon = RegistryModel(
+        "falcon",
+        "x",
+        "falcon.gguf",
+        len(data),
+        sha(data),
+        (WheelPart("tiny-falcon", "1.0", sha(w), "f/m.gguf"),),
+    )
     monkeypatch.setitem(models.REGISTRY, "falcon", falcon)
     monkeypatch.setattr(sys, "argv", ["mlx-vgb models"])
     with pytest.raises(SystemExit) as e:
