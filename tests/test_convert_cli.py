@@ -113,8 +113,12 @@ def test_cached_conversion_survives_racing_threads_and_repairs_incomplete_folder
 def test_temp_folder_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
     from mlx_vgb.convert.output import remove_stale_temps
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-abc"  # a writer killed mid-way
     live = tmp_path / f".out.tmp-{os.getpid()}-def"  # a writer still running
     other = tmp_path / f".outer.tmp-{dead.stdout.strip()}-x"  # another output's

@@ -390,5 +390,8 @@ def test_value_head_reads_the_converted_models_hidden_states(tmp_path, arch, tie
         expected_v = 1 / (1 + np.exp(-(np.maximum(h @ w1.T + b1, 0) @ w2.T + b2)[0]))
         assert abs(v - expected_v) < 1e-5
         logits = numpy_forward(hf, prompt + list(prefix))[-1]
-        np.testing.assert_allclose(lp, logits - np.log(np.exp(logits - logits.max()).sum())
-                                   - logits.max(), atol=LOGPROB_TOL)
+        np.testing.assert_allclose(
+            lp,
+            logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max(),
+            atol=LOGPROB_TOL,
+        )

@@ -18,8 +18,15 @@ PROMPTS = (
 )
 LOGPROB_RTOL = 2e-3
 _LAYER = {
-    "attn_norm": "attn_norm", "ffn_norm": "ffn_norm", "attn_q": "q", "attn_k": "k",
-    "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up", "ffn_down": "down",
+    "attn_norm": "attn_norm",
+    "ffn_norm": "ffn_norm",
+    "attn_q": "q",
+    "attn_k": "k",
+    "attn_v": "v",
+    "attn_output": "o",
+    "ffn_gate": "gate",
+    "ffn_up": "up",
+    "ffn_down": "down",
 }
 
 
@@ -33,9 +40,14 @@ def reference_weights(path):
     arch = meta["general.architecture"]
     get = lambda k: meta[f"{arch}.{k}"]  # noqa: E731
     heads, kv = get("attention.head_count"), get("attention.head_count_kv")
-    d = Dims(hidden=get("embedding_length"), heads=heads, kv_heads=kv,
-             head_dim=get("embedding_length") // heads, ffn=get("feed_forward_length"),
-             layers=get("block_count"))
+    d = Dims(
+        hidden=get("embedding_length"),
+        heads=heads,
+        kv_heads=kv,
+        head_dim=get("embedding_length") // heads,
+        ffn=get("feed_forward_length"),
+        layers=get("block_count"),
+    )
     hf = {"arch": arch, "dims": d, **{i: {} for i in range(d.layers)}}
     for t in r.tensors:
         a = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)

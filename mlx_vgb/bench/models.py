@@ -22,10 +22,20 @@ QUICK = dict(models=[DEFAULT_MODEL], variants=["float32", "q4"], tokens=8, repea
 
 
 def add_args(p) -> None:
-    p.add_argument("--models", nargs="+", default=None, choices=list(REGISTRY),
-                   help=f"registry names (default: all; quick: {DEFAULT_MODEL})")
-    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
-                   help="weight variants (default: all)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=list(REGISTRY),
+        help=f"registry names (default: all; quick: {DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(VARIANTS),
+        help="weight variants (default: all)",
+    )
     p.add_argument("--tokens", type=int, default=None, help="tokens decoded per measurement")
     p.add_argument("--repeats", type=int, default=None, help="measurements per variant")
 
@@ -87,18 +97,28 @@ def run(args) -> None:
         config = json.loads((folder / "config.json").read_text())
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
         med = statistics.median(xs)
-        rows.append({
-            "model": name, "variant": variant, "weights": _weights(config),
-            "size MiB": round(size / 2**20), "tok/s": med, "min": min(xs), "max": max(xs),
-            "ratio": med / ref,
-        })
+        rows.append(
+            {
+                "model": name,
+                "variant": variant,
+                "weights": _weights(config),
+                "size MiB": round(size / 2**20),
+                "tok/s": med,
+                "min": min(xs),
+                "max": max(xs),
+                "ratio": med / ref,
+            }
+        )
     rep = Report(task=args.task, command=args.command, config=cfg)
     rep.rows = rows
     rep.summary = {f"{r['model']} {r['variant']}": r["ratio"] for r in rows}
     rep.add_section(
         "Plain decoding tokens/s (ratio to SmolLM2 float32 in this run)",
-        markdown_table(rows, ["model", "variant", "weights", "size MiB", "tok/s", "min", "max",
-                              "ratio"], digits=2)
+        markdown_table(
+            rows,
+            ["model", "variant", "weights", "size MiB", "tok/s", "min", "max", "ratio"],
+            digits=2,
+        )
         + f"\nFolders: {', '.join(str(model_dir(REGISTRY[m], v)) for m, v in pairs)}\n",
     )
     rep.write(args.out)
