@@ -50,15 +50,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def temp_prefix(path: str | Path) -> str:
+    """Name prefix of the temp files and folders this process writes ``path`` through."""
+    return f".{Path(path).name}.tmp-{os.getpid()}-"
+
+
 def remove_stale_temps(path: str | Path) -> list[Path]:
-    """Delete the temp folders of ``path`` left by writers that were killed (their pid, in the
-    folder name, is gone); the removed folders."""
+    """Delete the temp files and folders of ``path`` left by writers that were killed (their
+    pid, in the name, is gone); the removed paths."""
     path = Path(path)
     removed = []
     for tmp in path.parent.glob(f".{path.name}.tmp-*-*"):
         pid = tmp.name[len(f".{path.name}.tmp-") :].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
@@ -74,7 +82,7 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
     path = check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private
     try:
         try:

