@@ -18,22 +18,44 @@ DEFAULT_UPDATE_INTERVAL_S = 0.1
 
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mlx-vgb app",
-        description="Start the local web page that runs and shows VGB walks.")
-    p.add_argument("--model", default=None,
-                   help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)")
-    p.add_argument("--host", default=None,
-                   help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    p.add_argument("--share-lan", action="store_true",
-                   help=f"bind {LAN_HOST} so other machines on the network can open the page")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
-    p.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT,
-                   help="runs streamed at once; more wait in Gradio's queue")
-    p.add_argument("--update-interval", type=float, default=DEFAULT_UPDATE_INTERVAL_S,
-                   help="redraw the page at most this often while a run streams (seconds)")
-    p.add_argument("--no-preload", action="store_true",
-                   help="load the model on the first run instead of at start")
+        prog="mlx-vgb app", description="Start the local web page that runs and shows VGB walks."
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)",
+    )
+    p.add_argument(
+        "--host", default=None, help=f"address to bind (default {DEFAULT_HOST}: this machine only)"
+    )
+    p.add_argument(
+        "--share-lan",
+        action="store_true",
+        help=f"bind {LAN_HOST} so other machines on the network can open the page",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT,
+        help="runs streamed at once; more wait in Gradio's queue",
+    )
+    p.add_argument(
+        "--update-interval",
+        type=float,
+        default=DEFAULT_UPDATE_INTERVAL_S,
+        help="redraw the page at most this often while a run streams (seconds)",
+    )
+    p.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="load the model on the first run instead of at start",
+    )
     return p
 
 
@@ -41,8 +63,9 @@ def launch_kwargs(args: argparse.Namespace) -> dict:
     from .render import CSS, HEAD
 
     host = args.host or (LAN_HOST if args.share_lan else DEFAULT_HOST)
-    kw = dict(server_name=host, server_port=args.port or None, share=False, show_error=False,
-              quiet=False)
+    kw = dict(
+        server_name=host, server_port=args.port or None, share=False, show_error=False, quiet=False
+    )
     import gradio as gr
 
     if "css" in inspect.signature(gr.Blocks.launch).parameters:  # Gradio >= 6
@@ -64,16 +87,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .ui import build_app
 
     try:
-        app = build_app(args.model, update_interval_s=args.update_interval,
-                        max_concurrent=args.max_concurrent, preload=not args.no_preload)
+        app = build_app(
+            args.model,
+            update_interval_s=args.update_interval,
+            max_concurrent=args.max_concurrent,
+            preload=not args.no_preload,
+        )
     except VGBError as e:
         print(f"mlx-vgb app: error: {e}", file=sys.stderr)
         sys.exit(1)
     app.queue(default_concurrency_limit=args.max_concurrent)
     kw = launch_kwargs(args)
-    print(f"mlx-vgb app: model {args.model or 'embedded SmolLM2'}; "
-          f"serving on http://{kw['server_name']}:{kw['server_port'] or '(free port)'}",
-          flush=True)
+    print(
+        f"mlx-vgb app: model {args.model or 'embedded SmolLM2'}; "
+        f"serving on http://{kw['server_name']}:{kw['server_port'] or '(free port)'}",
+        flush=True,
+    )
     try:
         app.launch(**kw)
     finally:

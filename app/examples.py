@@ -31,7 +31,7 @@ def has_close_elements(numbers: List[float], threshold: float) -> bool:
     """
 '''
 
-HUMAN_EVAL_0_TEST = '''
+HUMAN_EVAL_0_TEST = """
 
 METADATA = {
     'author': 'jt',
@@ -48,7 +48,7 @@ def check(candidate):
     assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 1.0) == True
     assert candidate([1.1, 2.2, 3.1, 4.1, 5.1], 0.5) == False
 
-'''
+"""
 
 
 def human_eval_problem(task_id: str = "HumanEval/0") -> tuple[str, str]:
@@ -90,29 +90,74 @@ def examples() -> list[dict]:
     """The presets: ``RunSettings`` fields with a title each, one per task; their defaults
     finish in seconds on SmolLM2-135M (small H, a step budget)."""
     he_prompt, he_tests = human_eval_problem()
-    walk = dict(sampler="vgb", choice="self-normalized", candidates=8, temp=1.0, seed=0,
-                block="token", compare=False)
+    walk = dict(
+        sampler="vgb",
+        choice="self-normalized",
+        candidates=8,
+        temp=1.0,
+        seed=0,
+        block="token",
+        compare=False,
+    )
     # token actions (a line block costs K forwards per token); drift 0.5: with a 0/1 verifier
     # that accepts most prefixes the drift-1 walk is unbiased and needs ~H^2 steps, at 0.5 ~3H
     code = dict(walk, temp=0.8, drift=0.5)
     return [
-        dict(walk, title="Letters: a story without 'e'", prompt="Write a one-sentence story.",
-             verifier="no-letter", letter="e", alpha=0.3, max_tokens=24, max_steps=1000),
+        dict(
+            walk,
+            title="Letters: a story without 'e'",
+            prompt="Write a one-sentence story.",
+            verifier="no-letter",
+            letter="e",
+            alpha=0.3,
+            max_tokens=24,
+            max_steps=1000,
+        ),
         # lower case after the first letter, no digits, no new lines (any cut passes: H ends it)
-        dict(walk, title="Regex: one plain sentence",
-             prompt="Write one short sentence about the sea.", verifier="regex",
-             pattern=r"[A-Z][a-z ,.']*", max_tokens=24, max_steps=1000),
-        dict(code, title="Code with unit tests: add(a, b)",
-             prompt="Write a Python function add(a, b) that returns a + b, in a ```python "
-                    "block.", verifier="unit-tests", tests=ADD_TESTS, max_tokens=64,
-             max_steps=300),
-        dict(code, title="HumanEval/0 (unit tests)",
-             prompt="Complete this Python function. Answer with the whole function in a "
-                    "```python block.\n\n" + he_prompt,
-             verifier="unit-tests", tests=he_tests, max_tokens=160, max_steps=300),
-        dict(code, title="Test cases: the trained code head", prompt=TEST_CASES_PROMPT,
-             verifier="head", verifier_path=str(HEAD_FOLDER), max_tokens=96, max_steps=300),
-        dict(code, title="Test cases: asserts that hold (Python function)",
-             prompt=TEST_CASES_PROMPT, verifier="python function",
-             function="mlx_vgb.app.examples:is_even_test_cases", max_tokens=96, max_steps=300),
+        dict(
+            walk,
+            title="Regex: one plain sentence",
+            prompt="Write one short sentence about the sea.",
+            verifier="regex",
+            pattern=r"[A-Z][a-z ,.']*",
+            max_tokens=24,
+            max_steps=1000,
+        ),
+        dict(
+            code,
+            title="Code with unit tests: add(a, b)",
+            prompt="Write a Python function add(a, b) that returns a + b, in a ```python block.",
+            verifier="unit-tests",
+            tests=ADD_TESTS,
+            max_tokens=64,
+            max_steps=300,
+        ),
+        dict(
+            code,
+            title="HumanEval/0 (unit tests)",
+            prompt="Complete this Python function. Answer with the whole function in a "
+            "```python block.\n\n" + he_prompt,
+            verifier="unit-tests",
+            tests=he_tests,
+            max_tokens=160,
+            max_steps=300,
+        ),
+        dict(
+            code,
+            title="Test cases: the trained code head",
+            prompt=TEST_CASES_PROMPT,
+            verifier="head",
+            verifier_path=str(HEAD_FOLDER),
+            max_tokens=96,
+            max_steps=300,
+        ),
+        dict(
+            code,
+            title="Test cases: asserts that hold (Python function)",
+            prompt=TEST_CASES_PROMPT,
+            verifier="python function",
+            function="mlx_vgb.app.examples:is_even_test_cases",
+            max_tokens=96,
+            max_steps=300,
+        ),
     ]

@@ -112,9 +112,9 @@ def _label(decode: Callable, parent: Tokens | None, tokens: Tokens) -> str:
     if parent is None:
         return "(root)"
     try:
-        s = decode(list(tokens[len(parent):]))
+        s = decode(list(tokens[len(parent) :]))
     except Exception:  # noqa: BLE001 - a label is best effort
-        s = str(tokens[len(parent):])
+        s = str(tokens[len(parent) :])
     return _visible(s)
 
 
@@ -124,8 +124,9 @@ def _visible(s: str) -> str:
     return "␣" * len(r) if r and not r.strip() else r or "∅"
 
 
-def tree_html(tree: ExploredTree, decode: Callable, label: str = "run",
-              final: Tokens | None = None) -> str:
+def tree_html(
+    tree: ExploredTree, decode: Callable, label: str = "run", final: Tokens | None = None
+) -> str:
     """The explored tree as nested lists: each node's action text, visits, V^ and backtracks;
     the path to the current (or final) node in bold. At most ``MAX_SHOWN_NODES`` nodes: the
     path, then the most visited."""
@@ -134,8 +135,9 @@ def tree_html(tree: ExploredTree, decode: Callable, label: str = "run",
     while t is not None and t in tree.nodes:
         on_path.add(t)
         t = tree.nodes[t].parent
-    ranked = sorted(tree.nodes.values(), key=lambda n: (-(n.tokens in on_path), -n.visits,
-                                                         len(n.tokens)))
+    ranked = sorted(
+        tree.nodes.values(), key=lambda n: (-(n.tokens in on_path), -n.visits, len(n.tokens))
+    )
     shown = set()
     for n in ranked:
         if len(shown) >= MAX_SHOWN_NODES:
@@ -154,11 +156,14 @@ def tree_html(tree: ExploredTree, decode: Callable, label: str = "run",
             cls.append("vgb-backtracked")
         if n.visits == 0:
             cls.append("vgb-unvisited")
-        head = (f'<span class="{" ".join(cls)}" data-visits="{n.visits}" data-ups="{n.ups}" '
-                f'data-depth="{depth}" title="{len(t)} tokens">'
-                f'<code>{html.escape(_label(decode, n.parent, t))}</code> '
-                f'<span class="vgb-meta">visits {n.visits} · V^ {_fmt_value(n.log_value)}'
-                + (f' · <b>{n.ups}↑</b>' if n.ups else "") + "</span></span>")
+        head = (
+            f'<span class="{" ".join(cls)}" data-visits="{n.visits}" data-ups="{n.ups}" '
+            f'data-depth="{depth}" title="{len(t)} tokens">'
+            f"<code>{html.escape(_label(decode, n.parent, t))}</code> "
+            f'<span class="vgb-meta">visits {n.visits} · V^ {_fmt_value(n.log_value)}'
+            + (f" · <b>{n.ups}↑</b>" if n.ups else "")
+            + "</span></span>"
+        )
         kids = [c for c in n.children if c in shown]
         hidden = len(n.children) - len(kids)
         kids.sort(key=lambda c: (-(c in on_path), -tree.nodes[c].visits))
@@ -167,22 +172,25 @@ def tree_html(tree: ExploredTree, decode: Callable, label: str = "run",
             inner += f'<li class="vgb-more">… {hidden} more</li>'
         return head + (f"<ul>{inner}</ul>" if inner else "")
 
-    extra = (f" ({len(tree.nodes) - len(shown)} not shown)" if len(tree.nodes) > len(shown)
-             else "")
+    extra = f" ({len(tree.nodes) - len(shown)} not shown)" if len(tree.nodes) > len(shown) else ""
     if tree.dropped:
         extra += f"; {tree.dropped} beyond the {MAX_TREE_NODES}-node store"
-    return (f'<div class="vgb-tree" data-run="{html.escape(label)}" '
-            f'data-nodes="{len(tree.nodes)}"><div class="vgb-tree-caption">explored tree of '
-            f'{html.escape(label)}: {len(tree.nodes)} prefixes{extra}; bold = the path taken, '
-            f'n↑ = backtracks from a node</div><ul><li>{node_html((), 0)}</li></ul></div>')
+    return (
+        f'<div class="vgb-tree" data-run="{html.escape(label)}" '
+        f'data-nodes="{len(tree.nodes)}"><div class="vgb-tree-caption">explored tree of '
+        f"{html.escape(label)}: {len(tree.nodes)} prefixes{extra}; bold = the path taken, "
+        f"n↑ = backtracks from a node</div><ul><li>{node_html((), 0)}</li></ul></div>"
+    )
 
 
 def step_html(tree: ExploredTree, decode: Callable, step: int | None, label: str = "run") -> str:
     """One step: the node, V^ of it and of each option, the weights (as probabilities of the
     step's rule) and the move drawn."""
     if not tree.traces:
-        return (f'<div class="vgb-step" data-run="{html.escape(label)}">no step traces for '
-                f'{html.escape(label)} (the pool samplers do not walk; events only)</div>')
+        return (
+            f'<div class="vgb-step" data-run="{html.escape(label)}">no step traces for '
+            f"{html.escape(label)} (the pool samplers do not walk; events only)</div>"
+        )
     if step is None:
         st = tree.traces[-1]
     else:
@@ -202,27 +210,42 @@ def step_html(tree: ExploredTree, decode: Callable, step: int | None, label: str
     z = sum(math.exp(w - top) * c for (o, c), w in zip(merged.values(), ws) if w > -math.inf)
     rows = []
     for (o, c), w in zip(merged.values(), ws):
-        what = "↑ parent" if o.up else html.escape(
-            _visible(_safe_decode(decode, o.tokens[len(st.node):])))
+        what = (
+            "↑ parent"
+            if o.up
+            else html.escape(_visible(_safe_decode(decode, o.tokens[len(st.node) :])))
+        )
         p = math.exp(w - top) * c / z if z > 0 and w > -math.inf else 0.0
         drawn = st.target is not None and (
-            (o.up and st.move == "parent") or (not o.up and tuple(o.tokens) == st.target))
-        rows.append(f'<tr class="{"vgb-drawn" if drawn else ""}"><td><code>{what}</code></td>'
-                    f"<td>{c}</td><td>{_fmt_value(o.log_value)}</td><td>{p:.3f}</td>"
-                    f'<td>{"◀ drawn" if drawn else ""}</td></tr>')
-    move = {"child": "moved down", "parent": "moved up (backtrack)", "stay": "stayed",
-            "restart": "restarted from the root"}.get(st.move, st.move)
-    note = ("Rejection: options are proposals, accepted with probability V^/B in draw order"
-            if st.rule == "Rejection" else
-            "weights: V^ of each candidate, K·λ·V^ for the parent" if st.rule == "SelfNormalized"
-            else "weights: π_ref·V^ of each child, λ·V^ for the parent")
-    return (f'<div class="vgb-step" data-run="{html.escape(label)}" data-step="{st.step}" '
-            f'data-move="{st.move}"><div><b>step {st.step}</b> at depth {st.depth}, node '
-            f'<code>…{html.escape(here)}</code>, V^ = {_fmt_value(st.log_value)}: '
-            f"<b>{move}</b> ({html.escape(st.rule)} rule)</div>"
-            f'<table class="vgb-options"><tr><th>option</th><th>draws</th><th>V^</th>'
-            f'<th>share of weight</th><th></th></tr>{"".join(rows)}</table>'
-            f'<div class="vgb-note">{note}</div></div>')
+            (o.up and st.move == "parent") or (not o.up and tuple(o.tokens) == st.target)
+        )
+        rows.append(
+            f'<tr class="{"vgb-drawn" if drawn else ""}"><td><code>{what}</code></td>'
+            f"<td>{c}</td><td>{_fmt_value(o.log_value)}</td><td>{p:.3f}</td>"
+            f"<td>{'◀ drawn' if drawn else ''}</td></tr>"
+        )
+    move = {
+        "child": "moved down",
+        "parent": "moved up (backtrack)",
+        "stay": "stayed",
+        "restart": "restarted from the root",
+    }.get(st.move, st.move)
+    note = (
+        "Rejection: options are proposals, accepted with probability V^/B in draw order"
+        if st.rule == "Rejection"
+        else "weights: V^ of each candidate, K·λ·V^ for the parent"
+        if st.rule == "SelfNormalized"
+        else "weights: π_ref·V^ of each child, λ·V^ for the parent"
+    )
+    return (
+        f'<div class="vgb-step" data-run="{html.escape(label)}" data-step="{st.step}" '
+        f'data-move="{st.move}"><div><b>step {st.step}</b> at depth {st.depth}, node '
+        f"<code>…{html.escape(here)}</code>, V^ = {_fmt_value(st.log_value)}: "
+        f"<b>{move}</b> ({html.escape(st.rule)} rule)</div>"
+        f'<table class="vgb-options"><tr><th>option</th><th>draws</th><th>V^</th>'
+        f"<th>share of weight</th><th></th></tr>{''.join(rows)}</table>"
+        f'<div class="vgb-note">{note}</div></div>'
+    )
 
 
 def _safe_decode(decode: Callable, tokens) -> str:

@@ -66,10 +66,17 @@ class WalkView:
         elif kind == "Backtrack":
             self.tree.on_backtrack(ev.n_tokens)
         if kind != "Done" and len(self.log) < MAX_LOGGED_EVENTS:
-            self.log.append({"event": kind.lower(), "step": int(resp.step),
-                             "depth": int(resp.depth), "erased": resp.erased or "",
-                             "appended": resp.appended or ""}
-                            if hasattr(resp, "erased") else {"event": kind.lower()})
+            self.log.append(
+                {
+                    "event": kind.lower(),
+                    "step": int(resp.step),
+                    "depth": int(resp.depth),
+                    "erased": resp.erased or "",
+                    "appended": resp.appended or "",
+                }
+                if hasattr(resp, "erased")
+                else {"event": kind.lower()}
+            )
         new = resp.text if resp.text is not None else ""
         if kind == "Backtrack":
             self.backtrack_events += 1
@@ -113,8 +120,10 @@ class WalkView:
         if self.verifier in ("none", ""):
             return "complete", "complete (no verifier)"
         if self.finish_reason == "rejected" or not self.tilt:
-            return "fails", "fails (τ = 0)" if not self.tilt else f"fails (rejected, τ = "\
-                f"{self.tilt:.3g})"
+            return (
+                "fails",
+                "fails (τ = 0)" if not self.tilt else f"fails (rejected, τ = {self.tilt:.3g})",
+            )
         return "passes", f"passes (τ = {self.tilt:.3g})"
 
     @property
@@ -142,13 +151,13 @@ class WalkView:
                 i -= 1
                 continue
             take = min(n, len(seg.text))
-            head, tail = seg.text[: len(seg.text) - take], seg.text[len(seg.text) - take:]
+            head, tail = seg.text[: len(seg.text) - take], seg.text[len(seg.text) - take :]
             n -= take
             repl = [Segment(head)] if head else []
             if erase:
                 repl.append(Segment(tail, erased=True))
                 self.erased_chars += take
-            self.segments[i: i + 1] = repl
+            self.segments[i : i + 1] = repl
             i -= 1
         self._merge()
 
@@ -179,18 +188,23 @@ def text_html(view: WalkView, show_erased: bool = True) -> str:
     for seg in view.segments:
         if seg.erased:
             if show_erased:
-                parts.append(f'<del class="vgb-erased" title="erased by a backtrack ('
-                             f'{len(seg.text)} chars)">{html.escape(_short(seg.text))}</del>')
+                parts.append(
+                    f'<del class="vgb-erased" title="erased by a backtrack ('
+                    f'{len(seg.text)} chars)">{html.escape(_short(seg.text))}</del>'
+                )
         else:
             parts.append(f'<span class="vgb-kept">{html.escape(seg.text)}</span>')
     cursor = "" if view.done else '<span class="vgb-cursor">▍</span>'
     body = "".join(parts) or '<span class="vgb-empty">(no text yet)</span>'
-    return (f'<div class="vgb-text" data-run="{html.escape(view.label)}" '
-            f'data-done="{str(view.done).lower()}">{body}{cursor}</div>')
+    return (
+        f'<div class="vgb-text" data-run="{html.escape(view.label)}" '
+        f'data-done="{str(view.done).lower()}">{body}{cursor}</div>'
+    )
 
 
-def plot_points(points: list[tuple[int, int, bool]], limit: int = MAX_PLOT_POINTS
-                ) -> list[tuple[int, int, bool]]:
+def plot_points(
+    points: list[tuple[int, int, bool]], limit: int = MAX_PLOT_POINTS
+) -> list[tuple[int, int, bool]]:
     """At most about ``limit`` points: beyond that, the first, lowest and highest point of each
     bucket of steps (so drops stay visible)."""
     if len(points) <= limit:
@@ -198,9 +212,12 @@ def plot_points(points: list[tuple[int, int, bool]], limit: int = MAX_PLOT_POINT
     per = math.ceil(len(points) / (limit / 3))
     out = []
     for i in range(0, len(points), per):
-        b = points[i: i + per]
-        keep = {0, min(range(len(b)), key=lambda j: b[j][1]), max(range(len(b)),
-                                                                   key=lambda j: b[j][1])}
+        b = points[i : i + per]
+        keep = {
+            0,
+            min(range(len(b)), key=lambda j: b[j][1]),
+            max(range(len(b)), key=lambda j: b[j][1]),
+        }
         out.extend(b[j] for j in sorted(keep))
     return out
 
@@ -230,31 +247,45 @@ def depth_svg(views, width: int = 760, height: int = 240) -> str:
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" class="vgb-drop" data-step="{st}">'
             f"<title>{html.escape(v.label)}: step {st}, back to depth {d} (click: inspect)"
             "</title></circle>"
-            for st, d, back in pts[-2000:] if back for x, y in [xy(st, d)])
-        body.append(f'<g class="vgb-series" data-run="{html.escape(v.label)}" '
-                    f'data-points="{len(v.points)}" data-backtracks="{v.backtrack_events}">'
-                    f'<path d="{" ".join(path)}" fill="none" stroke="{color}" '
-                    f'stroke-width="1.6"><title>{html.escape(v.label)}</title></path>{dots}</g>')
-        legend.append(f'<tspan fill="{color}">■ {html.escape(v.label)} '
-                      f'({v.backtrack_events} moves up)</tspan> ')
+            for st, d, back in pts[-2000:]
+            if back
+            for x, y in [xy(st, d)]
+        )
+        body.append(
+            f'<g class="vgb-series" data-run="{html.escape(v.label)}" '
+            f'data-points="{len(v.points)}" data-backtracks="{v.backtrack_events}">'
+            f'<path d="{" ".join(path)}" fill="none" stroke="{color}" '
+            f'stroke-width="1.6"><title>{html.escape(v.label)}</title></path>{dots}</g>'
+        )
+        legend.append(
+            f'<tspan fill="{color}">■ {html.escape(v.label)} '
+            f"({v.backtrack_events} moves up)</tspan> "
+        )
     ticks = "".join(
         f'<text x="{xy(t, 0)[0]:.1f}" y="{mt + h + 14}" text-anchor="middle" font-size="11">'
-        f"{t}</text>" for t in _ticks(max_step))
+        f"{t}</text>"
+        for t in _ticks(max_step)
+    )
     dticks = "".join(
-        f'<text x="{ml - 6}" y="{xy(0, d)[1] + 4:.1f}" text-anchor="end" font-size="11">{d}'
-        "</text>" for d in _ticks(max_depth))
-    axis = (f'<line x1="{ml}" y1="{mt + h}" x2="{ml + w}" y2="{mt + h}" stroke="#888"/>'
-            f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + h}" stroke="#888"/>{ticks}{dticks}'
-            f'<text x="{ml}" y="{height - 4}" font-size="12">depth (actions) over steps: '
-            f'{"".join(legend)}</text>')
+        f'<text x="{ml - 6}" y="{xy(0, d)[1] + 4:.1f}" text-anchor="end" font-size="11">{d}</text>'
+        for d in _ticks(max_depth)
+    )
+    axis = (
+        f'<line x1="{ml}" y1="{mt + h}" x2="{ml + w}" y2="{mt + h}" stroke="#888"/>'
+        f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + h}" stroke="#888"/>{ticks}{dticks}'
+        f'<text x="{ml}" y="{height - 4}" font-size="12">depth (actions) over steps: '
+        f"{''.join(legend)}</text>"
+    )
     labels = ", ".join(v.label for v in views)
     first = views[0]
-    return (f'<svg class="vgb-depth" data-run="{html.escape(first.label)}" '
-            f'data-points="{len(first.points)}" data-backtracks="{first.backtrack_events}" '
-            f'data-series="{len(views)}" viewBox="0 0 {width} {height}" width="100%" '
-            f'xmlns="http://www.w3.org/2000/svg" role="img" '
-            f'aria-label="depth over steps for {html.escape(labels)}">{axis}{"".join(body)}'
-            "</svg>")
+    return (
+        f'<svg class="vgb-depth" data-run="{html.escape(first.label)}" '
+        f'data-points="{len(first.points)}" data-backtracks="{first.backtrack_events}" '
+        f'data-series="{len(views)}" viewBox="0 0 {width} {height}" width="100%" '
+        f'xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'aria-label="depth over steps for {html.escape(labels)}">{axis}{"".join(body)}'
+        "</svg>"
+    )
 
 
 def _ticks(top: int, n: int = 5) -> list[int]:
@@ -274,8 +305,10 @@ def stats_rows(view: WalkView) -> list[tuple[str, str]]:
     rows = [
         ("status", status),
         ("steps", str(get("steps"))),
-        ("backtracks" if view.label.split()[0] not in POOLS else "backtracks (discarded)",
-         str(get("backtracks"))),
+        (
+            "backtracks" if view.label.split()[0] not in POOLS else "backtracks (discarded)",
+            str(get("backtracks")),
+        ),
         ("restarts", str(get("restarts"))),
         ("depth (max)", f"{view.depth} ({get('max_depth')})"),
         ("forward tokens", str(get("forward_tokens"))),
@@ -293,13 +326,17 @@ def stats_rows(view: WalkView) -> list[tuple[str, str]]:
 
 
 def stats_html(view: WalkView) -> str:
-    rows = "".join(f'<tr><th>{html.escape(k)}</th><td data-stat="{html.escape(k)}">'
-                   f'{html.escape(v)}</td></tr>' for k, v in stats_rows(view))
+    rows = "".join(
+        f'<tr><th>{html.escape(k)}</th><td data-stat="{html.escape(k)}">{html.escape(v)}</td></tr>'
+        for k, v in stats_rows(view)
+    )
     code, words = view.verdict()
-    return (f'<div class="vgb-verdict vgb-{code}" data-run="{html.escape(view.label)}" '
-            f'data-verdict="{code}">{html.escape(view.label)}: {html.escape(words)}</div>'
-            f'<table class="vgb-stats" data-run="{html.escape(view.label)}">'
-            f'<caption>{html.escape(view.label)}</caption>{rows}</table>')
+    return (
+        f'<div class="vgb-verdict vgb-{code}" data-run="{html.escape(view.label)}" '
+        f'data-verdict="{code}">{html.escape(view.label)}: {html.escape(words)}</div>'
+        f'<table class="vgb-stats" data-run="{html.escape(view.label)}">'
+        f"<caption>{html.escape(view.label)}</caption>{rows}</table>"
+    )
 
 
 def compare_html(views: list[WalkView]) -> str:
@@ -317,15 +354,19 @@ def compare_html(views: list[WalkView]) -> str:
     for v in views:
         ft, bft = get(v, "forward_tokens"), get(base, "forward_tokens")
         ratio = f"{ft / bft:.1f}×" if bft else "—"
-        rows.append(f"<tr><th>{html.escape(v.label)}</th><td>{html.escape(v.verdict()[1])}</td>"
-                    f'<td data-stat="forward tokens">{int(ft)}</td>'
-                    f'<td data-stat="forward ratio">{ratio}</td>'
-                    f"<td>{v.own_tokens_per_s:.1f}</td><td>{v.busy_s:.2f} s</td></tr>")
-    return (f'<div class="vgb-compare" data-verdicts="{html.escape(words)}"><div '
-            f'class="vgb-compare-words">{html.escape(words)}</div><table class="vgb-stats">'
-            "<tr><th>run</th><th>verdict</th><th>forward tokens</th><th>vs baseline</th>"
-            "<th>output tokens/s (own time)</th><th>own time</th></tr>"
-            f'{"".join(rows)}</table></div>')
+        rows.append(
+            f"<tr><th>{html.escape(v.label)}</th><td>{html.escape(v.verdict()[1])}</td>"
+            f'<td data-stat="forward tokens">{int(ft)}</td>'
+            f'<td data-stat="forward ratio">{ratio}</td>'
+            f"<td>{v.own_tokens_per_s:.1f}</td><td>{v.busy_s:.2f} s</td></tr>"
+        )
+    return (
+        f'<div class="vgb-compare" data-verdicts="{html.escape(words)}"><div '
+        f'class="vgb-compare-words">{html.escape(words)}</div><table class="vgb-stats">'
+        "<tr><th>run</th><th>verdict</th><th>forward tokens</th><th>vs baseline</th>"
+        "<th>output tokens/s (own time)</th><th>own time</th></tr>"
+        f"{''.join(rows)}</table></div>"
+    )
 
 
 def error_html(message: str) -> str:
@@ -386,13 +427,24 @@ def run_record(views: list[WalkView], settings: dict) -> dict:
     runs = []
     for v in views:
         st = v.stats.as_dict() if hasattr(v.stats, "as_dict") else {}
-        runs.append({
-            "sampler": v.label, "verifier": v.verifier, "verdict": v.verdict()[0],
-            "verdict_text": v.verdict()[1], "text": v.text, "finish_reason": v.finish_reason,
-            "reached_leaf": v.reached_leaf, "tilt": v.tilt, "output_tokens": v.output_tokens,
-            "own_time_s": round(v.busy_s, 4), "stats": st, "explored_prefixes":
-            len(v.tree.nodes), "events": v.log, "events_dropped": max(0, v.events - 1
-                                                                      - len(v.log))})
+        runs.append(
+            {
+                "sampler": v.label,
+                "verifier": v.verifier,
+                "verdict": v.verdict()[0],
+                "verdict_text": v.verdict()[1],
+                "text": v.text,
+                "finish_reason": v.finish_reason,
+                "reached_leaf": v.reached_leaf,
+                "tilt": v.tilt,
+                "output_tokens": v.output_tokens,
+                "own_time_s": round(v.busy_s, 4),
+                "stats": st,
+                "explored_prefixes": len(v.tree.nodes),
+                "events": v.log,
+                "events_dropped": max(0, v.events - 1 - len(v.log)),
+            }
+        )
     return {"format": "mlx-vgb run v1", "settings": settings, "runs": runs}
 
 

@@ -49,8 +49,17 @@ GENERATORS = (GENERATOR_DEFAULT, GENERATOR_PICK, GENERATOR_FOLDER, GENERATOR_HUB
 DEFAULT_MODEL_CHOICE = "default"
 CHOICES = ("default", "rejection", "self-normalized", "enumerate")
 
-VERIFIERS = ("none", "no-letter", "regex", "forbid", "python-syntax", "unit-tests", "head",
-             "model", "python function")
+VERIFIERS = (
+    "none",
+    "no-letter",
+    "regex",
+    "forbid",
+    "python-syntax",
+    "unit-tests",
+    "head",
+    "model",
+    "python function",
+)
 BASELINES = ("plain", "action-rs")
 BLOCKS = ("token", "line", "2", "4", "8", "16")
 MAX_LOADED_MODELS = 2
@@ -92,16 +101,20 @@ class RunSettings:
     def model_spec(self, default: str | None) -> str | None:
         path = (self.model_path or "").strip()
         if self.generator == GENERATOR_DEFAULT or (
-                self.generator == GENERATOR_PICK and path in ("", DEFAULT_MODEL_CHOICE)):
+            self.generator == GENERATOR_PICK and path in ("", DEFAULT_MODEL_CHOICE)
+        ):
             return default
         if self.generator == GENERATOR_PICK:
             return resolve_model(path)
         if not path:
-            raise ConfigError(f"generator '{self.generator}': type the folder path or hub id "
-                              "in the model box")
+            raise ConfigError(
+                f"generator '{self.generator}': type the folder path or hub id in the model box"
+            )
         if self.generator == GENERATOR_FOLDER and not os.path.isdir(os.path.expanduser(path)):
-            raise ConfigError(f"no folder at {path!r}: give an MLX model folder (convert other "
-                              "formats with `mlx-vgb convert`)")
+            raise ConfigError(
+                f"no folder at {path!r}: give an MLX model folder (convert other "
+                "formats with `mlx-vgb convert`)"
+            )
         return path
 
     def verifier_settings(self) -> VerifierSpec:
@@ -130,8 +143,10 @@ class RunSettings:
             return PythonSyntaxSpec()
         if kind == "unit-tests":
             if not (self.tests or "").strip():
-                raise ConfigError("unit tests: type Python asserts (they run after the "
-                                  "response's code, in the sandbox)")
+                raise ConfigError(
+                    "unit tests: type Python asserts (they run after the "
+                    "response's code, in the sandbox)"
+                )
             return UnitTestsSpec(self.tests, str(saved_file(self.tests, "tests", ".py")))
         if kind in ("head", "model"):
             path = (self.verifier_path or "").strip()
@@ -142,8 +157,10 @@ class RunSettings:
         if kind == "python function":
             fn = (self.function or "").strip()
             if ":" not in fn:
-                raise ConfigError("python function verifier: give 'package.module:function' "
-                                  "(fn(text, complete) -> float)")
+                raise ConfigError(
+                    "python function verifier: give 'package.module:function' "
+                    "(fn(text, complete) -> float)"
+                )
             return FunctionSpec(fn)
         raise ConfigError(f"unknown verifier kind {kind!r}; choose one of {', '.join(VERIFIERS)}")
 
@@ -151,23 +168,36 @@ class RunSettings:
         """Every field in range, else a ``FieldError`` naming the field as the form labels it."""
         if not (self.prompt or "").strip():
             raise FieldError("Prompt", "the prompt is empty: type what the model should answer")
-        for name, label, lo in (("max_tokens", "Max tokens (H)", 1),
-                                ("candidates", "Candidates K", 1),
-                                ("max_steps", "Max steps", 0), ("top_k", "top-k", 0),
-                                ("seed", "Seed", 0)):
+        for name, label, lo in (
+            ("max_tokens", "Max tokens (H)", 1),
+            ("candidates", "Candidates K", 1),
+            ("max_steps", "Max steps", 0),
+            ("top_k", "top-k", 0),
+            ("seed", "Seed", 0),
+        ):
             v = getattr(self, name)
             if v is None or not isinstance(v, (int, float)) or int(v) != v or v < lo:
-                raise FieldError(label, f"must be a whole number >= {lo}, got {v!r}"
-                                 + (" (0: no limit)" if name == "max_steps" else ""))
-        for name, label, lo, hi, lo_open in (("temp", "Temperature", 0, None, False),
-                                             ("drift", "Drift lambda", 0, 1, True),
-                                             ("top_p", "top-p", 0, 1, True),
-                                             ("alpha", "alpha", 0, 1, True)):
+                raise FieldError(
+                    label,
+                    f"must be a whole number >= {lo}, got {v!r}"
+                    + (" (0: no limit)" if name == "max_steps" else ""),
+                )
+        for name, label, lo, hi, lo_open in (
+            ("temp", "Temperature", 0, None, False),
+            ("drift", "Drift lambda", 0, 1, True),
+            ("top_p", "top-p", 0, 1, True),
+            ("alpha", "alpha", 0, 1, True),
+        ):
             v = getattr(self, name)
             if name == "alpha" and self.verifier != "no-letter":
                 continue
-            bad = v is None or not isinstance(v, (int, float)) or v < lo or (lo_open and v == lo) \
+            bad = (
+                v is None
+                or not isinstance(v, (int, float))
+                or v < lo
+                or (lo_open and v == lo)
                 or (hi is not None and v > hi)
+            )
             if bad:
                 rng = f"in ({lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise FieldError(label, f"must be {rng}, got {v!r}")
@@ -184,12 +214,20 @@ class RunSettings:
 
     def stream_kwargs(self, sampler: str, verifier) -> dict:
         return dict(
-            verifier=verifier, sampler=sampler, max_tokens=int(self.max_tokens),
-            temp=float(self.temp), top_p=float(self.top_p), top_k=int(self.top_k or 0),
-            seed=int(self.seed or 0), block=self.block_value(), candidates=int(self.candidates),
-            max_steps=int(self.max_steps) if self.max_steps else None, drift=float(self.drift),
+            verifier=verifier,
+            sampler=sampler,
+            max_tokens=int(self.max_tokens),
+            temp=float(self.temp),
+            top_p=float(self.top_p),
+            top_k=int(self.top_k or 0),
+            seed=int(self.seed or 0),
+            block=self.block_value(),
+            candidates=int(self.candidates),
+            max_steps=int(self.max_steps) if self.max_steps else None,
+            drift=float(self.drift),
             choice=None if self.choice in ("", "default") else self.choice,
-            system_prompt=(self.system_prompt or None))
+            system_prompt=(self.system_prompt or None),
+        )
 
 
 class FieldError(ConfigError):
@@ -243,8 +281,12 @@ def _installed_dirs() -> tuple[str, ...]:
     """Where the package's and the environment's code lives (not the user's own)."""
     import mlx_vgb
 
-    return (str(Path(mlx_vgb.__file__).resolve().parent), str(Path(__file__).resolve().parent),
-            sys.prefix, sys.base_prefix)
+    return (
+        str(Path(mlx_vgb.__file__).resolve().parent),
+        str(Path(__file__).resolve().parent),
+        sys.prefix,
+        sys.base_prefix,
+    )
 
 
 def reload_if_changed(target: str) -> None:
@@ -288,8 +330,11 @@ def resolve_model(name: str) -> str:
         return reg.resolve(name)
     p = os.path.expanduser(name)
     if name.startswith((".", "/", "~")) and not os.path.isdir(p):
-        raise FieldError("Model", f"no folder at {name!r}: give an MLX model folder (convert "
-                         "other formats with `mlx-vgb convert`)")
+        raise FieldError(
+            "Model",
+            f"no folder at {name!r}: give an MLX model folder (convert "
+            "other formats with `mlx-vgb convert`)",
+        )
     return p if os.path.isdir(p) else name
 
 
@@ -404,8 +449,10 @@ def user_message(e: BaseException) -> str:
         last = frames[-1]
         user = not last.filename.startswith(_installed_dirs())
         if user and any("verifiers.py" in f.filename for f in frames):
-            return (f"your verifier function raised {type(e).__name__}: {e} "
-                    f"({os.path.basename(last.filename)}, line {last.lineno})")
+            return (
+                f"your verifier function raised {type(e).__name__}: {e} "
+                f"({os.path.basename(last.filename)}, line {last.lineno})"
+            )
     log.exception("run failed")
     return f"internal error ({type(e).__name__}: {e}); the server log has the details"
 
@@ -413,8 +460,9 @@ def user_message(e: BaseException) -> str:
 class Runner:
     """Streams one run (VGB, and the baseline in compare mode) as a sequence of views."""
 
-    def __init__(self, models: ModelCache, stream_generate: Callable,
-                 update_interval_s: float = 0.1):
+    def __init__(
+        self, models: ModelCache, stream_generate: Callable, update_interval_s: float = 0.1
+    ):
         self.models, self.stream_generate = models, stream_generate
         self.update_interval_s = update_interval_s
         self.worker = ModelWorker()
@@ -447,8 +495,9 @@ class Runner:
                 kw = settings.stream_kwargs(s, spec)
                 if traced:
                     kw["trace"] = view.add_trace
-                streams.append(self.worker.call(
-                    self.stream_generate, model, tokenizer, settings.prompt, **kw))
+                streams.append(
+                    self.worker.call(self.stream_generate, model, tokenizer, settings.prompt, **kw)
+                )
             yield run.views, "running…"
             yield from self._pump(run, streams)
         except GeneratorExit:  # Gradio stopped iterating: the page's Cancel, or a closed tab
@@ -501,5 +550,5 @@ def _timed_next(stream):
 
 
 def status_line(views: list[WalkView]) -> str:
-    """"done: vgb passes, plain (baseline) fails"."""
+    """ "done: vgb passes, plain (baseline) fails"."""
     return "done: " + ", ".join(f"{v.label} {v.verdict()[1]}" for v in views)

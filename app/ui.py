@@ -79,13 +79,30 @@ def command_line(s: RunSettings, default_model: str | None) -> str:
         spec = "?"
     parts = ["mlx-vgb", "generate"]
     picked = (s.model_path or "").strip()
-    model = default_model if s.generator == GENERATOR_DEFAULT or (
-        s.generator == GENERATOR_PICK and picked in ("", DEFAULT_MODEL_CHOICE)) else picked
+    model = (
+        default_model
+        if s.generator == GENERATOR_DEFAULT
+        or (s.generator == GENERATOR_PICK and picked in ("", DEFAULT_MODEL_CHOICE))
+        else picked
+    )
     if model:
         parts += ["--model", model]
-    parts += ["--prompt", s.prompt, "--verifier", spec, "--sampler", s.sampler,
-              "--max-tokens", str(s.max_tokens), "--temp", f"{s.temp:g}", "--seed", str(s.seed),
-              "--candidates", str(s.candidates)]
+    parts += [
+        "--prompt",
+        s.prompt,
+        "--verifier",
+        spec,
+        "--sampler",
+        s.sampler,
+        "--max-tokens",
+        str(s.max_tokens),
+        "--temp",
+        f"{s.temp:g}",
+        "--seed",
+        str(s.seed),
+        "--candidates",
+        str(s.candidates),
+    ]
     if s.choice and s.choice != "default":
         parts += ["--choice", s.choice]
     if s.block and s.block != "token":
@@ -111,17 +128,27 @@ def _panel(view: WalkView | None) -> list:
     # plain values, not gr.update(): Gradio's Runs page shows an update as "[object Object]"
     if view is None:
         return [""] * N_PANEL_OUTPUTS
-    return [text_html(view), stats_html(view), view.text,
-            tree_html(view.tree, view.decode or str, view.label, view.final_tokens)]
+    return [
+        text_html(view),
+        stats_html(view),
+        view.text,
+        tree_html(view.tree, view.decode or str, view.label, view.final_tokens),
+    ]
 
 
 def _form_values(preset: dict, d: RunSettings, fields: list[str]) -> list:
     return [preset.get(f, getattr(d, f)) for f in fields]
 
 
-def build_app(model: str | None = None, *, load=None, stream_generate=None,
-              update_interval_s: float = 0.1, max_concurrent: int = 4,
-              preload: bool = False) -> gr.Blocks:
+def build_app(
+    model: str | None = None,
+    *,
+    load=None,
+    stream_generate=None,
+    update_interval_s: float = 0.1,
+    max_concurrent: int = 4,
+    preload: bool = False,
+) -> gr.Blocks:
     """The web app on ``model`` (None: the embedded default SmolLM2; or an MLX folder / hub id).
 
     ``load`` / ``stream_generate`` default to ``mlx_vgb.generate``'s (tests may pass others);
@@ -156,88 +183,153 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                 with gr.Row(elem_id="vgb-run-bar"):
                     run_btn = gr.Button("Run", variant="primary", elem_id="run", scale=2)
                     cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel", scale=1)
-                    preset = gr.Dropdown([p["title"] for p in presets], value=first["title"],
-                                         label="Preset (task)", elem_id="preset", scale=3)
-                c["prompt"] = gr.Textbox(label="Prompt", lines=4, value=d.prompt,
-                                         elem_id="prompt")
+                    preset = gr.Dropdown(
+                        [p["title"] for p in presets],
+                        value=first["title"],
+                        label="Preset (task)",
+                        elem_id="preset",
+                        scale=3,
+                    )
+                c["prompt"] = gr.Textbox(label="Prompt", lines=4, value=d.prompt, elem_id="prompt")
                 with gr.Accordion("Model", open=False):
-                    c["generator"] = gr.Textbox(value=GENERATOR_PICK, visible=False,
-                                                label="Generator")
+                    c["generator"] = gr.Textbox(
+                        value=GENERATOR_PICK, visible=False, label="Generator"
+                    )
                     c["model_path"] = gr.Dropdown(
-                        model_choices(model_label), value=DEFAULT_MODEL_CHOICE,
-                        allow_custom_value=True, elem_id="model",
-                        label="Model (registry, converted folders, or type a folder / hub id)")
+                        model_choices(model_label),
+                        value=DEFAULT_MODEL_CHOICE,
+                        allow_custom_value=True,
+                        elem_id="model",
+                        label="Model (registry, converted folders, or type a folder / hub id)",
+                    )
                 with gr.Group():
-                    c["verifier"] = gr.Dropdown(list(VERIFIERS), value=d.verifier,
-                                                label="Verifier", elem_id="verifier")
+                    c["verifier"] = gr.Dropdown(
+                        list(VERIFIERS), value=d.verifier, label="Verifier", elem_id="verifier"
+                    )
                     with gr.Row():
-                        c["letter"] = gr.Textbox(label="Forbidden letter", value=d.letter,
-                                                 max_lines=1, elem_id="letter")
-                        c["alpha"] = gr.Number(value=d.alpha, label="alpha (V^ = alpha^(H-h) r)",
-                                               elem_id="alpha")
-                    c["pattern"] = gr.Textbox(label="Regex (full match)", visible=False, value="",
-                                              placeholder=r"[A-Z][a-z ]+\.", elem_id="pattern")
-                    c["words"] = gr.Textbox(label="Forbidden strings (separated by |; spaces "
-                                            "count)", visible=False, value="")
-                    c["tests"] = gr.Code(label="Unit tests (asserts run after the response's "
-                                               "code)", language="python", visible=False,
-                                         value="", elem_id="tests")
-                    tests_file = gr.File(label="…or upload a tests file (.py)", visible=False,
-                                         file_types=[".py"], type="filepath",
-                                         elem_id="tests-file")
-                    c["verifier_path"] = gr.Textbox(label="Verifier folder", visible=False,
-                                                    value="")
-                    c["function"] = gr.Textbox(label="Function (package.module:function)",
-                                               visible=False, value="", elem_id="function")
-                    module_file = gr.File(label="…or upload a verifier module (.py with "
-                                          "fn(text, complete) -> float)", visible=False,
-                                          file_types=[".py"], type="filepath",
-                                          elem_id="module-file")
+                        c["letter"] = gr.Textbox(
+                            label="Forbidden letter", value=d.letter, max_lines=1, elem_id="letter"
+                        )
+                        c["alpha"] = gr.Number(
+                            value=d.alpha, label="alpha (V^ = alpha^(H-h) r)", elem_id="alpha"
+                        )
+                    c["pattern"] = gr.Textbox(
+                        label="Regex (full match)",
+                        visible=False,
+                        value="",
+                        placeholder=r"[A-Z][a-z ]+\.",
+                        elem_id="pattern",
+                    )
+                    c["words"] = gr.Textbox(
+                        label="Forbidden strings (separated by |; spaces count)",
+                        visible=False,
+                        value="",
+                    )
+                    c["tests"] = gr.Code(
+                        label="Unit tests (asserts run after the response's code)",
+                        language="python",
+                        visible=False,
+                        value="",
+                        elem_id="tests",
+                    )
+                    tests_file = gr.File(
+                        label="…or upload a tests file (.py)",
+                        visible=False,
+                        file_types=[".py"],
+                        type="filepath",
+                        elem_id="tests-file",
+                    )
+                    c["verifier_path"] = gr.Textbox(
+                        label="Verifier folder", visible=False, value=""
+                    )
+                    c["function"] = gr.Textbox(
+                        label="Function (package.module:function)",
+                        visible=False,
+                        value="",
+                        elem_id="function",
+                    )
+                    module_file = gr.File(
+                        label="…or upload a verifier module (.py with fn(text, complete) -> float)",
+                        visible=False,
+                        file_types=[".py"],
+                        type="filepath",
+                        elem_id="module-file",
+                    )
                 with gr.Group():
                     with gr.Row():
-                        c["sampler"] = gr.Dropdown(list(SAMPLERS), value=d.sampler,
-                                                   label="Sampler", elem_id="sampler")
-                        c["choice"] = gr.Dropdown(list(CHOICES), value=d.choice,
-                                                  label="Choice rule", elem_id="choice")
-                        c["block"] = gr.Dropdown(list(BLOCKS), value=d.block,
-                                                 allow_custom_value=True,
-                                                 label="Block (action)", elem_id="block")
+                        c["sampler"] = gr.Dropdown(
+                            list(SAMPLERS), value=d.sampler, label="Sampler", elem_id="sampler"
+                        )
+                        c["choice"] = gr.Dropdown(
+                            list(CHOICES), value=d.choice, label="Choice rule", elem_id="choice"
+                        )
+                        c["block"] = gr.Dropdown(
+                            list(BLOCKS),
+                            value=d.block,
+                            allow_custom_value=True,
+                            label="Block (action)",
+                            elem_id="block",
+                        )
                     with gr.Row():
-                        c["candidates"] = gr.Number(value=d.candidates, precision=0,
-                                                    label="Candidates K", elem_id="candidates")
-                        c["temp"] = gr.Number(value=d.temp, step=0.1, label="Temperature",
-                                              elem_id="temp")
+                        c["candidates"] = gr.Number(
+                            value=d.candidates,
+                            precision=0,
+                            label="Candidates K",
+                            elem_id="candidates",
+                        )
+                        c["temp"] = gr.Number(
+                            value=d.temp, step=0.1, label="Temperature", elem_id="temp"
+                        )
                     with gr.Row():
-                        c["max_tokens"] = gr.Number(value=d.max_tokens, precision=0,
-                                                    label="Max tokens (H)", elem_id="max-tokens")
-                        c["max_steps"] = gr.Number(value=d.max_steps, precision=0,
-                                                   label="Max steps (0: none)",
-                                                   elem_id="max-steps")
-                        c["seed"] = gr.Number(value=d.seed, precision=0, label="Seed",
-                                              elem_id="seed")
+                        c["max_tokens"] = gr.Number(
+                            value=d.max_tokens,
+                            precision=0,
+                            label="Max tokens (H)",
+                            elem_id="max-tokens",
+                        )
+                        c["max_steps"] = gr.Number(
+                            value=d.max_steps,
+                            precision=0,
+                            label="Max steps (0: none)",
+                            elem_id="max-steps",
+                        )
+                        c["seed"] = gr.Number(
+                            value=d.seed, precision=0, label="Seed", elem_id="seed"
+                        )
                 with gr.Accordion("More knobs", open=False):
-                    c["drift"] = gr.Number(value=defaults.drift, step=0.05,
-                                           label="Drift lambda (parent weight, (0, 1])",
-                                           elem_id="drift")
-                    c["top_p"] = gr.Number(value=defaults.top_p, step=0.05, label="top-p",
-                                           elem_id="top-p")
-                    c["top_k"] = gr.Number(value=0, precision=0, label="top-k (0: off)",
-                                           elem_id="top-k")
+                    c["drift"] = gr.Number(
+                        value=defaults.drift,
+                        step=0.05,
+                        label="Drift lambda (parent weight, (0, 1])",
+                        elem_id="drift",
+                    )
+                    c["top_p"] = gr.Number(
+                        value=defaults.top_p, step=0.05, label="top-p", elem_id="top-p"
+                    )
+                    c["top_k"] = gr.Number(
+                        value=0, precision=0, label="top-k (0: off)", elem_id="top-k"
+                    )
                     c["system_prompt"] = gr.Textbox(label="System prompt", value="")
                 with gr.Row():
-                    c["compare"] = gr.Checkbox(label="Compare with a baseline", value=False,
-                                               elem_id="compare")
-                    c["baseline"] = gr.Dropdown(list(BASELINES), value=defaults.baseline,
-                                                label="Baseline", elem_id="baseline")
+                    c["compare"] = gr.Checkbox(
+                        label="Compare with a baseline", value=False, elem_id="compare"
+                    )
+                    c["baseline"] = gr.Dropdown(
+                        list(BASELINES),
+                        value=defaults.baseline,
+                        label="Baseline",
+                        elem_id="baseline",
+                    )
                 with gr.Accordion("History (kept in this browser)", open=True):
-                    hist_pick = gr.Dropdown([], label="Earlier runs", elem_id="history",
-                                            interactive=True)
-                    restore_btn = gr.Button("Restore its settings", elem_id="restore",
-                                            size="sm")
+                    hist_pick = gr.Dropdown(
+                        [], label="Earlier runs", elem_id="history", interactive=True
+                    )
+                    restore_btn = gr.Button("Restore its settings", elem_id="restore", size="sm")
                     hist_html = gr.HTML(elem_id="history-list")
             with gr.Column(scale=3, min_width=480):
-                status = gr.HTML(value='<div class="vgb-status">ready</div>', elem_id="status",
-                                 label="Status")
+                status = gr.HTML(
+                    value='<div class="vgb-status">ready</div>', elem_id="status", label="Status"
+                )
                 summary = gr.HTML(elem_id="compare-summary", label="Comparison")
                 with gr.Row():
                     panels = []
@@ -245,43 +337,63 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                         with gr.Column(visible=(i == 0)) as col:
                             live = gr.HTML(label="Walk", elem_id=f"walk-{i}")
                             stats = gr.HTML(elem_id=f"stats-{i}", label="Verdict and stats")
-                            final = gr.Textbox(label="Final text", lines=3, interactive=False,
-                                               elem_id=f"final-{i}")
+                            final = gr.Textbox(
+                                label="Final text", lines=3, interactive=False, elem_id=f"final-{i}"
+                            )
                         panels.append(col)
                         panels.append([live, stats, final])
                 plot = gr.HTML(elem_id="depth", label="Depth over steps")
                 with gr.Tab("Explored tree"):
-                    trees = [gr.HTML(elem_id=f"tree-{i}", label=f"Explored tree {i}")
-                             for i in range(2)]
+                    trees = [
+                        gr.HTML(elem_id=f"tree-{i}", label=f"Explored tree {i}") for i in range(2)
+                    ]
                 with gr.Tab("Inspect a step"):
                     with gr.Row():
-                        which = gr.Radio(["run", "baseline"], value="run", label="Run",
-                                         elem_id="inspect-run")
-                        step_box = gr.Number(value=0, precision=0, label="Step (0: the last)",
-                                             elem_id="inspect-step")
+                        which = gr.Radio(
+                            ["run", "baseline"], value="run", label="Run", elem_id="inspect-run"
+                        )
+                        step_box = gr.Number(
+                            value=0, precision=0, label="Step (0: the last)", elem_id="inspect-step"
+                        )
                         step_btn = gr.Button("Show", elem_id="inspect-show", size="sm")
                     step_view = gr.HTML(elem_id="step-view", label="Step")
                 with gr.Tab("Run as JSON"):
-                    json_file = gr.File(label="Download (events and stats)",
-                                        elem_id="run-json-file", interactive=False)
-                    json_code = gr.Code(language="json", label="JSON (copy button at the "
-                                        "top right)", elem_id="run-json", buttons=["copy"],
-                                        max_lines=20, interactive=False)
-                command = gr.Textbox(label="Same run from the command line", interactive=False,
-                                     max_lines=3, elem_id="command")
+                    json_file = gr.File(
+                        label="Download (events and stats)",
+                        elem_id="run-json-file",
+                        interactive=False,
+                    )
+                    json_code = gr.Code(
+                        language="json",
+                        label="JSON (copy button at the top right)",
+                        elem_id="run-json",
+                        buttons=["copy"],
+                        max_lines=20,
+                        interactive=False,
+                    )
+                command = gr.Textbox(
+                    label="Same run from the command line",
+                    interactive=False,
+                    max_lines=3,
+                    elem_id="command",
+                )
 
         inputs = [c[f] for f in fields]
         panel_cols = [panels[0], panels[2]]
         panel_outs = [panels[1], panels[3]]
         outputs = [status, command, summary, plot] + [
-            o for i in range(2) for o in panel_outs[i] + [trees[i]]]
+            o for i in range(2) for o in panel_outs[i] + [trees[i]]
+        ]
 
         def outputs_for(views, status_html, cmd=None):
             views = list(views)
             padded = views + [None] * (2 - len(views))
-            out = [status_html, gr.update() if cmd is None else cmd,
-                   compare_html(views) if len(views) > 1 else "",
-                   depth_svg(views) if views else ""]
+            out = [
+                status_html,
+                gr.update() if cmd is None else cmd,
+                compare_html(views) if len(views) > 1 else "",
+                depth_svg(views) if views else "",
+            ]
             for v in padded:
                 p = _panel(v)
                 out += p[:3] + [p[3]]
@@ -306,10 +418,21 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
 
         # named parameters (not *values) so that API clients see prompt=, verifier=, ...
         on_run.__signature__ = inspect.Signature(
-            [inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                               default=getattr(defaults, f)) for f in fields]
-            + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                 default=None, annotation=gr.Request)])
+            [
+                inspect.Parameter(
+                    f, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=getattr(defaults, f)
+                )
+                for f in fields
+            ]
+            + [
+                inspect.Parameter(
+                    "request",
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=None,
+                    annotation=gr.Request,
+                )
+            ]
+        )
 
         def on_cancel(request: gr.Request = None):
             session = getattr(request, "session_hash", None) or "anonymous"
@@ -344,15 +467,20 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
             settings = dict(zip(fields, values))
             rec = run_record(views, settings)
             text = json.dumps(rec, indent=1, ensure_ascii=False)
-            path = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="mlx-vgb-run-",
-                                               delete=False, encoding="utf-8")
+            path = tempfile.NamedTemporaryFile(
+                "w", suffix=".json", prefix="mlx-vgb-run-", delete=False, encoding="utf-8"
+            )
             with path:
                 path.write(text)
-            entry = {"id": f"{time.time():.3f}", "time": time.strftime("%H:%M:%S"),
-                     "title": f"{views[0].label} · {settings.get('verifier')} · "
-                              f"{(settings.get('prompt') or '')[:40]!r}",
-                     "verdict": "; ".join(f"{v.label}: {v.verdict()[1]}" for v in views),
-                     "text": views[0].text[:400], "settings": settings}
+            entry = {
+                "id": f"{time.time():.3f}",
+                "time": time.strftime("%H:%M:%S"),
+                "title": f"{views[0].label} · {settings.get('verifier')} · "
+                f"{(settings.get('prompt') or '')[:40]!r}",
+                "verdict": "; ".join(f"{v.label}: {v.verdict()[1]}" for v in views),
+                "text": views[0].text[:400],
+                "settings": settings,
+            }
             hist = ([entry] + list(hist or []))[:MAX_HISTORY]
             v = views[0]
             step = step_html(v.tree, v.decode or str, None, v.label)
@@ -361,8 +489,15 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
         on_finished.__signature__ = inspect.Signature(
             [inspect.Parameter("hist", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
             + [inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD) for f in fields]
-            + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                 default=None, annotation=gr.Request)])
+            + [
+                inspect.Parameter(
+                    "request",
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    default=None,
+                    annotation=gr.Request,
+                )
+            ]
+        )
 
         def on_restore(hist, pick):
             entry = next((h for h in hist or [] if h.get("id") == pick), None)
@@ -384,7 +519,8 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
             shown = VERIFIER_FIELDS.get(kind, ())
             return [gr.update(visible=f in shown) for f in PARAM_FIELDS] + [
                 gr.update(visible=kind == "unit-tests"),
-                gr.update(visible=kind == "python function")]
+                gr.update(visible=kind == "python function"),
+            ]
 
         def on_tests_file(path):
             if not path:
@@ -404,35 +540,50 @@ def build_app(model: str | None = None, *, load=None, stream_generate=None,
                 gr.Warning(str(e))
                 return gr.update()
 
-        run_event = run_btn.click(on_run, inputs, outputs, api_name="run",
-                                  concurrency_limit=max_concurrent, concurrency_id="walks",
-                                  show_progress="minimal")
-        run_event.then(on_finished, [history] + inputs,
-                       [json_code, json_file, step_view, hist_pick, hist_html, history],
-                       api_name=False)
-        cancel_btn.click(on_cancel, None, outputs, api_name="cancel", cancels=[run_event],
-                         concurrency_limit=None)
+        run_event = run_btn.click(
+            on_run,
+            inputs,
+            outputs,
+            api_name="run",
+            concurrency_limit=max_concurrent,
+            concurrency_id="walks",
+            show_progress="minimal",
+        )
+        run_event.then(
+            on_finished,
+            [history] + inputs,
+            [json_code, json_file, step_view, hist_pick, hist_html, history],
+            api_name=False,
+        )
+        cancel_btn.click(
+            on_cancel, None, outputs, api_name="cancel", cancels=[run_event], concurrency_limit=None
+        )
         verifier_outs = [c[f] for f in PARAM_FIELDS] + [tests_file, module_file]
         c["verifier"].change(on_verifier, c["verifier"], verifier_outs, api_name=False)
         preset.input(on_preset, preset, inputs + verifier_outs, api_name=False)
-        c["compare"].change(lambda on: gr.update(visible=bool(on)), c["compare"],
-                            panel_cols[1], api_name=False)
+        c["compare"].change(
+            lambda on: gr.update(visible=bool(on)), c["compare"], panel_cols[1], api_name=False
+        )
         tests_file.upload(on_tests_file, tests_file, c["tests"], api_name=False)
         module_file.upload(on_module_file, module_file, c["function"], api_name=False)
         step_btn.click(on_inspect, [which, step_box], step_view, api_name="inspect")
         step_box.submit(on_inspect, [which, step_box], step_view, api_name=False)
         restore_btn.click(on_restore, [history, hist_pick], inputs, api_name=False)
-        app.load(lambda h: _history_outputs(h or []), history, [hist_pick, hist_html],
-                 api_name=False)
+        app.load(
+            lambda h: _history_outputs(h or []), history, [hist_pick, hist_html], api_name=False
+        )
 
         def server_status():
-            return {"active_runs": runner.registry.active(),
-                    "finished_runs": runner.registry.finished,
-                    "cancelled_runs": runner.registry.cancelled,
-                    "models_loaded": runner.models.loaded()}
+            return {
+                "active_runs": runner.registry.active(),
+                "finished_runs": runner.registry.finished,
+                "cancelled_runs": runner.registry.cancelled,
+                "models_loaded": runner.models.loaded(),
+            }
 
-        gr.Button("status", visible=False).click(server_status, None, gr.JSON(visible=False),
-                                                 api_name="status", queue=False)
+        gr.Button("status", visible=False).click(
+            server_status, None, gr.JSON(visible=False), api_name="status", queue=False
+        )
     return app
 
 
@@ -441,9 +592,14 @@ def _history_outputs(hist: list) -> list:
     items = "".join(
         f'<li data-id="{html.escape(h["id"])}"><b>{html.escape(h["time"])}</b> '
         f'{html.escape(h["title"])}: <span class="vgb-hverdict">{html.escape(h["verdict"])}'
-        f'</span><br><code>{html.escape(h["text"][:120])}</code></li>' for h in hist)
-    body = (f'<ol class="vgb-history">{items}</ol>' if items
-            else '<div class="vgb-empty">no runs yet</div>')
+        f"</span><br><code>{html.escape(h['text'][:120])}</code></li>"
+        for h in hist
+    )
+    body = (
+        f'<ol class="vgb-history">{items}</ol>'
+        if items
+        else '<div class="vgb-empty">no runs yet</div>'
+    )
     return [gr.update(choices=choices, value=choices[0][1] if choices else None), body]
 
 

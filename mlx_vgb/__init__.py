@@ -21,20 +21,56 @@ from .errors import (
     VerifierError,
     VGBError,
 )
+from .generate import GenerationResponse, generate, load, stream_generate
 from .protocols import BaseLanguageModel, BaseVerifier, FunctionVerifier, LanguageModel, Verifier
+from .registry import SAMPLERS, make_sampler, make_verifier, parse_verifier
 from .results import Append, Backtrack, Done, SampleResult, SampleStats, Trace
 from .run import Run
 from .vgb import VGB, ActionLevelRS, Walk
 
-from .registry import SAMPLERS, make_sampler, make_verifier, parse_verifier
-from .generate import GenerationResponse, generate, load, stream_generate
-
 __all__ = [
-    "VGB", "ActionLevelRS", "Walk", "Plain", "OutcomeLevelRS", "BestOfN", "BlockBestOfN",
-    "BlockRS", "SAMPLERS", "Tokens", "Blocks", "Lines", "make_actions", "Candidates",
-    "Enumerate", "Rejection", "SelfNormalized", "CHOICES", "make_choice", "Run", "LanguageModel",
-    "Verifier", "BaseLanguageModel", "BaseVerifier",
-    "FunctionVerifier", "Append", "Backtrack", "Done", "SampleResult", "SampleStats", "Trace",
-    "VGBError", "ConfigError", "EmptyPromptError", "VerifierError", "LanguageModelError",
-    "DeadEndError", "make_sampler", "make_verifier", "parse_verifier", "load", "generate", "stream_generate", "GenerationResponse",
+    "VGB",
+    "ActionLevelRS",
+    "Walk",
+    "Plain",
+    "OutcomeLevelRS",
+    "BestOfN",
+    "BlockBestOfN",
+    "BlockRS",
+    "SAMPLERS",
+    "Tokens",
+    "Blocks",
+    "Lines",
+    "make_actions",
+    "Candidates",
+    "Enumerate",
+    "Rejection",
+    "SelfNormalized",
+    "CHOICES",
+    "make_choice",
+    "Run",
+    "LanguageModel",
+    "Verifier",
+    "BaseLanguageModel",
+    "BaseVerifier",
+    "FunctionVerifier",
+    "Append",
+    "Backtrack",
+    "Done",
+    "SampleResult",
+    "SampleStats",
+    "Trace",
+    "VGBError",
+    "ConfigError",
+    "EmptyPromptError",
+    "VerifierError",
+    "LanguageModelError",
+    "DeadEndError",
+    "make_sampler",
+    "make_verifier",
+    "parse_verifier",
+    "load",
+    "generate",
+    "stream_generate",
+    "GenerationResponse",
 ]

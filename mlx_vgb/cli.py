@@ -26,8 +26,10 @@ def main() -> None:
         return
     name = sys.argv.pop(1)
     if name not in SUBCOMMANDS:
-        print(f"mlx-vgb: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"mlx-vgb: unknown subcommand {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     sys.argv[0] = f"mlx-vgb {name}"
     importlib.import_module(SUBCOMMANDS[name]).main()

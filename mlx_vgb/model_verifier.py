@@ -32,11 +32,14 @@ class ValueHeadVerifier(BaseVerifier):
     - ``floor``: V^ is clipped below at ``floor`` (0 keeps it a probability).
     """
 
-    def __init__(self, lm, *, tilt=None, own_lm: bool = False, floor: float = 0.0,
-                 bound: float = 1.0):
+    def __init__(
+        self, lm, *, tilt=None, own_lm: bool = False, floor: float = 0.0, bound: float = 1.0
+    ):
         if getattr(lm, "value_head", getattr(lm, "head", None)) is None:
-            raise ConfigError("the language model has no value head attached: build it with "
-                              "value_head=... (mlx_vgb.registry.make_language_model)")
+            raise ConfigError(
+                "the language model has no value head attached: build it with "
+                "value_head=... (mlx_vgb.registry.make_language_model)"
+            )
         self.lm, self._tilt, self.own_lm = lm, tilt, own_lm
         self.floor, self.bound = floor, bound
         self.prompt: tuple[int, ...] = ()
@@ -63,8 +66,10 @@ class SeparateModelVerifier(BaseVerifier):
 
         cfg, head, backbone = load_verifier(path)
         if backbone is None:
-            raise ConfigError(f"{path}: this verifier reads the generator's hidden states "
-                              "(backbone 'generator'); use --verifier head:PATH instead")
+            raise ConfigError(
+                f"{path}: this verifier reads the generator's hidden states "
+                "(backbone 'generator'); use --verifier head:PATH instead"
+            )
         model, tok = mlx_load(str(backbone))
         self.cfg, self.tokenizer = cfg, tok
         self.lm = MLXLanguageModel(model, tok, value_head=head)

@@ -63,21 +63,38 @@ def _pool(cls, arg):
 SAMPLERS: dict[str, SamplerEntry] = {
     e.name: e
     for e in (
-        SamplerEntry("vgb", "the practical VGB walk (no laziness, stops at the first leaf)",
-                     _walk(VGB)),
-        SamplerEntry("vgb-lazy", "the theory variant: lazy walk of T steps, output if on a "
-                     "leaf, else restart", _walk(VGB, lazy=True)),
-        SamplerEntry("action-rs", "ActionLevelRS / locally constrained decoding: VGB without "
-                     "the parent move", _walk(ActionLevelRS)),
-        SamplerEntry("outcome-rs", "rejection sampling of whole responses",
-                     _pool(OutcomeLevelRS, "max_tries")),
+        SamplerEntry(
+            "vgb", "the practical VGB walk (no laziness, stops at the first leaf)", _walk(VGB)
+        ),
+        SamplerEntry(
+            "vgb-lazy",
+            "the theory variant: lazy walk of T steps, output if on a leaf, else restart",
+            _walk(VGB, lazy=True),
+        ),
+        SamplerEntry(
+            "action-rs",
+            "ActionLevelRS / locally constrained decoding: VGB without the parent move",
+            _walk(ActionLevelRS),
+        ),
+        SamplerEntry(
+            "outcome-rs",
+            "rejection sampling of whole responses",
+            _pool(OutcomeLevelRS, "max_tries"),
+        ),
         SamplerEntry("bon", "Best-of-N by tau", _pool(BestOfN, "n")),
-        SamplerEntry("block-bon", "Block Best-of-N over blocks of --block tokens",
-                     _pool(BlockBestOfN, "n")),
-        SamplerEntry("block-rs", "Block rejection sampling over blocks of --block tokens",
-                     _pool(BlockRS, "n")),
-        SamplerEntry("plain", "sampling from pi_ref",
-                     lambda common, candidates, choice, drift: Plain(**common)),
+        SamplerEntry(
+            "block-bon", "Block Best-of-N over blocks of --block tokens", _pool(BlockBestOfN, "n")
+        ),
+        SamplerEntry(
+            "block-rs",
+            "Block rejection sampling over blocks of --block tokens",
+            _pool(BlockRS, "n"),
+        ),
+        SamplerEntry(
+            "plain",
+            "sampling from pi_ref",
+            lambda common, candidates, choice, drift: Plain(**common),
+        ),
     )
 }
 
@@ -93,26 +110,45 @@ def make_choice(choice, candidates: int = DEFAULT_CANDIDATES):
     return children.make_choice(choice, candidates)
 
 
-def make_sampler(name: str = DEFAULT_SAMPLER, *, max_tokens: int, block=None,
-                 candidates: int = DEFAULT_CANDIDATES, choice=DEFAULT_CHOICE, temp: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, max_steps: int | None = None,
-                 max_forward_tokens: int | None = None, drift: float | None = None,
-                 line_tokens: frozenset[int] = frozenset(), actions=None) -> Sampler:
+def make_sampler(
+    name: str = DEFAULT_SAMPLER,
+    *,
+    max_tokens: int,
+    block=None,
+    candidates: int = DEFAULT_CANDIDATES,
+    choice=DEFAULT_CHOICE,
+    temp: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_steps: int | None = None,
+    max_forward_tokens: int | None = None,
+    drift: float | None = None,
+    line_tokens: frozenset[int] = frozenset(),
+    actions=None,
+) -> Sampler:
     """A sampler by name. ``candidates`` is K for the walks, n for the pools (BoN, RS);
     ``actions`` (an ``ActionSpace``) replaces the one ``block`` and ``line_tokens`` give;
     ``drift`` None: ``default_drift(block)``."""
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if not isinstance(candidates, int) or candidates < 1:
-        raise ConfigError(f"candidates (K, or n for the pools) must be an integer >= 1, got "
-                          f"{candidates!r}")
+        raise ConfigError(
+            f"candidates (K, or n for the pools) must be an integer >= 1, got {candidates!r}"
+        )
     if actions is None:
         block = parse_block(block)
         actions = Lines(line_tokens) if block == "line" else make_actions(block)
     if drift is None:
         drift = default_drift(actions)
-    common = dict(horizon=max_tokens, actions=actions, temp=temp, top_p=top_p, top_k=top_k,
-                  max_steps=max_steps, max_forward_tokens=max_forward_tokens)
+    common = dict(
+        horizon=max_tokens,
+        actions=actions,
+        temp=temp,
+        top_p=top_p,
+        top_k=top_k,
+        max_steps=max_steps,
+        max_forward_tokens=max_forward_tokens,
+    )
     return SAMPLERS[name].make(common, candidates, choice, drift)
 
 
@@ -134,11 +170,13 @@ def parse_block(value) -> int | str | None:
         try:
             value = int(v)
         except ValueError:
-            raise ConfigError(f"block must be 'token', 'line' or a number of tokens, got "
-                              f"{value!r}") from None
+            raise ConfigError(
+                f"block must be 'token', 'line' or a number of tokens, got {value!r}"
+            ) from None
     if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"block must be 'token', 'line' or a number of tokens >= 1, got "
-                          f"{value!r}")
+        raise ConfigError(
+            f"block must be 'token', 'line' or a number of tokens >= 1, got {value!r}"
+        )
     return None if value == 1 else value
 
 
@@ -287,16 +325,20 @@ class HeadSpec(VerifierSpec):
             raise ConfigError(f"{self.path} has its own backbone: use model:{self.path}")
         hidden = getattr(getattr(model, "args", None), "hidden_size", None)
         if hidden is not None and cfg.head.dims[0] != hidden:
-            raise ConfigError(f"{self.path}: the head reads hidden size {cfg.head.dims[0]} but "
-                              f"the generator's is {hidden}: it was trained for another model")
+            raise ConfigError(
+                f"{self.path}: the head reads hidden size {cfg.head.dims[0]} but "
+                f"the generator's is {hidden}: it was trained for another model"
+            )
         return head
 
     def build(self, lm, *, max_tokens, prompt_text):
         from .model_verifier import ValueHeadVerifier
 
         if lm.value_head is None:
-            raise ConfigError(f"head:{self.path}: the language model was built without the "
-                              "head; build both with mlx_vgb.registry.make_run_pair")
+            raise ConfigError(
+                f"head:{self.path}: the language model was built without the "
+                "head; build both with mlx_vgb.registry.make_run_pair"
+            )
         return ValueHeadVerifier(lm)
 
 
@@ -313,8 +355,9 @@ class ModelSpec(VerifierSpec):
     def build(self, lm, *, max_tokens, prompt_text):
         from .model_verifier import SeparateModelVerifier
 
-        return SeparateModelVerifier(_existing(self.kind, self.path), lm.decode,
-                                     lm.eos_token_ids, prompt_text)
+        return SeparateModelVerifier(
+            _existing(self.kind, self.path), lm.decode, lm.eos_token_ids, prompt_text
+        )
 
 
 @dataclass(frozen=True)
@@ -343,14 +386,17 @@ def _existing(kind: str, path: str) -> str:
 def _letter_spec(arg: str) -> NoLetterSpec:
     letter, *opts = arg.split(",")
     if len(letter) != 1:
-        raise ConfigError(f"no-letter: give exactly one letter to avoid, e.g. no-letter:e "
-                          f"(got {letter!r})")
+        raise ConfigError(
+            f"no-letter: give exactly one letter to avoid, e.g. no-letter:e (got {letter!r})"
+        )
     alpha = 0.3
     for o in opts:
         key, eq, val = o.partition("=")
         if key.strip() != "alpha" or not eq:
-            raise ConfigError(f"no-letter: unknown option {o!r}; the only option is alpha=A, "
-                              "e.g. no-letter:e,alpha=0.3")
+            raise ConfigError(
+                f"no-letter: unknown option {o!r}; the only option is alpha=A, "
+                "e.g. no-letter:e,alpha=0.3"
+            )
         try:
             alpha = float(val)
         except ValueError:
@@ -363,8 +409,10 @@ def _letter_spec(arg: str) -> NoLetterSpec:
 def _tests_spec(arg: str) -> UnitTestsSpec:
     path = Path(arg).expanduser()
     if not arg or not path.is_file():
-        raise ConfigError(f"unit-tests: no such test file {arg!r}; give a Python file of asserts, "
-                          "e.g. unit-tests:tests.py")
+        raise ConfigError(
+            f"unit-tests: no such test file {arg!r}; give a Python file of asserts, "
+            "e.g. unit-tests:tests.py"
+        )
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -409,22 +457,27 @@ def make_language_model(model, tokenizer, verifier=None, **lm_kwargs) -> MLXLang
     return MLXLanguageModel(model, tokenizer, value_head=head, **lm_kwargs)
 
 
-def make_verifier(spec, lm: MLXLanguageModel, *, max_tokens: int,
-                  prompt_text: str | None = None) -> Verifier:
+def make_verifier(
+    spec, lm: MLXLanguageModel, *, max_tokens: int, prompt_text: str | None = None
+) -> Verifier:
     """A verifier from a spec (string, typed spec, or a ready verifier object), bound to the
     generator's tokenizer where it scores text."""
     from .verifiers import TextVerifier
 
     spec = parse_verifier(spec)
-    v = spec.build(lm, max_tokens=max_tokens, prompt_text=prompt_text) \
-        if isinstance(spec, VerifierSpec) else spec
+    v = (
+        spec.build(lm, max_tokens=max_tokens, prompt_text=prompt_text)
+        if isinstance(spec, VerifierSpec)
+        else spec
+    )
     if isinstance(v, TextVerifier) and v.decode is None:
         v.bind(lm.decode, lm.eos_token_ids)
     return v
 
 
-def make_run_pair(model, tokenizer, verifier, *, max_tokens: int,
-                  prompt_text: str | None = None) -> tuple[MLXLanguageModel, Verifier]:
+def make_run_pair(
+    model, tokenizer, verifier, *, max_tokens: int, prompt_text: str | None = None
+) -> tuple[MLXLanguageModel, Verifier]:
     """(language model, verifier) for one run of ``model`` under ``verifier``."""
     spec = parse_verifier(verifier)
     lm = make_language_model(model, tokenizer, spec if isinstance(spec, VerifierSpec) else None)

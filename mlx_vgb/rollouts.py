@@ -84,8 +84,14 @@ def rollout_rng(seed: int, prompt_id: str, k: int) -> np.random.Generator:
     return np.random.default_rng([seed, h, k])
 
 
-def sample_completions(model, prompt_ids: Sequence[int], uniforms: np.ndarray, max_tokens: int,
-                       eos_token_ids: Iterable[int], temp: float = 1.0) -> list[list[int]]:
+def sample_completions(
+    model,
+    prompt_ids: Sequence[int],
+    uniforms: np.ndarray,
+    max_tokens: int,
+    eos_token_ids: Iterable[int],
+    temp: float = 1.0,
+) -> list[list[int]]:
     """Complete one prompt ``len(uniforms)`` times in one batch: row r draws step t's token as
     the inverse CDF of pi_ref(.|prefix)^(1/temp) at ``uniforms[r, t]``. Stops a row at EOS or
     ``max_tokens`` tokens."""
@@ -93,8 +99,14 @@ def sample_completions(model, prompt_ids: Sequence[int], uniforms: np.ndarray, m
     return sample_batch(model, [list(prompt_ids)] * len(uniforms), uniforms, max_tokens, eos, temp)
 
 
-def sample_batch(model, prompts: Sequence[Sequence[int]], uniforms: np.ndarray, max_tokens: int,
-                 eos: frozenset[int], temp: float = 1.0) -> list[list[int]]:
+def sample_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    uniforms: np.ndarray,
+    max_tokens: int,
+    eos: frozenset[int],
+    temp: float = 1.0,
+) -> list[list[int]]:
     """Batched ancestral sampling; every prompt must have the same length."""
     B = len(prompts)
     if len({len(p) for p in prompts}) != 1:
@@ -186,7 +198,8 @@ def collect_rollouts(
             diff = settings_diff(old, meta)
             raise ConfigError(
                 f"{path} was collected with other settings {diff} (old, new); pass the same "
-                "settings to resume, or choose another rollouts file")
+                "settings to resume, or choose another rollouts file"
+            )
     meta_path.write_text(json.dumps(meta, indent=2))
 
     done = {(r.prompt_id, r.index) for r in read_rollouts(path, repair=True)}
@@ -220,8 +233,15 @@ def collect_rollouts(
                     toks = toks[: p.max_tokens or max_tokens]
                     stop = bool(toks) and toks[-1] in eos
                     text = decode(toks[:-1] if stop else toks)
-                    r = Rollout(p.id, k, list(ids), toks, text, float(reward(p.prompt, text)),
-                                "stop" if stop else "length")
+                    r = Rollout(
+                        p.id,
+                        k,
+                        list(ids),
+                        toks,
+                        text,
+                        float(reward(p.prompt, text)),
+                        "stop" if stop else "length",
+                    )
                     lines.append(r.to_json() + "\n")
                 f.write("".join(lines))
                 f.flush()

@@ -102,8 +102,9 @@ def _typed(name: str, value, kind, check, hint):
             raise RequestError(f"'{name}' must be {hint}, got {value!r}")
         value = float(value)
     elif isinstance(kind, tuple) or kind is str:
-        if not isinstance(value, kind if isinstance(kind, tuple) else (kind,)) or \
-                isinstance(value, bool):
+        if not isinstance(value, kind if isinstance(kind, tuple) else (kind,)) or isinstance(
+            value, bool
+        ):
             raise RequestError(f"'{name}' must be {hint}, got {value!r}")
     if check is not None and not check(value):
         raise RequestError(f"'{name}' must be {hint}, got {value!r}")
@@ -123,11 +124,13 @@ def parse_request(body, chat: bool, defaults: dict) -> WalkRequest:
         if not isinstance(msgs, list) or not msgs:
             raise RequestError("'messages' must be a non-empty list of {role, content}")
         for m in msgs:
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
-                    not isinstance(m.get("content"), (str, list)):
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), (str, list))
+            ):
                 raise RequestError(f"each message needs a 'role' and a 'content', got {m!r}")
-        req.messages = [{"role": m["role"], "content": _content_text(m["content"])}
-                        for m in msgs]
+        req.messages = [{"role": m["role"], "content": _content_text(m["content"])} for m in msgs]
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -139,8 +142,10 @@ def parse_request(body, chat: bool, defaults: dict) -> WalkRequest:
     if n not in (1, None):
         raise RequestError(f"'n' must be 1 (one walk per request), got {n!r}")
     if body.get("stop") not in (None, [], ""):
-        raise RequestError("'stop' is not supported: a stop string would cut a response after "
-                           "the verifier scored it; use a regex verifier instead")
+        raise RequestError(
+            "'stop' is not supported: a stop string would cut a response after "
+            "the verifier scored it; use a regex verifier instead"
+        )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(f"'stream' must be true or false, got {stream!r}")
@@ -163,8 +168,7 @@ def _content_text(content) -> str:
     """A message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content
-    parts = [p.get("text", "") for p in content if isinstance(p, dict) and
-             p.get("type") == "text"]
+    parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
     return "".join(parts)
 
 
@@ -191,9 +195,13 @@ class Engine:
     """The model-worker thread: loads models and runs every walk, one event at a time round
     robin over the active walks."""
 
-    def __init__(self, model: str | None, load: Callable | None = None,
-                 stream_generate: Callable | None = None,
-                 max_models: int = MAX_LOADED_MODELS):
+    def __init__(
+        self,
+        model: str | None,
+        load: Callable | None = None,
+        stream_generate: Callable | None = None,
+        max_models: int = MAX_LOADED_MODELS,
+    ):
         if load is None or stream_generate is None:
             import importlib
 
@@ -223,8 +231,7 @@ class Engine:
         return job
 
     def model_ids(self) -> list[str]:
-        return [self.model_id] + [k for k in list(self._models) if k not in (None,
-                                                                            self.model_id)]
+        return [self.model_id] + [k for k in list(self._models) if k not in (None, self.model_id)]
 
     # engine thread only ------------------------------------------------------------------
     def _get_model(self, name: str | None):
@@ -343,15 +350,25 @@ def walk_info(req: WalkRequest, resp) -> dict:
         verdict = "complete"
     else:
         verdict = "passes" if r.tilt and r.finish_reason != "rejected" else "fails"
-    return {"sampler": r.sampler, "verifier": verifier, "finish_reason": r.finish_reason,
-            "reached_leaf": bool(r.reached_leaf), "tilt": r.tilt, "verdict": verdict,
-            "seed": r.seed, "stats": r.stats.as_dict()}
+    return {
+        "sampler": r.sampler,
+        "verifier": verifier,
+        "finish_reason": r.finish_reason,
+        "reached_leaf": bool(r.reached_leaf),
+        "tilt": r.tilt,
+        "verdict": verdict,
+        "seed": r.seed,
+        "stats": r.stats.as_dict(),
+    }
 
 
 def _usage(job: Job, resp) -> dict:
     n = len(resp.result.tokens) if resp is not None and resp.result is not None else 0
-    return {"prompt_tokens": job.prompt_tokens, "completion_tokens": n,
-            "total_tokens": job.prompt_tokens + n}
+    return {
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": n,
+        "total_tokens": job.prompt_tokens + n,
+    }
 
 
 def _choice(req: WalkRequest, text: str | None, reason: str | None, role: bool = False) -> dict:
@@ -369,11 +386,20 @@ def _choice(req: WalkRequest, text: str | None, reason: str | None, role: bool =
 
 
 def _envelope(req: WalkRequest, engine: Engine, choices: list, **extra) -> dict:
-    obj = ("chat.completion.chunk" if req.stream else "chat.completion") if req.chat \
+    obj = (
+        ("chat.completion.chunk" if req.stream else "chat.completion")
+        if req.chat
         else "text_completion"
-    return {"id": ("chatcmpl-" if req.chat else "cmpl-") + req.id, "object": obj,
-            "created": req.created, "model": req.model or engine.model_id,
-            "system_fingerprint": "mlx-vgb", "choices": choices, **extra}
+    )
+    return {
+        "id": ("chatcmpl-" if req.chat else "cmpl-") + req.id,
+        "object": obj,
+        "created": req.created,
+        "model": req.model or engine.model_id,
+        "system_fingerprint": "mlx-vgb",
+        "choices": choices,
+        **extra,
+    }
 
 
 class Committed:
@@ -390,7 +416,7 @@ class Committed:
         if not upto.startswith(self.text):  # cannot happen for "plain"; never resend
             log.warning("committed text was changed by a later event")
             return ""
-        new, self.text = upto[len(self.text):], upto
+        new, self.text = upto[len(self.text) :], upto
         return new
 
 
@@ -420,14 +446,24 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         if path == "/v1/models":
             now = int(time.time())
-            self._json(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": now, "owned_by": "mlx-vgb"}
-                for m in self.engine.model_ids()]})
+            self._json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": now, "owned_by": "mlx-vgb"}
+                        for m in self.engine.model_ids()
+                    ],
+                },
+            )
         elif path == "/health":
             self._json(200, {"status": "ok"})
         else:
-            self._error(404, f"no endpoint {self.path}; see /v1/models, /v1/completions, "
-                        "/v1/chat/completions", "not_found")
+            self._error(
+                404,
+                f"no endpoint {self.path}; see /v1/models, /v1/completions, /v1/chat/completions",
+                "not_found",
+            )
 
     def do_POST(self):  # noqa: N802
         path = self.path.split("?")[0].rstrip("/")
@@ -452,8 +488,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(400, str(first))
             else:
                 log.error("request failed", exc_info=first)
-                self._error(500, f"internal error ({type(first).__name__}: {first})",
-                            "server_error")
+                self._error(
+                    500, f"internal error ({type(first).__name__}: {first})", "server_error"
+                )
             return
         try:
             if req.stream:
@@ -484,9 +521,16 @@ class Handler(BaseHTTPRequestHandler):
             self._error(500, f"internal error ({type(e).__name__}: {e})", "server_error")
             return
         req = job.req
-        self._json(200, _envelope(req, self.engine,
-                                  [_choice(req, last.text, finish_reason(last.result))],
-                                  usage=_usage(job, last), vgb=walk_info(req, last)))
+        self._json(
+            200,
+            _envelope(
+                req,
+                self.engine,
+                [_choice(req, last.text, finish_reason(last.result))],
+                usage=_usage(job, last),
+                vgb=walk_info(req, last),
+            ),
+        )
 
     def _stream(self, job: Job, first) -> None:
         req = job.req
@@ -509,36 +553,60 @@ class Handler(BaseHTTPRequestHandler):
                 final = resp.result is not None
                 new = committed.advance(resp.text, final)
                 if final:
-                    send(_envelope(req, self.engine,
-                                   [_choice(req, new, finish_reason(resp.result))],
-                                   usage=_usage(job, resp),
-                                   vgb=dict(walk_info(req, resp), event="done", text=resp.text)))
+                    send(
+                        _envelope(
+                            req,
+                            self.engine,
+                            [_choice(req, new, finish_reason(resp.result))],
+                            usage=_usage(job, resp),
+                            vgb=dict(walk_info(req, resp), event="done", text=resp.text),
+                        )
+                    )
                     break
                 ev = None
                 if req.events:
-                    ev = {"event": type(resp.event).__name__.lower(), "erase": len(resp.erased),
-                          "append": resp.appended, "step": resp.step, "depth": resp.depth}
+                    ev = {
+                        "event": type(resp.event).__name__.lower(),
+                        "erase": len(resp.erased),
+                        "append": resp.appended,
+                        "step": resp.step,
+                        "depth": resp.depth,
+                    }
                 if new or ev:
-                    send(_envelope(req, self.engine, [_choice(req, new, None)],
-                                   **({"vgb": ev} if ev else {})))
+                    send(
+                        _envelope(
+                            req,
+                            self.engine,
+                            [_choice(req, new, None)],
+                            **({"vgb": ev} if ev else {}),
+                        )
+                    )
         except (BrokenPipeError, ConnectionResetError):
             raise
         except Exception as e:  # noqa: BLE001 - the stream has started: an error event
             if not isinstance(e, VGBError):
                 log.error("walk failed", exc_info=e)
-            send({"error": {"message": str(e) if isinstance(e, VGBError) else
-                            f"internal error ({type(e).__name__}: {e})",
-                            "type": "invalid_request_error" if isinstance(e, VGBError)
-                            else "server_error"}})
+            send(
+                {
+                    "error": {
+                        "message": str(e)
+                        if isinstance(e, VGBError)
+                        else f"internal error ({type(e).__name__}: {e})",
+                        "type": "invalid_request_error"
+                        if isinstance(e, VGBError)
+                        else "server_error",
+                    }
+                }
+            )
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
 
-def make_server(engine: Engine, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                defaults: dict | None = None) -> ThreadingHTTPServer:
+def make_server(
+    engine: Engine, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, defaults: dict | None = None
+) -> ThreadingHTTPServer:
     """A ``ThreadingHTTPServer`` serving ``engine`` (``serve_forever()`` to run it)."""
-    handler = type("VGBHandler", (Handler,), {"engine": engine, "defaults": dict(
-        defaults or {})})
+    handler = type("VGBHandler", (Handler,), {"engine": engine, "defaults": dict(defaults or {})})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -547,20 +615,36 @@ def make_server(engine: Engine, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlx-vgb server",
-        description="An OpenAI-compatible HTTP server whose completions are VGB walks.")
-    p.add_argument("--model", default=None,
-                   help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+        description="An OpenAI-compatible HTTP server whose completions are VGB walks.",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)",
+    )
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to bind (default {DEFAULT_HOST}: this machine only)",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER,
-                   help=f"default sampler of requests that name none ({DEFAULT_SAMPLER})")
-    p.add_argument("--verifier", default=DEFAULT_VERIFIER,
-                   help="default verifier spec of requests that name none (none)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
-                   help=f"default max_tokens (H) of requests ({DEFAULT_MAX_TOKENS})")
-    p.add_argument("--log-level", default="INFO",
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--sampler",
+        default=DEFAULT_SAMPLER,
+        help=f"default sampler of requests that name none ({DEFAULT_SAMPLER})",
+    )
+    p.add_argument(
+        "--verifier",
+        default=DEFAULT_VERIFIER,
+        help="default verifier spec of requests that name none (none)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help=f"default max_tokens (H) of requests ({DEFAULT_MAX_TOKENS})",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -568,8 +652,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = setup_arg_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(name)s: %(message)s")
     engine = Engine(args.model)
-    defaults = {"sampler": args.sampler, "verifier": args.verifier,
-                "max_tokens": args.max_tokens}
+    defaults = {"sampler": args.sampler, "verifier": args.verifier, "max_tokens": args.max_tokens}
     try:
         from .registry import parse_verifier
 
@@ -580,8 +663,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"mlx-vgb server: error: {e}", file=sys.stderr)
         sys.exit(1)
     host, port = server.server_address[:2]
-    print(f"mlx-vgb server: model {engine.model_id}; serving on http://{host}:{port}/v1",
-          flush=True)
+    print(
+        f"mlx-vgb server: model {engine.model_id}; serving on http://{host}:{port}/v1", flush=True
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

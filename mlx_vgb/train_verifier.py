@@ -32,7 +32,6 @@ from pathlib import Path
 from .errors import ConfigError
 from .rollouts import DEFAULT_ROLLOUT_BATCH, DEFAULT_ROLLOUTS
 
-
 DEFAULT_MAX_TOKENS = 64
 
 DEFAULT_HIDDEN_DIMS = "128"
@@ -50,7 +49,8 @@ def resolve_reward(spec: str) -> Callable[[str, str], float]:
     if ":" not in target:
         raise ConfigError(
             f"--reward {spec!r}: give a built-in task ({', '.join(REWARDS)}) or "
-            "module:function (a Python function fn(prompt, completion) -> float)")
+            "module:function (a Python function fn(prompt, completion) -> float)"
+        )
     mod, fn = target.split(":", 1)
     if "" not in sys.path:
         sys.path.insert(0, "")  # user modules in the working directory
@@ -65,34 +65,59 @@ def resolve_reward(spec: str) -> Callable[[str, str], float]:
 
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mlx-vgb train-verifier", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", default=None,
-                   help="generator: an mlx-lm model folder or HF repo (default: the embedded "
-                        "SmolLM2-135M-Instruct)")
+        prog="mlx-vgb train-verifier",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="generator: an mlx-lm model folder or HF repo (default: the embedded "
+        "SmolLM2-135M-Instruct)",
+    )
     p.add_argument("--prompts", required=True, help="prompt set, JSONL")
     p.add_argument("--reward", required=True, help="built-in task (dyck) or module:function")
     p.add_argument("--out", required=True, help="verifier folder to write")
-    p.add_argument("--work-dir", default=None,
-                   help="rollouts and metrics (default: OUT.work); reuse it to resume")
-    p.add_argument("--backbone", default=None,
-                   help="a separate mlx-lm model (same tokenizer) whose hidden states feed the "
-                        "head; default: the generator's own")
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="rollouts and metrics (default: OUT.work); reuse it to resume",
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="a separate mlx-lm model (same tokenizer) whose hidden states feed the "
+        "head; default: the generator's own",
+    )
     p.add_argument("--num-rollouts", type=int, default=DEFAULT_ROLLOUTS, help="per prompt")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
-                   help="rollout length when a prompt gives no max_tokens")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="rollout length when a prompt gives no max_tokens",
+    )
     p.add_argument("--temp", type=float, default=1.0, help="sampling temperature of pi_ref")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_ROLLOUT_BATCH,
-                   help="rollouts per batched forward")
-    p.add_argument("--block", type=int, default=1,
-                   help="action length L: value targets at every L-th token")
+    p.add_argument(
+        "--batch-size", type=int, default=DEFAULT_ROLLOUT_BATCH, help="rollouts per batched forward"
+    )
+    p.add_argument(
+        "--block", type=int, default=1, help="action length L: value targets at every L-th token"
+    )
     p.add_argument("--pooling", choices=("last", "mean"), default="last")
-    p.add_argument("--hidden-dims", default=DEFAULT_HIDDEN_DIMS,
-                   help="comma-separated hidden widths of the MLP head ('' for linear)")
+    p.add_argument(
+        "--hidden-dims",
+        default=DEFAULT_HIDDEN_DIMS,
+        help="comma-separated hidden widths of the MLP head ('' for linear)",
+    )
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
-    p.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
-                   help="fraction of prompts held out for the metrics")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=DEFAULT_HOLDOUT,
+        help="fraction of prompts held out for the metrics",
+    )
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true")
@@ -106,8 +131,9 @@ def _load(path: str | None):
     return model, tokenizer
 
 
-def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
-                   command: str | None = None) -> dict:
+def train_verifier(
+    a: argparse.Namespace, log: Callable[[str], None] = print, command: str | None = None
+) -> dict:
     """The whole pipeline; returns the metrics dict (also written to WORK/metrics.json).
     ``command``: the command line to record (default: this process's arguments)."""
     import numpy as np
@@ -140,11 +166,25 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
     generator = str(a.model or "embedded SmolLM2")
     settings = {"model": generator, "prompts": str(a.prompts), "reward": a.reward}
     run = collect_rollouts(
-        model, prompts, work / "rollouts.jsonl", encode=encode, decode=decode, reward=reward,
-        eos_token_ids=eos, n=a.num_rollouts, seed=a.seed, temp=a.temp, max_tokens=a.max_tokens,
-        batch_size=a.batch_size, settings=settings, progress=not a.no_progress)
-    log(f"rollouts: {run.total} in {run.path} ({run.computed} new, {run.skipped} resumed) "
-        f"{time.perf_counter() - t0:.0f}s")
+        model,
+        prompts,
+        work / "rollouts.jsonl",
+        encode=encode,
+        decode=decode,
+        reward=reward,
+        eos_token_ids=eos,
+        n=a.num_rollouts,
+        seed=a.seed,
+        temp=a.temp,
+        max_tokens=a.max_tokens,
+        batch_size=a.batch_size,
+        settings=settings,
+        progress=not a.no_progress,
+    )
+    log(
+        f"rollouts: {run.total} in {run.path} ({run.computed} new, {run.skipped} resumed) "
+        f"{time.perf_counter() - t0:.0f}s"
+    )
     wanted = {p.id for p in prompts}
     rollouts = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
     targets = value_targets(rollouts, block=a.block)
@@ -154,32 +194,57 @@ def train_verifier(a: argparse.Namespace, log: Callable[[str], None] = print,
         if btok.vocab_size != tok.vocab_size or btok.encode("a b") != tok.encode("a b"):
             raise ConfigError("--backbone must share the generator's tokenizer")
     t1 = time.perf_counter()
-    feats = target_features(backbone, rollouts, targets, pooling=a.pooling,
-                            pad_id=tok.pad_token_id or 0)
+    feats = target_features(
+        backbone, rollouts, targets, pooling=a.pooling, pad_id=tok.pad_token_id or 0
+    )
     log(f"features: {feats.shape[0]} prefixes x {feats.shape[1]} ({time.perf_counter() - t1:.0f}s)")
     tr, ho = split_by_prompt(targets, a.holdout, a.seed)
     dims = [int(d) for d in a.hidden_dims.split(",") if d.strip()]
-    res = train_head(feats, targets, train_idx=tr, held_idx=ho, hidden_dims=dims,
-                     epochs=a.epochs, lr=a.lr, seed=a.seed, log=log)
+    res = train_head(
+        feats,
+        targets,
+        train_idx=tr,
+        held_idx=ho,
+        hidden_dims=dims,
+        epochs=a.epochs,
+        lr=a.lr,
+        seed=a.seed,
+        log=log,
+    )
     metrics = {
-        "rollouts": run.total, "success_rate": float(np.mean([r.reward for r in rollouts])),
-        "prefixes": len(targets), "train": res.train.as_dict(),
+        "rollouts": run.total,
+        "success_rate": float(np.mean([r.reward for r in rollouts])),
+        "prefixes": len(targets),
+        "train": res.train.as_dict(),
         "held_out": res.held_out.as_dict() if res.held_out else None,
         "final_loss": res.losses[-1],
         "command": command or "mlx-vgb train-verifier " + " ".join(sys.argv[1:]),
     }
     cfg = VerifierConfig(
-        head=res.head.config, backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,
-        hidden_layer=-1, pooling=a.pooling, read_at="every_token",
-        metadata={"trained_by": "mlx-vgb train-verifier", "generator": generator,
-                  "reward": a.reward, "block": a.block, "num_rollouts": a.num_rollouts,
-                  "seed": a.seed, "held_out": _summary(res.held_out), "train": _summary(res.train)})
+        head=res.head.config,
+        backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,
+        hidden_layer=-1,
+        pooling=a.pooling,
+        read_at="every_token",
+        metadata={
+            "trained_by": "mlx-vgb train-verifier",
+            "generator": generator,
+            "reward": a.reward,
+            "block": a.block,
+            "num_rollouts": a.num_rollouts,
+            "seed": a.seed,
+            "held_out": _summary(res.held_out),
+            "train": _summary(res.train),
+        },
+    )
     save_verifier(out, cfg, res.head, backbone_src=a.backbone, force=a.force)
     work.mkdir(parents=True, exist_ok=True)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     m = res.held_out or res.train
-    log(f"{'held-out' if res.held_out else 'train'}: AUC {m.auc:.3f}  Brier {m.brier:.4f}  "
-        f"MSE vs MC mean {m.mse_mc:.4f}  ({m.n_prefixes} prefixes, {m.n_outcomes} outcomes)")
+    log(
+        f"{'held-out' if res.held_out else 'train'}: AUC {m.auc:.3f}  Brier {m.brier:.4f}  "
+        f"MSE vs MC mean {m.mse_mc:.4f}  ({m.n_prefixes} prefixes, {m.n_outcomes} outcomes)"
+    )
     log(m.calibration_table())
     log(f"saved verifier to {out}")
     return metrics

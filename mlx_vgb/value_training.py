@@ -57,12 +57,18 @@ class ValueTargets:
         return len(self.prefixes)
 
     def subset(self, idx: np.ndarray) -> ValueTargets:
-        return ValueTargets([self.prefixes[i] for i in idx], self.successes[idx], self.counts[idx],
-                            self.source[idx], [self.prompt_ids[i] for i in idx])
+        return ValueTargets(
+            [self.prefixes[i] for i in idx],
+            self.successes[idx],
+            self.counts[idx],
+            self.source[idx],
+            [self.prompt_ids[i] for i in idx],
+        )
 
 
-def value_targets(rollouts: Sequence[Rollout], block: int = 1,
-                  include_leaves: bool = True) -> ValueTargets:
+def value_targets(
+    rollouts: Sequence[Rollout], block: int = 1, include_leaves: bool = True
+) -> ValueTargets:
     """Pool outcomes over the internal action boundaries every rollout passes; with
     ``include_leaves`` also the complete response (target: its own outcome), so the head can
     stand in for tau where no exact outcome check is available at sampling time."""
@@ -74,7 +80,8 @@ def value_targets(rollouts: Sequence[Rollout], block: int = 1,
         if not 0.0 <= r.reward <= 1.0:
             raise ConfigError(
                 f"rollout {r.prompt_id}/{r.index} has reward {r.reward}: value targets need "
-                "outcomes in [0, 1] (a success probability); rescale the reward")
+                "outcomes in [0, 1] (a success probability); rescale the reward"
+            )
         full = tuple(r.prompt_ids) + tuple(r.completion_ids)
         P = len(r.prompt_ids)
         ts = list(range(0, len(r.completion_ids), block))
@@ -92,20 +99,32 @@ def value_targets(rollouts: Sequence[Rollout], block: int = 1,
                 pids.append(r.prompt_id)
             succ[i] += r.reward
             cnt[i] += 1
-    return ValueTargets(prefixes, np.asarray(succ), np.asarray(cnt, dtype=np.float64),
-                        np.asarray(src, dtype=np.int64).reshape(-1, 2), pids)
+    return ValueTargets(
+        prefixes,
+        np.asarray(succ),
+        np.asarray(cnt, dtype=np.float64),
+        np.asarray(src, dtype=np.int64).reshape(-1, 2),
+        pids,
+    )
 
 
-def hidden_states(model, sequences: Sequence[Sequence[int]], *, hidden_layer: int = -1,
-                  pooling: str = "last", batch_size: int = DEFAULT_FEATURE_BATCH,
-                  pad_id: int = 0) -> list[np.ndarray]:
+def hidden_states(
+    model,
+    sequences: Sequence[Sequence[int]],
+    *,
+    hidden_layer: int = -1,
+    pooling: str = "last",
+    batch_size: int = DEFAULT_FEATURE_BATCH,
+    pad_id: int = 0,
+) -> list[np.ndarray]:
     """Per-position hidden states (T_i, hidden) of each sequence, from the backbone's final
     normed hidden state (``model.model(x)``). Sequences are right-padded in batches; causal
     attention keeps the padding from reaching real positions."""
     if hidden_layer != -1:
         raise ConfigError(
             f"hidden_layer {hidden_layer} is not supported for training; use -1 (the final, "
-            "normed hidden state)")
+            "normed hidden state)"
+        )
     inner = getattr(model, "model", None)
     if inner is None:
         raise ConfigError("the backbone has no .model (an mlx-lm model is needed)")
@@ -132,7 +151,9 @@ def target_features(model, rollouts: Sequence[Rollout], targets: ValueTargets, *
     return np.stack([hs[j][p] for j, p in targets.source]).astype(np.float32)
 
 
-def split_by_prompt(targets: ValueTargets, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_by_prompt(
+    targets: ValueTargets, holdout: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, held-out): a seeded random ``holdout`` fraction of prompts is held out."""
     ids = sorted(set(targets.prompt_ids))
     if not 0 <= holdout < 1:
@@ -175,8 +196,10 @@ class ValueMetrics:
     def calibration_table(self) -> str:
         rows = ["| V^ bin | outcomes | mean V^ | observed success |", "|---|---:|---:|---:|"]
         for b in self.calibration:
-            rows.append(f"| {b.lo:.1f}-{b.hi:.1f} | {b.weight:.0f} | {b.mean_value:.3f} | "
-                        f"{b.mean_outcome:.3f} |")
+            rows.append(
+                f"| {b.lo:.1f}-{b.hi:.1f} | {b.weight:.0f} | {b.mean_value:.3f} | "
+                f"{b.mean_outcome:.3f} |"
+            )
         return "\n".join(rows)
 
 
@@ -207,10 +230,18 @@ def evaluate(values: np.ndarray, targets: ValueTargets, bins: int = 10) -> Value
     for b in range(bins):
         m = which == b
         if c[m].sum() > 0:
-            cal.append(CalibrationBin(float(edges[b]), float(edges[b + 1]), float(c[m].sum()),
-                                      float((c[m] * v[m]).sum() / c[m].sum()),
-                                      float(s[m].sum() / c[m].sum())))
-    return ValueMetrics(brier, mse_mc, weighted_auc(v, s, f), len(v), int(w), float(s.sum() / w), cal)
+            cal.append(
+                CalibrationBin(
+                    float(edges[b]),
+                    float(edges[b + 1]),
+                    float(c[m].sum()),
+                    float((c[m] * v[m]).sum() / c[m].sum()),
+                    float(s[m].sum() / c[m].sum()),
+                )
+            )
+    return ValueMetrics(
+        brier, mse_mc, weighted_auc(v, s, f), len(v), int(w), float(s.sum() / w), cal
+    )
 
 
 @dataclass
@@ -222,11 +253,21 @@ class HeadTraining:
     wall_s: float
 
 
-def train_head(features: np.ndarray, targets: ValueTargets, *, train_idx: np.ndarray,
-               held_idx: np.ndarray | None = None, hidden_dims: Sequence[int] = DEFAULT_HIDDEN_DIMS,
-               activation: str = "relu", epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
-               batch_size: int = DEFAULT_MINIBATCH, weight_decay: float = 0.0, seed: int = 0,
-               log: Callable[[str], None] | None = print) -> HeadTraining:
+def train_head(
+    features: np.ndarray,
+    targets: ValueTargets,
+    *,
+    train_idx: np.ndarray,
+    held_idx: np.ndarray | None = None,
+    hidden_dims: Sequence[int] = DEFAULT_HIDDEN_DIMS,
+    activation: str = "relu",
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
+    batch_size: int = DEFAULT_MINIBATCH,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+) -> HeadTraining:
     """Weighted BCE of sigmoid(head(h)) against the pooled Monte Carlo means (weights: rollout
     counts). Deterministic under ``seed`` (initialization and minibatch order)."""
     if len(train_idx) == 0:
@@ -235,8 +276,9 @@ def train_head(features: np.ndarray, targets: ValueTargets, *, train_idx: np.nda
     mx.random.seed(seed)
     rng = np.random.default_rng(seed)
     dim = int(features.shape[1])
-    head = ValueHead(HeadConfig(dims=[dim, *map(int, hidden_dims), 1], activation=activation,
-                                output="sigmoid"))
+    head = ValueHead(
+        HeadConfig(dims=[dim, *map(int, hidden_dims), 1], activation=activation, output="sigmoid")
+    )
     mx.eval(head.parameters())
     opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
     X = mx.array(features[train_idx])
@@ -276,4 +318,3 @@ def train_head(features: np.ndarray, targets: ValueTargets, *, train_idx: np.nda
 
 def predict_values(head: ValueHead, features: np.ndarray) -> np.ndarray:
     return np.array(head(mx.array(features)), dtype=np.float64)
-

@@ -42,8 +42,10 @@ class TextVerifier(BaseVerifier):
 
     def _text(self, tokens: Sequence[int]) -> str:
         if self.decode is None:
-            raise ConfigError(f"{type(self).__name__} needs the generator's tokenizer: call "
-                              ".bind(decode) or pass it through mlx_vgb.generate")
+            raise ConfigError(
+                f"{type(self).__name__} needs the generator's tokenizer: call "
+                ".bind(decode) or pass it through mlx_vgb.generate"
+            )
         return self.decode([t for t in tokens if t not in self.eos_token_ids])
 
     def value(self, prefixes):
@@ -110,13 +112,19 @@ def extract_code(text: str) -> str:
     m = _FENCE.search(text)
     if m is None:
         return text
-    rest = text[m.end():]
+    rest = text[m.end() :]
     end = rest.find("```")
     return rest if end < 0 else rest[:end]
 
 
-_INCOMPLETE = ("was never closed", "unexpected EOF", "expected an indented block",
-               "unterminated triple-quoted", "EOF while scanning", "incomplete input")
+_INCOMPLETE = (
+    "was never closed",
+    "unexpected EOF",
+    "expected an indented block",
+    "unterminated triple-quoted",
+    "EOF while scanning",
+    "incomplete input",
+)
 
 
 def python_prefix_ok(code: str) -> bool:
@@ -177,8 +185,10 @@ def check_tests(tests: str, source_name: str = "the tests") -> None:
     except SyntaxError as e:
         where = f"{source_name}, line {e.lineno}" if e.lineno else source_name
         text = f": {e.text.strip()}" if e.text and e.text.strip() else ""
-        raise ConfigError(f"{where}: the tests are not valid Python ({e.msg}){text}. Fix the "
-                          "file so that `python -m py_compile` accepts it.") from None
+        raise ConfigError(
+            f"{where}: the tests are not valid Python ({e.msg}){text}. Fix the "
+            "file so that `python -m py_compile` accepts it."
+        ) from None
     except ValueError as e:  # a NUL byte (SyntaxError from Python 3.12 on)
         raise ConfigError(f"{source_name}: the tests are not valid Python ({e})") from None
 
@@ -192,8 +202,10 @@ def check_tests(tests: str, source_name: str = "the tests") -> None:
         return name.startswith(("check", "assert"))
 
     if not any(is_check(node) for node in ast.walk(tree)):
-        raise ConfigError(f"{source_name}: no assert statement and no check(...) call, so the "
-                          "tests cannot fail; add one, e.g. `assert add(2, 3) == 5`")
+        raise ConfigError(
+            f"{source_name}: no assert statement and no check(...) call, so the "
+            "tests cannot fail; add one, e.g. `assert add(2, 3) == 5`"
+        )
 
 
 class UnitTests(TextVerifier):
@@ -204,8 +216,15 @@ class UnitTests(TextVerifier):
     parse, they hold an assert or a check call); ``source_name`` names them in the error.
     """
 
-    def __init__(self, tests: str, program_prefix: str = "", inner: TextVerifier | None = None,
-                 timeout_s: float = 5.0, memory_mb: int = 512, source_name: str = "the tests"):
+    def __init__(
+        self,
+        tests: str,
+        program_prefix: str = "",
+        inner: TextVerifier | None = None,
+        timeout_s: float = 5.0,
+        memory_mb: int = 512,
+        source_name: str = "the tests",
+    ):
         check_tests(tests, source_name)
         self.tests, self.program_prefix = tests, program_prefix
         self.inner = inner if inner is not None else PythonSyntax(program_prefix)
@@ -223,8 +242,12 @@ class UnitTests(TextVerifier):
         from .sandbox import run_tests
 
         self.runs += 1
-        res = run_tests(self.program_prefix + extract_code(text), self.tests,
-                        timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        res = run_tests(
+            self.program_prefix + extract_code(text),
+            self.tests,
+            timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb,
+        )
         return 1.0 if res.passed else 0.0
 
 
@@ -246,8 +269,10 @@ class CallableVerifier(TextVerifier):
         try:
             fn = getattr(importlib.import_module(mod), name)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot import verifier function {spec!r} ({e}); give "
-                              "'package.module:function' importable from the current directory")
+            raise ConfigError(
+                f"cannot import verifier function {spec!r} ({e}); give "
+                "'package.module:function' importable from the current directory"
+            )
         if not callable(fn):
             raise ConfigError(f"{spec!r} is not callable")
         return cls(fn)

@@ -15,15 +15,31 @@ gradio_client = pytest.importorskip("gradio_client")
 from test_app_support import running_app, save_tiny_model_folder
 
 # a letter-avoidance run on the tiny model that backtracks (fixed seed: deterministic)
-LETTER_RUN = dict(prompt="Write a one-sentence story.", verifier="no-letter", letter="e",
-                  alpha=0.3, sampler="vgb", choice="self-normalized", max_tokens=32,
-                  max_steps=2000, seed=0)
+LETTER_RUN = dict(
+    prompt="Write a one-sentence story.",
+    verifier="no-letter",
+    letter="e",
+    alpha=0.3,
+    sampler="vgb",
+    choice="self-normalized",
+    max_tokens=32,
+    max_steps=2000,
+    seed=0,
+)
 # a run that cannot end soon: 300 letters or spaces and nothing else, no step limit
-LONG_RUN = dict(prompt="Write a long story.", verifier="regex", pattern="[a-z ]{300,}",
-                sampler="vgb", max_tokens=400, max_steps=0, seed=1)
+LONG_RUN = dict(
+    prompt="Write a long story.",
+    verifier="regex",
+    pattern="[a-z ]{300,}",
+    sampler="vgb",
+    max_tokens=400,
+    max_steps=0,
+    seed=1,
+)
 
-(STATUS, COMMAND, SUMMARY, DEPTH, LIVE, STATS, FINAL, TREE, B_LIVE, B_STATS, B_FINAL,
- B_TREE) = range(12)
+(STATUS, COMMAND, SUMMARY, DEPTH, LIVE, STATS, FINAL, TREE, B_LIVE, B_STATS, B_FINAL, B_TREE) = (
+    range(12)
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,25 +126,31 @@ def test_closing_the_client_job_also_stops_the_walk(app_url):
     assert wait_idle(c)["active_runs"] == 0
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(prompt="", verifier="none"), "prompt is empty"),
-    (dict(prompt="hi", verifier="regex", pattern="("), "bad regex"),
-    (dict(prompt="hi", block="lines"), "block must be"),
-    (dict(prompt="hi", verifier="no-letter", letter="ab"), "one letter"),
-    (dict(prompt="hi", generator="local MLX folder", model_path="/no/such/model"), "no folder"),
-    (dict(prompt="hi", verifier="python function", function="no_such_mod:f"), "cannot import"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(prompt="", verifier="none"), "prompt is empty"),
+        (dict(prompt="hi", verifier="regex", pattern="("), "bad regex"),
+        (dict(prompt="hi", block="lines"), "block must be"),
+        (dict(prompt="hi", verifier="no-letter", letter="ab"), "one letter"),
+        (dict(prompt="hi", generator="local MLX folder", model_path="/no/such/model"), "no folder"),
+        (dict(prompt="hi", verifier="python function", function="no_such_mod:f"), "cannot import"),
+    ],
+)
 def test_bad_settings_give_a_message_not_a_traceback(app_url, settings, message):
     out = client(app_url).predict(**settings, api_name="/run")
     assert 'class="vgb-error"' in out[STATUS] and message in out[STATUS]
     assert "Traceback" not in str(out)
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(candidates=0), "Candidates K: must be a whole number >= 1"),
-    (dict(top_k=-5), "top-k: must be a whole number >= 0"),
-    (dict(drift=0), "Drift lambda: must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(candidates=0), "Candidates K: must be a whole number >= 1"),
+        (dict(top_k=-5), "top-k: must be a whole number >= 0"),
+        (dict(drift=0), "Drift lambda: must be in (0, 1]"),
+    ],
+)
 def test_out_of_range_numbers_get_a_message_naming_the_field(app_url, settings, message):
     out = client(app_url).predict(**dict(LETTER_RUN, **settings), api_name="/run")
     assert 'class="vgb-error"' in out[STATUS] and html.escape(message) in out[STATUS], out[STATUS]
@@ -150,8 +172,10 @@ def test_compare_mode_runs_the_baseline_on_the_same_prompt_and_seed(app_url):
 
 def test_concurrent_sessions_each_get_their_own_run(app_url):
     seeds = [0, 1, 2]
-    alone = {s: client(app_url).predict(**dict(LETTER_RUN, seed=s), api_name="/run")[FINAL]
-             for s in seeds}
+    alone = {
+        s: client(app_url).predict(**dict(LETTER_RUN, seed=s), api_name="/run")[FINAL]
+        for s in seeds
+    }
     assert len(set(alone.values())) > 1
     got = {}
 
@@ -166,14 +190,18 @@ def test_concurrent_sessions_each_get_their_own_run(app_url):
     assert {s: got[s][FINAL] for s in seeds} == alone
 
 
-@pytest.mark.parametrize("function, message", [
-    ("tests.faulty_verifiers:crash_late", "crashed on purpose"),
-    ("tests.faulty_verifiers:nan_late", "must be finite"),
-])
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        ("tests.faulty_verifiers:crash_late", "crashed on purpose"),
+        ("tests.faulty_verifiers:nan_late", "must be finite"),
+    ],
+)
 def test_a_run_that_fails_midway_reports_it_and_the_app_stays_usable(app_url, function, message):
     c = client(app_url)
-    out = c.predict(**dict(LETTER_RUN, verifier="python function", function=function),
-                    api_name="/run")
+    out = c.predict(
+        **dict(LETTER_RUN, verifier="python function", function=function), api_name="/run"
+    )
     assert message in out[STATUS] and "Traceback" not in out[STATUS]
     assert "internal error" not in out[STATUS]
     assert wait_idle(c)["active_runs"] == 0

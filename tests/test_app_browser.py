@@ -14,29 +14,46 @@ from pathlib import Path
 import pytest
 from test_app_support import running_app, save_tiny_model_folder
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
-DONE = ("() => { const s = document.querySelector('#status');"
-        " return s && /done|⚠/.test(s.innerText); }")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+DONE = (
+    "() => { const s = document.querySelector('#status'); return s && /done|⚠/.test(s.innerText); }"
+)
 
 
 def chromium_path():
-    for p in (os.environ.get("MLX_VGB_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
-              shutil.which("chromium"), shutil.which("chromium-browser")):
+    for p in (
+        os.environ.get("MLX_VGB_CHROMIUM"),
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if p and os.path.exists(p):
             return p
     return None
 
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="the playwright Python package is not installed "
-    "(pip install playwright; no browser download needed)")
+    "playwright.sync_api",
+    reason="the playwright Python package is not installed "
+    "(pip install playwright; no browser download needed)",
+)
 CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no system chromium (apt-get install -y chromium, or set "
-    "MLX_VGB_CHROMIUM to a chromium binary)")
+    CHROMIUM is None,
+    reason="no system chromium (apt-get install -y chromium, or set "
+    "MLX_VGB_CHROMIUM to a chromium binary)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +124,12 @@ def test_the_tree_view_and_step_inspection_show_the_walk(page, shots):
     tree = page.locator("#tree-0 .vgb-tree")
     assert int(tree.get_attribute("data-nodes")) > 5
     assert page.locator("#tree-0 .vgb-onpath").count() >= 3  # the path taken, in bold
-    ups = [int(x) for x in page.locator("#tree-0 .vgb-node").evaluate_all(
-        "els => els.map(e => e.dataset.ups)")]
+    ups = [
+        int(x)
+        for x in page.locator("#tree-0 .vgb-node").evaluate_all(
+            "els => els.map(e => e.dataset.ups)"
+        )
+    ]
     assert sum(ups) > 0  # backtracks are marked on the nodes they left
     assert "V^" in tree.inner_text() and "visits" in tree.inner_text()
     page.get_by_role("tab", name="Inspect a step").click()
@@ -127,11 +148,14 @@ def test_the_tree_view_and_step_inspection_show_the_walk(page, shots):
     page.screenshot(path=str(shots / "app-tiny-step.png"), full_page=True)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("max-tokens", "0", "Max tokens (H): must be a whole number >= 1"),
-    ("candidates", "0", "Candidates K: must be a whole number >= 1"),
-    ("temp", "-1", "Temperature: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("max-tokens", "0", "Max tokens (H): must be a whole number >= 1"),
+        ("candidates", "0", "Candidates K: must be a whole number >= 1"),
+        ("temp", "-1", "Temperature: must be >= 0"),
+    ],
+)
 def test_out_of_range_fields_get_the_apps_own_message(page, field, value, message):
     page.locator(f"#{field} input").fill(value)
     page.locator("#run").click()
@@ -151,10 +175,12 @@ def test_run_is_at_the_top_and_stays_in_view(page):
 
 def test_a_preset_fills_the_form_and_runs(page):
     pick(page, "preset", "Regex: one plain sentence")
-    page.wait_for_function("() => document.querySelector('#verifier input').value === 'regex'",
-                           timeout=10_000)
-    assert page.locator("#pattern input, #pattern textarea").first.input_value() == \
-        r"[A-Z][a-z ,.']*"
+    page.wait_for_function(
+        "() => document.querySelector('#verifier input').value === 'regex'", timeout=10_000
+    )
+    assert (
+        page.locator("#pattern input, #pattern textarea").first.input_value() == r"[A-Z][a-z ,.']*"
+    )
     assert page.locator("#letter").is_hidden()
     assert page.locator("#prompt textarea").input_value().startswith("Write one short")
     run(page)
@@ -166,24 +192,29 @@ def test_the_run_as_json_and_the_history_survive_a_reload(page):
     page.locator("#prompt textarea").fill("Tell me about cats.")
     run(page)
     page.get_by_role("tab", name="Run as JSON").click()
-    page.wait_for_function("() => /mlx-vgb run v1/.test(document.querySelector('#run-json')"
-                           ".innerText)", timeout=10_000)
+    page.wait_for_function(
+        "() => /mlx-vgb run v1/.test(document.querySelector('#run-json').innerText)", timeout=10_000
+    )
     assert '"verdict"' in page.locator("#run-json").inner_text()
     link = page.locator("#run-json-file a").first  # the download link
     rec = page.request.get(link.get_attribute("href")).json()
     assert rec["format"] == "mlx-vgb run v1" and rec["settings"]["prompt"] == "Tell me about cats."
     first = rec["runs"][0]
     assert first["events"] and first["stats"]["steps"] > 0 and first["verdict"]
-    page.wait_for_function("() => /cats/.test(document.querySelector('#history-list')"
-                           ".innerText)", timeout=10_000)
+    page.wait_for_function(
+        "() => /cats/.test(document.querySelector('#history-list').innerText)", timeout=10_000
+    )
     page.reload(wait_until="domcontentloaded")
     page.wait_for_selector("#run", timeout=60_000)
-    page.wait_for_function("() => /cats/.test(document.querySelector('#history-list')"
-                           ".innerText)", timeout=10_000)
+    page.wait_for_function(
+        "() => /cats/.test(document.querySelector('#history-list').innerText)", timeout=10_000
+    )
     page.locator("#prompt textarea").fill("something else")
     page.locator("#restore").click()
-    page.wait_for_function("() => document.querySelector('#prompt textarea').value === "
-                           "'Tell me about cats.'", timeout=10_000)
+    page.wait_for_function(
+        "() => document.querySelector('#prompt textarea').value === 'Tell me about cats.'",
+        timeout=10_000,
+    )
 
 
 @pytest.mark.slow
@@ -194,8 +225,9 @@ def test_screenshots_of_the_real_app():
     out.mkdir(parents=True, exist_ok=True)
     with running_app(os.environ.get("MLX_VGB_APP_MODEL"), timeout_s=600) as (url, _):
         with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                         args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="domcontentloaded", timeout=120_000)
             page.wait_for_selector("#run", timeout=120_000)

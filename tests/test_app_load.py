@@ -38,7 +38,8 @@ def test_concurrent_runs_finish_with_their_own_results_and_memory_returns(tmp_pa
         def one(seed):
             try:
                 got[seed] = gradio_client.Client(url, verbose=False).predict(
-                    **dict(run, seed=seed), api_name="/run")
+                    **dict(run, seed=seed), api_name="/run"
+                )
             except Exception as e:  # reported below
                 errors.append(repr(e))
 
@@ -63,7 +64,9 @@ def test_concurrent_runs_finish_with_their_own_results_and_memory_returns(tmp_pa
         time.sleep(1.0)
         after = rss_mb(proc.pid)
         status = c.predict(api_name="/status")
-        print(f"\n{N} concurrent runs: {wall:.1f} s; server RSS {base:.0f} MB after warm-up, "
-              f"{after:.0f} MB after {2 * N} more runs; status {status}")
+        print(
+            f"\n{N} concurrent runs: {wall:.1f} s; server RSS {base:.0f} MB after warm-up, "
+            f"{after:.0f} MB after {2 * N} more runs; status {status}"
+        )
         assert status["active_runs"] == 0
         assert after - base < 40, (base, after)  # back to baseline (allocator slack: 40 MB)

@@ -51,8 +51,12 @@ def struck(html_text):
 
 def test_backtrack_strikes_the_erased_span_and_keeps_the_clean_text():
     v = WalkView()
-    for r in [append("The", 1, 1), append("The cat", 2, 2), back("The", 1, 3),
-              append("The dog", 2, 4)]:
+    for r in [
+        append("The", 1, 1),
+        append("The cat", 2, 2),
+        back("The", 1, 3),
+        append("The dog", 2, 4),
+    ]:
         v.update(r)
     assert v.text == "The dog" == kept(v)
     html_text = text_html(v)
@@ -63,8 +67,15 @@ def test_backtrack_strikes_the_erased_span_and_keeps_the_clean_text():
 
 def test_nested_backtracks_merge_into_one_struck_span_before_the_new_text():
     v = WalkView()
-    for r in [append("A", 1, 1), append("A B", 2, 2), append("A B C", 3, 3),
-              back("A B", 2, 4), back("A", 1, 5), append("A D", 2, 6), done("A D")]:
+    for r in [
+        append("A", 1, 1),
+        append("A B", 2, 2),
+        append("A B C", 3, 3),
+        back("A B", 2, 4),
+        back("A", 1, 5),
+        append("A D", 2, 6),
+        done("A D"),
+    ]:
         v.update(r)
     assert struck(text_html(v)) == [" B C"]
     assert v.text == "A D" and v.done and v.reached_leaf
@@ -89,13 +100,25 @@ def test_text_is_html_escaped():
 
 def test_depth_picture_draws_every_drop():
     v = WalkView()
-    seq = [append("a", 1, 1), append("ab", 2, 2), back("a", 1, 3), append("ac", 2, 4),
-           append("acd", 3, 5), back("ac", 2, 6)]
+    seq = [
+        append("a", 1, 1),
+        append("ab", 2, 2),
+        back("a", 1, 3),
+        append("ac", 2, 4),
+        append("acd", 3, 5),
+        back("ac", 2, 6),
+    ]
     for r in seq:
         v.update(r)
     svg = depth_svg(v)
-    assert v.points == [(1, 1, False), (2, 2, False), (3, 1, True), (4, 2, False),
-                        (5, 3, False), (6, 2, True)]
+    assert v.points == [
+        (1, 1, False),
+        (2, 2, False),
+        (3, 1, True),
+        (4, 2, False),
+        (5, 3, False),
+        (6, 2, True),
+    ]
     assert svg.count("<circle") == 2 and 'data-backtracks="2"' in svg
 
 
@@ -131,32 +154,42 @@ def test_settings_make_typed_verifier_settings_that_round_trip_through_the_cli_g
     assert s.verifier_settings() == NoLetterSpec("z", 0.5)
     assert RunSettings(verifier="regex", pattern="a+").verifier_settings() == RegexSpec("a+")
     # spaces count: "a " bans "a " only, not every "a"
-    assert RunSettings(verifier="forbid", words="cat | dog\nbird").verifier_settings() == \
-        ForbidSpec(("cat ", " dog", "bird"))
+    assert RunSettings(
+        verifier="forbid", words="cat | dog\nbird"
+    ).verifier_settings() == ForbidSpec(("cat ", " dog", "bird"))
     # the tests travel as text, and are saved to a real file the command line names
     spec = RunSettings(verifier="unit-tests", tests="assert f()").verifier_settings()
     assert isinstance(spec, UnitTestsSpec) and spec.tests == "assert f()"
     assert Path(spec.source).read_text() == "assert f()"
-    assert RunSettings(verifier="python function", function="m.n:f").verifier_settings() == \
-        FunctionSpec("m.n:f")
+    assert RunSettings(
+        verifier="python function", function="m.n:f"
+    ).verifier_settings() == FunctionSpec("m.n:f")
     assert RunSettings(verifier="head", verifier_path="/v").verifier_settings() == HeadSpec("/v")
-    for spec in (NoLetterSpec("z", 0.5), RegexSpec("a+"), ForbidSpec(("cat", "dog")),
-                 FunctionSpec("m.n:f"), HeadSpec("/v")):
+    for spec in (
+        NoLetterSpec("z", 0.5),
+        RegexSpec("a+"),
+        ForbidSpec(("cat", "dog")),
+        FunctionSpec("m.n:f"),
+        HeadSpec("/v"),
+    ):
         assert parse_verifier(spec.to_string()) == spec
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(prompt="  "), "prompt is empty"),
-    (dict(prompt="x", candidates=0), "candidates"),
-    (dict(prompt="x", max_tokens=0), "max tokens"),
-    (dict(prompt="x", block="lines"), "block"),
-    (dict(prompt="x", drift=0), "drift"),
-    (dict(prompt="x", temp=-1), "temperature"),
-    (dict(prompt="x", verifier="no-letter", letter="ab"), "one letter"),
-    (dict(prompt="x", verifier="regex", pattern=""), "pattern"),
-    (dict(prompt="x", verifier="unit-tests", tests=" "), "asserts"),
-    (dict(prompt="x", generator="local MLX folder", model_path="/no/such/dir"), "no folder"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(prompt="  "), "prompt is empty"),
+        (dict(prompt="x", candidates=0), "candidates"),
+        (dict(prompt="x", max_tokens=0), "max tokens"),
+        (dict(prompt="x", block="lines"), "block"),
+        (dict(prompt="x", drift=0), "drift"),
+        (dict(prompt="x", temp=-1), "temperature"),
+        (dict(prompt="x", verifier="no-letter", letter="ab"), "one letter"),
+        (dict(prompt="x", verifier="regex", pattern=""), "pattern"),
+        (dict(prompt="x", verifier="unit-tests", tests=" "), "asserts"),
+        (dict(prompt="x", generator="local MLX folder", model_path="/no/such/dir"), "no folder"),
+    ],
+)
 def test_bad_settings_raise_config_errors_with_a_hint(kw, words):
     s = RunSettings(**kw)
     with pytest.raises(ConfigError, match="(?i)" + words):
@@ -191,7 +224,8 @@ def test_presets_cover_letters_regex_unit_tests_human_eval_and_the_code_head():
     assert all(e["max_tokens"] <= 192 and 0 < e["max_steps"] <= 1000 for e in examples())
     prompt, tests = human_eval_problem()
     assert "def has_close_elements" in prompt and tests.rstrip().endswith(
-        "check(has_close_elements)")
+        "check(has_close_elements)"
+    )
     for e in examples():
         RunSettings(**{k: v for k, v in e.items() if k != "title"}).check()
 
@@ -199,8 +233,9 @@ def test_presets_cover_letters_regex_unit_tests_human_eval_and_the_code_head():
 def test_test_case_verifier_accepts_true_asserts_only():
     assert is_even_test_cases("```python\nassert is_even(2)\n", False) == 1.0
     assert is_even_test_cases("```python\nprint(1)\n", False) == 0.0
-    assert is_even_test_cases("```python\nassert is_even(2)\nassert not is_even(3)\n```",
-                              True) == 1.0
+    assert (
+        is_even_test_cases("```python\nassert is_even(2)\nassert not is_even(3)\n```", True) == 1.0
+    )
     assert is_even_test_cases("```python\nassert is_even(3)\n```", True) == 0.0
 
 
@@ -228,9 +263,22 @@ def test_explored_tree_counts_visits_and_backtracks_and_marks_the_path():
     t.on_append([2])
     t.on_backtrack(1)  # back to (1,)
     t.on_append([3])
-    t.on_trace(StepTrace(4, (1,), 1, 0.0, (
-        StepOption((1, 3), -0.5, -0.5), StepOption((1, 4), float("-inf"), float("-inf")),
-        StepOption((), None, 0.0, up=True)), (1, 3), "child", "SelfNormalized"))
+    t.on_trace(
+        StepTrace(
+            4,
+            (1,),
+            1,
+            0.0,
+            (
+                StepOption((1, 3), -0.5, -0.5),
+                StepOption((1, 4), float("-inf"), float("-inf")),
+                StepOption((), None, 0.0, up=True),
+            ),
+            (1, 3),
+            "child",
+            "SelfNormalized",
+        )
+    )
     assert t.nodes[(1,)].visits == 2 and t.nodes[(1, 2)].ups == 1
     assert t.path() == [(), (1,), (1, 3)]
     assert (1, 4) in t.nodes and t.nodes[(1, 4)].visits == 0  # valued, never visited

@@ -39,13 +39,17 @@ def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     args = model.args
     config = {
-        "model_type": "llama", "hidden_size": args.hidden_size,
+        "model_type": "llama",
+        "hidden_size": args.hidden_size,
         "num_hidden_layers": args.num_hidden_layers,
         "intermediate_size": args.intermediate_size,
         "num_attention_heads": args.num_attention_heads,
-        "num_key_value_heads": args.num_key_value_heads, "rms_norm_eps": args.rms_norm_eps,
-        "vocab_size": args.vocab_size, "tie_word_embeddings": True,
-        "max_position_embeddings": 1024, "eos_token_id": 0,
+        "num_key_value_heads": args.num_key_value_heads,
+        "rms_norm_eps": args.rms_norm_eps,
+        "vocab_size": args.vocab_size,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 1024,
+        "eos_token_id": 0,
     }
     (path / "config.json").write_text(json.dumps(config, indent=1))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=" "))
@@ -53,11 +57,19 @@ def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(SPECIALS)
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
-        "bos_token": None, "unk_token": " ", "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": False,
-    }, indent=1))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": "<|endoftext|>",
+                "bos_token": None,
+                "unk_token": " ",
+                "chat_template": CHAT_TEMPLATE,
+                "clean_up_tokenization_spaces": False,
+            },
+            indent=1,
+        )
+    )
     return path
 
 
@@ -72,8 +84,9 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None =
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             tail = Path(proc.log_path).read_text()[-3000:] if hasattr(proc, "log_path") else ""
-            raise RuntimeError(f"the app exited with code {proc.returncode} before serving:\n"
-                               f"{tail}")
+            raise RuntimeError(
+                f"the app exited with code {proc.returncode} before serving:\n{tail}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -83,8 +96,7 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None =
     raise TimeoutError(f"nothing served at {url} after {timeout_s:.0f} s")
 
 
-def launch_app_process(model_dir: Path | str | None, port: int, *extra: str
-                       ) -> subprocess.Popen:
+def launch_app_process(model_dir: Path | str | None, port: int, *extra: str) -> subprocess.Popen:
     """``mlx-vgb app --model DIR --port PORT`` in a subprocess (the real CLI path); no
     ``--model`` (the embedded default) when ``model_dir`` is None."""
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -92,10 +104,21 @@ def launch_app_process(model_dir: Path | str | None, port: int, *extra: str
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     log = tempfile.NamedTemporaryFile("w+", prefix="mlx-vgb-app-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlx_vgb.cli", "app",
-         *([] if model_dir is None else ["--model", str(model_dir)]), "--port", str(port),
-         *extra],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "mlx_vgb.cli",
+            "app",
+            *([] if model_dir is None else ["--model", str(model_dir)]),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc.log_path = log.name  # read it when something fails; a pipe could fill and block the app
     return proc
 

@@ -8,8 +8,16 @@ import pytest
 from tiny_models import tiny_model_folder
 
 from mlx_vgb import (
-    VGB, Blocks, Candidates, ConfigError, DeadEndError, EmptyPromptError, Enumerate,
-    FunctionVerifier, VerifierError, toy,
+    VGB,
+    Blocks,
+    Candidates,
+    ConfigError,
+    DeadEndError,
+    EmptyPromptError,
+    Enumerate,
+    FunctionVerifier,
+    VerifierError,
+    toy,
 )
 from mlx_vgb.generate import load, stream_generate
 
@@ -38,10 +46,15 @@ def test_verifier_returning_wrong_shape():
         VGB(horizon=4).sample(lm, Bad(lambda p: 1.0), seed=0)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(horizon=0), "horizon"), (dict(drift=0.0), "drift"), (dict(drift=2.0), "drift"),
-    (dict(temp=-1.0), "temp"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(horizon=0), "horizon"),
+        (dict(drift=0.0), "drift"),
+        (dict(drift=2.0), "drift"),
+        (dict(temp=-1.0), "temp"),
+    ],
+)
 def test_bad_sampler_settings(kw, msg):
     lm = toy.TabularLM.uniform(2)
     with pytest.raises(ConfigError, match=msg):
@@ -55,8 +68,9 @@ def test_bad_candidates_and_blocks():
         Blocks(0)
     lm = toy.TabularLM.uniform(2)
     with pytest.raises(ConfigError, match="single-token actions"):
-        VGB(horizon=4, actions=Blocks(2), choice=Enumerate()).sample(lm, FunctionVerifier(
-            lambda p: 1.0))
+        VGB(horizon=4, actions=Blocks(2), choice=Enumerate()).sample(
+            lm, FunctionVerifier(lambda p: 1.0)
+        )
 
 
 def test_root_dead_end_raises_inner_dead_end_backtracks():
@@ -74,8 +88,9 @@ def test_root_dead_end_raises_inner_dead_end_backtracks():
 
 def test_budgets_return_best_effort_flagged_unfinished():
     lm = toy.TabularLM.uniform(3)
-    v = FunctionVerifier(lambda p: 1.0 if len(p) < 6 else 0.0,
-                         lambda y: 1.0 if y[0] == 0 and y[1] == 0 else 0.0)
+    v = FunctionVerifier(
+        lambda p: 1.0 if len(p) < 6 else 0.0, lambda y: 1.0 if y[0] == 0 and y[1] == 0 else 0.0
+    )
     r = VGB(horizon=8, choice=Enumerate(), max_steps=50).sample(lm, v, seed=0)
     assert not r.reached_leaf and r.finish_reason == "budget" and r.stats.steps == 50
     r = VGB(horizon=8, choice=Candidates(2), max_forward_tokens=5).sample(lm, v, seed=0)
@@ -95,8 +110,9 @@ def test_empty_prompt(folder):
 def test_odd_unicode_prompt_and_verifier(folder):
     model, tok = load(str(folder))
     prompt = "Zalgo: Z̸̢͓a̵l̴g̶o, RTL: שלום, emoji: 🐈‍⬛, NUL-ish: \u2028\ufeff"
-    last = list(stream_generate(model, tok, prompt, verifier="forbid:🐈|ש", max_tokens=6,
-                                block=2, seed=0))[-1]
+    last = list(
+        stream_generate(model, tok, prompt, verifier="forbid:🐈|ש", max_tokens=6, block=2, seed=0)
+    )[-1]
     assert last.result is not None and "🐈" not in last.text
 
 
@@ -141,22 +157,26 @@ def test_hub_id_while_offline(monkeypatch):
 # -- the command line: one message, a nonzero exit, never a traceback -----------------------
 
 
-@pytest.mark.parametrize("verifier, words", [
-    ("head:{empty}", "no verifier_config.json"),
-    ("model:{empty}", "no verifier_config.json"),
-    ("no-letter:e,alpha=abc", "alpha must be a number"),
-    ("no-letter:", "exactly one letter"),
-    ("no-letter:e,beta=2", "unknown option"),
-    ("unit-tests:{tests}", "line 1"),
-    ("unit-tests:{missing}", "no such test file"),
-])
+@pytest.mark.parametrize(
+    "verifier, words",
+    [
+        ("head:{empty}", "no verifier_config.json"),
+        ("model:{empty}", "no verifier_config.json"),
+        ("no-letter:e,alpha=abc", "alpha must be a number"),
+        ("no-letter:", "exactly one letter"),
+        ("no-letter:e,beta=2", "unknown option"),
+        ("unit-tests:{tests}", "line 1"),
+        ("unit-tests:{missing}", "no such test file"),
+    ],
+)
 def test_cli_bad_verifier_specs_exit_with_one_message(folder, tmp_path, capsys, verifier, words):
     from mlx_vgb.generate import main
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "tests.py").write_text("assert f(1) ==\n")
-    spec = verifier.format(empty=tmp_path / "empty", tests=tmp_path / "tests.py",
-                           missing=tmp_path / "nope.py")
+    spec = verifier.format(
+        empty=tmp_path / "empty", tests=tmp_path / "tests.py", missing=tmp_path / "nope.py"
+    )
     with pytest.raises(SystemExit) as e:
         main(["--model", str(folder), "--verifier", spec, "--max-tokens", "4", "-p", "Hi"])
     err = capsys.readouterr().err
@@ -183,12 +203,31 @@ def test_ctrl_c_prints_the_partial_text_and_exits_130(folder, tmp_path):
     import time
 
     # a walk that cannot end (every leaf fails, 20 ms a verifier call), then SIGINT
-    cmd = [sys.executable, "-m", "mlx_vgb.cli", "generate", "--model", str(folder),
-           "--verifier", "tests.faulty_verifiers:slow_never_done", "--max-tokens", "16",
-           "--choice", "self-normalized", "-p", "Write a long story."]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_vgb.cli",
+        "generate",
+        "--model",
+        str(folder),
+        "--verifier",
+        "tests.faulty_verifiers:slow_never_done",
+        "--max-tokens",
+        "16",
+        "--choice",
+        "self-normalized",
+        "-p",
+        "Write a long story.",
+    ]
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=root, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     time.sleep(12)  # import, load and some walk steps
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

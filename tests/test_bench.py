@@ -48,8 +48,10 @@ def test_abc_closed_form_laws_match_the_samplers():
     laws = {"vgb": abc.vgb_law(lm, v, 3), "rs": abc.action_rs_law(lm, v, 3)}
     assert toy.tv(laws["vgb"], laws["rs"]) > 0.02  # the check can tell them apart
     n = 4000
-    for name, s in (("vgb", VGB(horizon=3, choice=Enumerate())),
-                    ("rs", ActionLevelRS(horizon=3, choice=Enumerate()))):
+    for name, s in (
+        ("vgb", VGB(horizon=3, choice=Enumerate())),
+        ("rs", ActionLevelRS(horizon=3, choice=Enumerate())),
+    ):
         emp = toy.empirical([s.sample(lm, v, seed=i).tokens for i in range(n)])
         other = laws["rs" if name == "vgb" else "vgb"]
         assert toy.tv(emp, laws[name]) < toy.tv(emp, other)
@@ -83,8 +85,9 @@ def _has_default_model() -> bool:
         return False
 
 
-needs_model = pytest.mark.skipif(not _has_default_model(),
-                                 reason="default model not cached (mlx-vgb models pull)")
+needs_model = pytest.mark.skipif(
+    not _has_default_model(), reason="default model not cached (mlx-vgb models pull)"
+)
 
 
 @needs_model
@@ -97,7 +100,6 @@ def test_letters_quick_reports_constraint_coherence_and_cost(tmp_path):
         assert v["forward tok / out tok"] >= 1
     assert s["action-rs"]["satisfied"] == 1.0 and s["vgb a=0.1"]["satisfied"] == 1.0
     assert all(r["coherence"] < 0 for r in data["rows"])
-
 
 
 @needs_model
@@ -163,11 +165,12 @@ def test_testcases_quick_reports_correct_rate_and_lengths(tmp_path):
 def test_humaneval_visible_examples_become_asserts():
     from mlx_vgb.tasks.humaneval import body_of, visible_examples
 
-    prompt = ('def strlen(string: str) -> int:\n    """ Length\n    >>> strlen(\'\')\n    0\n'
-              '    >>> strlen(\'abc\')\n    3\n    """\n')
+    prompt = (
+        'def strlen(string: str) -> int:\n    """ Length\n    >>> strlen(\'\')\n    0\n'
+        '    >>> strlen(\'abc\')\n    3\n    """\n'
+    )
     assert visible_examples(prompt) == "assert (strlen('')) == (0)\nassert (strlen('abc')) == (3)\n"
-    assert body_of("\n    return len(string)\n\ndef g():\n    pass") == \
-        "\n    return len(string)\n"
+    assert body_of("\n    return len(string)\n\ndef g():\n    pass") == "\n    return len(string)\n"
 
 
 @needs_model
@@ -205,14 +208,36 @@ def _shard(folder, task_ids, rows, **cfg):
     folder.mkdir()
     config = dict(problems=0, samples=1, horizon=64, bon_n=16, task_ids=task_ids)
     config.update(cfg)
-    (folder / "shard.json").write_text(json.dumps({
-        "command": f"mlx-vgb bench humaneval --shard x --out {folder}", "config": config,
-        "environment": environment()}))
+    (folder / "shard.json").write_text(
+        json.dumps(
+            {
+                "command": f"mlx-vgb bench humaneval --shard x --out {folder}",
+                "config": config,
+                "environment": environment(),
+            }
+        )
+    )
     with open(folder / "rows.jsonl", "w") as f:
         for sampler, tid, passed in rows:
-            f.write(json.dumps(dict(sampler=sampler, task_id=tid, seed=0, body="", syntax_ok=True,
-                                    visible_pass=passed, hidden_pass=passed, finish="stop",
-                                    forward_tokens=10, steps=1, backtracks=0, wall_s=1.0)) + "\n")
+            f.write(
+                json.dumps(
+                    dict(
+                        sampler=sampler,
+                        task_id=tid,
+                        seed=0,
+                        body="",
+                        syntax_ok=True,
+                        visible_pass=passed,
+                        hidden_pass=passed,
+                        finish="stop",
+                        forward_tokens=10,
+                        steps=1,
+                        backtracks=0,
+                        wall_s=1.0,
+                    )
+                )
+                + "\n"
+            )
         f.write('{"sampler": "vgb", "task_')  # a row torn by a kill
 
 
@@ -220,8 +245,16 @@ def test_humaneval_merge_joins_shards_and_drops_unfinished_problems(tmp_path, ca
     a, b = "HumanEval/0", "HumanEval/1"
     _shard(tmp_path / "s0", [a], [("plain", a, True), ("vgb", a, False), ("bon", a, True)])
     _shard(tmp_path / "s1", [b], [("plain", b, False), ("vgb", b, True)])  # bon cut off
-    cli.main(["humaneval", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"),
-              "--out", str(tmp_path / "m")])
+    cli.main(
+        [
+            "humaneval",
+            "--merge",
+            str(tmp_path / "s0"),
+            str(tmp_path / "s1"),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     data = json.loads((tmp_path / "m" / "results.json").read_text())
     assert data["config"]["task_ids"] == [a] and data["config"]["planned_problems"] == 2
     s = data["summary"]["samplers"]
@@ -231,13 +264,32 @@ def test_humaneval_merge_joins_shards_and_drops_unfinished_problems(tmp_path, ca
     assert "1 of 2 planned problems" in md and "--shard x" in md
     _shard(tmp_path / "s2", [b], [], horizon=32)
     with pytest.raises(SystemExit):
-        cli.main(["humaneval", "--merge", str(tmp_path / "s0"), str(tmp_path / "s2"),
-                  "--out", str(tmp_path / "m2")])
+        cli.main(
+            [
+                "humaneval",
+                "--merge",
+                str(tmp_path / "s0"),
+                str(tmp_path / "s2"),
+                "--out",
+                str(tmp_path / "m2"),
+            ]
+        )
     # a rerun resumes only a run with the same settings (before any model is loaded)
     assert "other settings" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["humaneval", "--problems", "0", "--bon-n", "16", "--horizon", "48",
-                  "--out", str(tmp_path / "s0")])
+        cli.main(
+            [
+                "humaneval",
+                "--problems",
+                "0",
+                "--bon-n",
+                "16",
+                "--horizon",
+                "48",
+                "--out",
+                str(tmp_path / "s0"),
+            ]
+        )
     assert "other settings" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         cli.main(["humaneval", "--problems", "0", "--shard", "0/2", "--out", str(tmp_path / "x")])

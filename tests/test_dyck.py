@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_models import LOGPROB_TOL, logprob_error
+
 from mlx_vgb.tasks import dyck
 
 ASSETS = Path(dyck.__file__).resolve().parent.parent / "assets" / "dyck"
@@ -23,14 +23,17 @@ def test_validity_accepts_balanced_strings_of_length_32():
     assert dyck.is_valid(ids("([])" * 8))
 
 
-@pytest.mark.parametrize("text,why", [
-    ("()" * 15, "too short"),
-    ("()" * 17, "too long"),
-    ("(" * 13 + ")" * 13 + "()" * 3, "depth 13 > 12"),
-    ("(]" + "()" * 15, "wrong closing type"),
-    (")(" + "()" * 15, "close on empty stack"),
-    ("((" + "()" * 15, "unbalanced"),
-])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ("()" * 15, "too short"),
+        ("()" * 17, "too long"),
+        ("(" * 13 + ")" * 13 + "()" * 3, "depth 13 > 12"),
+        ("(]" + "()" * 15, "wrong closing type"),
+        (")(" + "()" * 15, "close on empty stack"),
+        ("((" + "()" * 15, "unbalanced"),
+    ],
+)
 def test_validity_rejects(text, why):
     assert not dyck.is_valid(ids(text)), why
 

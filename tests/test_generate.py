@@ -24,8 +24,18 @@ def loaded(folder):
 def test_stream_events_replay_to_final_text(loaded):
     model, tok = loaded
     # forbid two common bytes: the walk must backtrack at times
-    resps = list(stream_generate(model, tok, "Tell me", verifier="forbid:a|e|o|i", max_tokens=16,
-                                 block=2, candidates=3, seed=1))
+    resps = list(
+        stream_generate(
+            model,
+            tok,
+            "Tell me",
+            verifier="forbid:a|e|o|i",
+            max_tokens=16,
+            block=2,
+            candidates=3,
+            seed=1,
+        )
+    )
     kinds = {type(r.event) for r in resps}
     assert Done in kinds and Append in kinds
     final = resps[-1]
@@ -46,8 +56,16 @@ def test_backtracks_are_streamed(loaded):
     model, tok = loaded
     seen = 0
     for seed in range(6):
-        for r in stream_generate(model, tok, "Go", verifier="forbid:a|e|o|i|u|t|s", block=2,
-                                 max_tokens=12, candidates=2, seed=seed):
+        for r in stream_generate(
+            model,
+            tok,
+            "Go",
+            verifier="forbid:a|e|o|i|u|t|s",
+            block=2,
+            max_tokens=12,
+            candidates=2,
+            seed=seed,
+        ):
             if isinstance(r.event, Backtrack):
                 seen += 1
                 assert r.erased or r.event.n_tokens > 0
@@ -61,16 +79,19 @@ def test_same_seed_same_text(loaded):
     assert a == b
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(prompt=""), "prompt is empty"),
-    (dict(max_tokens=0), "max_tokens"),
-    (dict(max_tokens=10_000), "context"),
-    (dict(verifier="what:ever:x"), "unknown verifier|cannot import"),
-    (dict(sampler="nope"), "unknown sampler"),
-    (dict(verifier="regex:(["), "bad regex"),
-    (dict(drift=1.5), "drift"),
-    (dict(candidates=0), "must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(max_tokens=10_000), "context"),
+        (dict(verifier="what:ever:x"), "unknown verifier|cannot import"),
+        (dict(sampler="nope"), "unknown sampler"),
+        (dict(verifier="regex:(["), "bad regex"),
+        (dict(drift=1.5), "drift"),
+        (dict(candidates=0), "must be an integer >= 1"),
+    ],
+)
 def test_bad_settings_raise_clear_errors(loaded, kw, msg):
     model, tok = loaded
     args = dict(prompt="Hi", max_tokens=8)
@@ -88,13 +109,32 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 
 
 def test_cli_generate_end_to_end(folder):
-    cmd = [sys.executable, "-m", "mlx_vgb.cli", "generate", "--model", str(folder), "-p", "Hi",
-           "--verifier", "no-letter:e", "--max-tokens", "12", "--block", "3", "--verbose"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_vgb.cli",
+        "generate",
+        "--model",
+        str(folder),
+        "-p",
+        "Hi",
+        "--verifier",
+        "no-letter:e",
+        "--max-tokens",
+        "12",
+        "--block",
+        "3",
+        "--verbose",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "steps:" in out.stdout and "reached leaf: True" in out.stdout
-    bad = subprocess.run(cmd[:-1] + ["--sampler", "vgb", "--verifier", "nope"], capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        cmd[:-1] + ["--sampler", "vgb", "--verifier", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "unknown verifier" in bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -104,17 +144,21 @@ def test_default_drift_is_half_for_lines_and_one_otherwise():
 
     assert make_sampler("vgb", max_tokens=8, block="line", line_tokens=frozenset({1})).drift == 0.5
     assert make_sampler("vgb", max_tokens=8, block=4).drift == 1.0
-    assert make_sampler("vgb", max_tokens=8, block="line", line_tokens=frozenset({1}),
-                        drift=1.0).drift == 1.0
+    assert (
+        make_sampler("vgb", max_tokens=8, block="line", line_tokens=frozenset({1}), drift=1.0).drift
+        == 1.0
+    )
 
 
 def test_walks_use_the_exact_rule_unless_the_verifier_asks_for_the_fast_one(loaded):
     model, tok = loaded
     last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0))[-1]
     assert last.choice == "rejection"
-    last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0,
-                                verifier="no-letter:e"))[-1]
+    last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0, verifier="no-letter:e"))[-1]
     assert last.choice == "self-normalized"
-    last = list(stream_generate(model, tok, "Hi", max_tokens=4, seed=0, verifier="no-letter:e",
-                                choice="rejection"))[-1]
+    last = list(
+        stream_generate(
+            model, tok, "Hi", max_tokens=4, seed=0, verifier="no-letter:e", choice="rejection"
+        )
+    )[-1]
     assert last.choice == "rejection"

@@ -111,6 +111,7 @@ def test_walk_with_backtracks_recomputes_no_token(model):
 
 def test_value_head_gives_value_from_the_same_forward(model):
     import mlx.core as mx
+
     from mlx_vgb.verifier_format import HeadConfig, ValueHead
 
     head = ValueHead(HeadConfig(type="mlp", dims=[32, 8, 1], activation="relu", output="sigmoid"))
@@ -169,9 +170,18 @@ def tiny_mamba():
     from mlx_lm.models import mamba
 
     mx.random.seed(0)
-    args = mamba.ModelArgs(model_type="mamba", vocab_size=40, hidden_size=16,
-                           intermediate_size=32, state_size=4, num_hidden_layers=2,
-                           conv_kernel=4, use_bias=False, use_conv_bias=True, time_step_rank=4)
+    args = mamba.ModelArgs(
+        model_type="mamba",
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        state_size=4,
+        num_hidden_layers=2,
+        conv_kernel=4,
+        use_bias=False,
+        use_conv_bias=True,
+        time_step_rank=4,
+    )
     m = mamba.Model(args)
     mx.eval(m.parameters())
     return m
@@ -192,7 +202,8 @@ def test_ssm_cache_restores_snapshots_on_backtrack():
     # backtracks restore the snapshot at the branch point: only the last token is rerun
     assert lm.recomputed_tokens <= 3
     r = VGB(horizon=8, actions=Blocks(2), choice=Candidates(3)).sample(
-        lm, FunctionVerifier(lambda p: 0.3 if sum(p) % 2 else 1.0), prompt, seed=1)
+        lm, FunctionVerifier(lambda p: 0.3 if sum(p) % 2 else 1.0), prompt, seed=1
+    )
     assert r.reached_leaf
 
 

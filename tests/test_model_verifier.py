@@ -39,7 +39,8 @@ def gen(tmp_path_factory):
 def test_separate_verifier_values_match_its_backbone_on_bridged_text(gen, tmp_path):
     model, tok = gen
     vfolder, head = make_verifier_folder(
-        tmp_path, tiny_model_folder(tmp_path / "vb", seed=9), merges=True)
+        tmp_path, tiny_model_folder(tmp_path / "vb", seed=9), merges=True
+    )
     glm = MLXLanguageModel(model, tok)
     ver = SeparateModelVerifier(vfolder, glm.decode, glm.eos_token_ids, prompt_text="Say the")
     prompt = tok.encode("Say the")
@@ -62,11 +63,16 @@ def test_walk_with_separate_verifier_recomputes_nothing(gen, tmp_path):
     prompt = tok.encode("Hello")
     total_back = 0
     for seed in range(3):
-        r = VGB(horizon=12, actions=Blocks(3), choice=Candidates(3)).sample(glm, ver, prompt,
-                                                                            seed=seed)
+        r = VGB(horizon=12, actions=Blocks(3), choice=Candidates(3)).sample(
+            glm, ver, prompt, seed=seed
+        )
         total_back += r.stats.backtracks
         assert r.reached_leaf
         assert (glm.reprefill_tokens, ver.lm.reprefill_tokens) == (0, 0), (
-            seed, glm.reprefill_tokens, ver.lm.reprefill_tokens, r.stats)
+            seed,
+            glm.reprefill_tokens,
+            ver.lm.reprefill_tokens,
+            r.stats,
+        )
     assert total_back > 0
     assert np.isfinite(ver.value([()])).all()

@@ -18,8 +18,14 @@ openai = pytest.importorskip("openai")
 
 from test_app_support import free_port, save_tiny_model_folder, wait_http  # noqa: E402
 
-LETTERS = dict(verifier="no-letter:e,alpha=0.3", sampler="vgb", choice="self-normalized",
-               candidates=8, max_steps=2000, seed=0)
+LETTERS = dict(
+    verifier="no-letter:e,alpha=0.3",
+    sampler="vgb",
+    choice="self-normalized",
+    candidates=8,
+    max_steps=2000,
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +33,30 @@ def server(tmp_path_factory):
     model = save_tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model")
     port = free_port()
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    log = tempfile.NamedTemporaryFile("w+", prefix="mlx-vgb-server-", suffix=".log",
-                                      delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_vgb.cli", "server", "--model",
-                             str(model), "--port", str(port), "--max-tokens", "24"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    log = tempfile.NamedTemporaryFile("w+", prefix="mlx-vgb-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlx_vgb.cli",
+            "server",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--max-tokens",
+            "24",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc.log_path = log.name
     url = f"http://127.0.0.1:{port}"
     try:
@@ -48,13 +71,13 @@ def server(tmp_path_factory):
 
 
 def client(server):
-    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0,
-                         timeout=60)
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="none", max_retries=0, timeout=60)
 
 
 def post(server, path, body):
-    req = urllib.request.Request(server[0] + path, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server[0] + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -69,8 +92,11 @@ def test_models_lists_the_served_model(server):
 
 def test_chat_completion_is_a_vgb_walk_with_its_stats(server):
     r = client(server).chat.completions.create(
-        model=server[1], messages=[{"role": "user", "content": "Write a story."}],
-        max_tokens=24, extra_body=LETTERS)
+        model=server[1],
+        messages=[{"role": "user", "content": "Write a story."}],
+        max_tokens=24,
+        extra_body=LETTERS,
+    )
     text = r.choices[0].message.content
     vgb = r.model_extra["vgb"]
     assert vgb["sampler"] == "vgb" and vgb["verdict"] == "passes" and vgb["reached_leaf"]
@@ -80,9 +106,15 @@ def test_chat_completion_is_a_vgb_walk_with_its_stats(server):
 
 
 def test_streaming_appends_only_committed_text_and_shows_the_walk(server):
-    chunks = list(client(server).chat.completions.create(
-        model=server[1], messages=[{"role": "user", "content": "Write a story."}],
-        max_tokens=24, stream=True, extra_body=LETTERS))
+    chunks = list(
+        client(server).chat.completions.create(
+            model=server[1],
+            messages=[{"role": "user", "content": "Write a story."}],
+            max_tokens=24,
+            stream=True,
+            extra_body=LETTERS,
+        )
+    )
     appended = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     extra = [c.model_extra.get("vgb") for c in chunks if c.model_extra.get("vgb")]
     final = extra[-1]
@@ -93,20 +125,32 @@ def test_streaming_appends_only_committed_text_and_shows_the_walk(server):
         live = live[: len(live) - ev["erase"]] + ev["append"]
     assert live == final["text"] and any(ev["event"] == "backtrack" for ev in extra[:-1])
     alone = client(server).chat.completions.create(
-        model=server[1], messages=[{"role": "user", "content": "Write a story."}],
-        max_tokens=24, extra_body=LETTERS)
+        model=server[1],
+        messages=[{"role": "user", "content": "Write a story."}],
+        max_tokens=24,
+        extra_body=LETTERS,
+    )
     assert appended == alone.choices[0].message.content  # same seed, same walk
 
 
 def test_plain_streams_its_text_as_it_goes(server):
-    chunks = list(client(server).completions.create(
-        model=server[1], prompt="Once upon a time", max_tokens=16, stream=True,
-        extra_body=dict(sampler="plain", seed=3)))
+    chunks = list(
+        client(server).completions.create(
+            model=server[1],
+            prompt="Once upon a time",
+            max_tokens=16,
+            stream=True,
+            extra_body=dict(sampler="plain", seed=3),
+        )
+    )
     pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]
     assert len(pieces) > 3  # live, not one piece at the end
-    done = client(server).completions.create(model=server[1], prompt="Once upon a time",
-                                             max_tokens=16, extra_body=dict(sampler="plain",
-                                                                            seed=3))
+    done = client(server).completions.create(
+        model=server[1],
+        prompt="Once upon a time",
+        max_tokens=16,
+        extra_body=dict(sampler="plain", seed=3),
+    )
     assert "".join(pieces) == done.choices[0].text
     assert done.model_extra["vgb"]["verdict"] == "complete"
 
@@ -116,8 +160,11 @@ def test_concurrent_requests_each_get_their_own_walk(server):
 
     def ask(seed):
         r = client(server).chat.completions.create(
-            model=server[1], messages=[{"role": "user", "content": "Hi"}], max_tokens=24,
-            extra_body=dict(LETTERS, seed=seed))
+            model=server[1],
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=24,
+            extra_body=dict(LETTERS, seed=seed),
+        )
         return r.choices[0].message.content
 
     alone = {s: ask(s) for s in seeds}
@@ -130,15 +177,18 @@ def test_concurrent_requests_each_get_their_own_walk(server):
     assert got == alone and len(set(alone.values())) > 1
 
 
-@pytest.mark.parametrize("body, words", [
-    (dict(messages=[]), "messages"),
-    (dict(messages=[{"role": "user", "content": "x"}], sampler="nope"), "unknown sampler"),
-    (dict(messages=[{"role": "user", "content": "x"}], verifier="regex:("), "bad regex"),
-    (dict(messages=[{"role": "user", "content": "x"}], candidates=0), "'candidates'"),
-    (dict(messages=[{"role": "user", "content": "x"}], temperature=-1), "'temperature'"),
-    (dict(messages=[{"role": "user", "content": "x"}], n=2), "'n' must be 1"),
-    (dict(messages=[{"role": "user", "content": "x"}], block="lines"), "block must be"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (dict(messages=[]), "messages"),
+        (dict(messages=[{"role": "user", "content": "x"}], sampler="nope"), "unknown sampler"),
+        (dict(messages=[{"role": "user", "content": "x"}], verifier="regex:("), "bad regex"),
+        (dict(messages=[{"role": "user", "content": "x"}], candidates=0), "'candidates'"),
+        (dict(messages=[{"role": "user", "content": "x"}], temperature=-1), "'temperature'"),
+        (dict(messages=[{"role": "user", "content": "x"}], n=2), "'n' must be 1"),
+        (dict(messages=[{"role": "user", "content": "x"}], block="lines"), "block must be"),
+    ],
+)
 def test_a_bad_request_gets_a_400_with_a_message(server, body, words):
     status, out = post(server, "/v1/chat/completions", body)
     assert status == 400 and words in out["error"]["message"], out
@@ -146,8 +196,9 @@ def test_a_bad_request_gets_a_400_with_a_message(server, body, words):
 
 def test_the_openai_client_sees_a_bad_request_error(server):
     with pytest.raises(openai.BadRequestError, match="unknown verifier"):
-        client(server).completions.create(model=server[1], prompt="x",
-                                          extra_body=dict(verifier="nonsense"))
+        client(server).completions.create(
+            model=server[1], prompt="x", extra_body=dict(verifier="nonsense")
+        )
 
 
 def test_the_server_listens_on_loopback_by_default():

@@ -37,8 +37,10 @@ def tiny_lm():
     return m
 
 
-PROMPTS = [PromptRecord(f"p{i}", p["prompt"], p["max_tokens"])
-           for i, p in enumerate(dyck.make_prompts(6, seed=3, prompt_lengths=(20, 22)))]
+PROMPTS = [
+    PromptRecord(f"p{i}", p["prompt"], p["max_tokens"])
+    for i, p in enumerate(dyck.make_prompts(6, seed=3, prompt_lengths=(20, 22)))
+]
 
 
 def encode(text):
@@ -57,9 +59,18 @@ class CountingReward:
 def collect(model, path, reward=None, **kw):
     kw.setdefault("n", 4)
     kw.setdefault("batch_size", 4)
-    return collect_rollouts(model, PROMPTS, path, encode=encode, decode=dyck.decode,
-                            reward=reward or dyck.reward, eos_token_ids=[dyck.EOS], seed=7,
-                            progress=False, **kw)
+    return collect_rollouts(
+        model,
+        PROMPTS,
+        path,
+        encode=encode,
+        decode=dyck.decode,
+        reward=reward or dyck.reward,
+        eos_token_ids=[dyck.EOS],
+        seed=7,
+        progress=False,
+        **kw,
+    )
 
 
 class Stop(Exception):
@@ -114,6 +125,7 @@ def test_resuming_with_other_settings_is_refused(tiny_lm, tmp_path):
 def test_rollouts_do_not_depend_on_batch_size(tiny_lm, tmp_path):
     collect(tiny_lm, tmp_path / "a.jsonl", batch_size=1)
     collect(tiny_lm, tmp_path / "b.jsonl", batch_size=64)
+
     def key(r):
         return r.prompt_id, r.index
 
@@ -127,12 +139,21 @@ def roll(pid, k, prompt, completion, reward):
 
 
 def test_value_targets_pool_outcomes_over_shared_prefixes():
-    rs = [roll("a", 0, [9], [1, 2, 5], 1.0), roll("a", 1, [9], [1, 3, 5], 0.0),
-          roll("b", 0, [8], [1, 5], 1.0)]
+    rs = [
+        roll("a", 0, [9], [1, 2, 5], 1.0),
+        roll("a", 1, [9], [1, 3, 5], 0.0),
+        roll("b", 0, [8], [1, 5], 1.0),
+    ]
     t = value_targets(rs, include_leaves=False)
     got = {p: (s, c) for p, s, c in zip(t.prefixes, t.successes, t.counts)}
-    assert got == {(9,): (1, 2), (9, 1): (1, 2), (9, 1, 2): (1, 1), (9, 1, 3): (0, 1),
-                   (8,): (1, 1), (8, 1): (1, 1)}
+    assert got == {
+        (9,): (1, 2),
+        (9, 1): (1, 2),
+        (9, 1, 2): (1, 1),
+        (9, 1, 3): (0, 1),
+        (8,): (1, 1),
+        (8, 1): (1, 1),
+    }
     # the hidden state of a prefix is read at its last token
     i = t.prefixes.index((9, 1, 3))
     assert tuple(t.source[i]) == (1, 2)
@@ -150,8 +171,11 @@ def test_weighted_auc_matches_pairwise_count():
     s = rng.integers(0, 5, size=30).astype(float)  # ties on purpose
     pos = rng.integers(0, 3, size=30).astype(float)
     neg = rng.integers(0, 3, size=30).astype(float)
-    num = sum(pos[i] * neg[j] * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
-              for i in range(30) for j in range(30))
+    num = sum(
+        pos[i] * neg[j] * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+        for i in range(30)
+        for j in range(30)
+    )
     assert weighted_auc(s, pos, neg) == pytest.approx(num / (pos.sum() * neg.sum()))
 
 
@@ -173,8 +197,9 @@ def synthetic_targets(n=400, d=8, seed=0):
     from mlx_vgb.value_training import ValueTargets
 
     succ = (rng.random(n) < p).astype(float)
-    t = ValueTargets([(i,) for i in range(n)], succ, np.ones(n), np.zeros((n, 2), int),
-                     [r.prompt_id for r in rs])
+    t = ValueTargets(
+        [(i,) for i in range(n)], succ, np.ones(n), np.zeros((n, 2), int), [r.prompt_id for r in rs]
+    )
     return x, t
 
 
@@ -211,8 +236,21 @@ def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
     dyck.write_prompts(prompts, dyck.make_prompts(10, seed=1, prompt_lengths=(24, 26)))
     assert len(load_prompts(prompts)) == 10
     out = tmp_path / "verifier"
-    argv = ["--model", str(lm_dir), "--prompts", str(prompts), "--reward", "dyck",
-            "--out", str(out), "--num-rollouts", "3", "--epochs", "2", "--no-progress"]
+    argv = [
+        "--model",
+        str(lm_dir),
+        "--prompts",
+        str(prompts),
+        "--reward",
+        "dyck",
+        "--out",
+        str(out),
+        "--num-rollouts",
+        "3",
+        "--epochs",
+        "2",
+        "--no-progress",
+    ]
     main(argv)
     cfg, _head, backbone = load_verifier(out)
     assert cfg.head.dims == [16, 128, 1] and backbone is None
@@ -226,9 +264,21 @@ def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
 
     sys.path.insert(0, str(tmp_path))
     try:
-        main(argv[:5] + ["myreward:score", "--out", str(tmp_path / "v2"), "--work-dir",
-                         str(tmp_path / "w2"), "--num-rollouts", "2", "--epochs", "1",
-                         "--no-progress"])
+        main(
+            argv[:5]
+            + [
+                "myreward:score",
+                "--out",
+                str(tmp_path / "v2"),
+                "--work-dir",
+                str(tmp_path / "w2"),
+                "--num-rollouts",
+                "2",
+                "--epochs",
+                "1",
+                "--no-progress",
+            ]
+        )
     finally:
         sys.path.remove(str(tmp_path))
     m2 = json.loads((tmp_path / "w2" / "metrics.json").read_text())

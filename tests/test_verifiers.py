@@ -1,7 +1,13 @@
 """Programmatic verifiers and the text bridge."""
 
 from mlx_vgb.verifiers import (
-    AllOf, ForbiddenStrings, LetterAvoidance, PythonSyntax, RegexMatch, UnitTests, extract_code,
+    AllOf,
+    ForbiddenStrings,
+    LetterAvoidance,
+    PythonSyntax,
+    RegexMatch,
+    UnitTests,
+    extract_code,
 )
 
 
@@ -11,7 +17,7 @@ def bind(v, text_of):
 
 def test_letter_avoidance_is_alpha_power_times_indicator():
     v = LetterAvoidance("e", alpha=0.5, horizon=4)
-    assert v.value_text("a cat", 1) == 0.5 ** 3
+    assert v.value_text("a cat", 1) == 0.5**3
     assert v.value_text("a cat", 4) == 1.0
     assert v.value_text("the", 2) == 0.0
     assert v.tilt_text("A CAT") == 1.0 and v.tilt_text("AN EEL") == 0.0

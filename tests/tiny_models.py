@@ -12,19 +12,34 @@ from mlx.utils import tree_map  # noqa: E402
 from mlx_lm.models import llama  # noqa: E402
 
 
-def tiny_llama(seed: int = 0, vocab: int = 48, hidden: int = 32, layers: int = 2,
-               tie: bool = True, context: int = 512) -> llama.Model:
+def tiny_llama(
+    seed: int = 0,
+    vocab: int = 48,
+    hidden: int = 32,
+    layers: int = 2,
+    tie: bool = True,
+    context: int = 512,
+) -> llama.Model:
     mx.random.seed(seed)
     args = llama.ModelArgs(
-        model_type="llama", hidden_size=hidden, num_hidden_layers=layers,
-        intermediate_size=2 * hidden, num_attention_heads=4, num_key_value_heads=2,
-        rms_norm_eps=1e-5, vocab_size=vocab, tie_word_embeddings=tie,
+        model_type="llama",
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        intermediate_size=2 * hidden,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=vocab,
+        tie_word_embeddings=tie,
         max_position_embeddings=context,
     )
     model = llama.Model(args)
     # larger weights than the default init so next-token laws are far from uniform
-    model.update(__import__("mlx.utils", fromlist=["tree_map"]).tree_map(
-        lambda p: p * 3.0, model.parameters()))
+    model.update(
+        __import__("mlx.utils", fromlist=["tree_map"]).tree_map(
+            lambda p: p * 3.0, model.parameters()
+        )
+    )
     mx.eval(model.parameters())
     return model
 
@@ -97,7 +112,8 @@ def logprob_tolerance(model, sequences, margin: float = LOGPROB_MARGIN) -> float
     """Tolerance for comparing two float32 computations of the log-probs after `sequences`."""
     tol = margin * float32_error(model, sequences)
     assert tol <= WRONG_ROW / 10, (
-        f"tolerance {tol:.2g} from the error model is too loose to catch a wrong cache row")
+        f"tolerance {tol:.2g} from the error model is too loose to catch a wrong cache row"
+    )
     return max(tol, 1e-6)  # round-off of exactly 0 (same BLAS path) still allows an ulp
 
 
@@ -122,17 +138,34 @@ def tiny_model_folder(path, seed: int = 0, hidden: int = 32, layers: int = 2, co
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
     tok.save(str(path / "tokenizer.json"))
-    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-                "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-                "{% endif %}")
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
-        "bos_token": None, "chat_template": template}))
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": "<|im_end|>",
+                "bos_token": None,
+                "chat_template": template,
+            }
+        )
+    )
     model = tiny_llama(seed=seed, vocab=258, hidden=hidden, layers=layers, context=context)
-    cfg = {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers,
-           "intermediate_size": 2 * hidden, "num_attention_heads": 4, "num_key_value_heads": 2,
-           "rms_norm_eps": 1e-5, "vocab_size": 258, "tie_word_embeddings": True,
-           "max_position_embeddings": context}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": 2 * hidden,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": 258,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": context,
+    }
     (path / "config.json").write_text(json.dumps(cfg))
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     return path

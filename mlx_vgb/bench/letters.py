@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import settings, warm_up, timed_sample
+from .harness import settings, timed_sample, warm_up
 from .report import Report, markdown_table, mean_se, plot_bars
 
 PROMPT = "Write a one-sentence story without the letter e."
@@ -55,8 +55,8 @@ def coherence(model, prompt_ids, responses) -> list[float]:
         ids = mx.array([list(prompt_ids) + y])
         logits = model(ids[:, :-1]).astype(mx.float32)
         logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        tgt = ids[0, len(prompt_ids):]
-        lp = mx.take_along_axis(logp[0, len(prompt_ids) - 1:], tgt[:, None], axis=-1)
+        tgt = ids[0, len(prompt_ids) :]
+        lp = mx.take_along_axis(logp[0, len(prompt_ids) - 1 :], tgt[:, None], axis=-1)
         out.append(float(mx.mean(lp)))
     return out
 
@@ -83,8 +83,12 @@ def run(args) -> None:
     from ..registry import NoLetterSpec, make_sampler, make_verifier
 
     cfg = settings(args, FULL, QUICK, ("horizon", "alphas", "samples", "candidates", "max_steps"))
-    cfg.update(prompt=args.prompt, model=args.model or "embedded SmolLM2",
-               temp=1.0, choice=f"Candidates({cfg['candidates']})")
+    cfg.update(
+        prompt=args.prompt,
+        model=args.model or "embedded SmolLM2",
+        temp=1.0,
+        choice=f"Candidates({cfg['candidates']})",
+    )
     model, tok = load_model(args.model)
     lm = MLXLanguageModel(model, tok)
     prompt = encode_prompt(tok, args.prompt)
@@ -95,20 +99,30 @@ def run(args) -> None:
     warm_up(lm, prompt=prompt)
     for name, alpha in runs:
         ver = make_verifier(NoLetterSpec("e", alpha or 0.1), lm, max_tokens=H)
-        smp = make_sampler(name, max_tokens=H, candidates=cfg["candidates"],
-                           max_steps=cfg["max_steps"])
+        smp = make_sampler(
+            name, max_tokens=H, candidates=cfg["candidates"], max_steps=cfg["max_steps"]
+        )
         for i in range(cfg["samples"]):
             seed = 1000 * args.seed + i
             r, wall = timed_sample(smp, lm, ver, prompt, seed)
             text = r.text or ""
             toks = [t for t in r.tokens if t not in lm.eos_token_ids]
-            samples.append(LetterSample(
-                sampler=name, alpha=alpha if name == "vgb" else None, seed=seed, text=text,
-                tokens=len(r.tokens), finished=r.reached_leaf,
-                satisfied=bool(r.reached_leaf and "e" not in text.lower()),
-                coherence=coherence(model, prompt, [toks])[0], steps=r.stats.steps,
-                backtracks=r.stats.backtracks, forward_tokens=r.stats.forward_tokens,
-                wall_s=wall))
+            samples.append(
+                LetterSample(
+                    sampler=name,
+                    alpha=alpha if name == "vgb" else None,
+                    seed=seed,
+                    text=text,
+                    tokens=len(r.tokens),
+                    finished=r.reached_leaf,
+                    satisfied=bool(r.reached_leaf and "e" not in text.lower()),
+                    coherence=coherence(model, prompt, [toks])[0],
+                    steps=r.stats.steps,
+                    backtracks=r.stats.backtracks,
+                    forward_tokens=r.stats.forward_tokens,
+                    wall_s=wall,
+                )
+            )
             print(f"[letters] {name} alpha={alpha} #{i}: {text!r}", flush=True)
     write(args, cfg, samples)
 
@@ -129,43 +143,84 @@ def write(args, cfg, samples: list[LetterSample]) -> None:
         coh, coh_se = mean_se([s.coherence for s in g if s.satisfied] or [float("nan")])
         coh_all, _ = mean_se([s.coherence for s in g])
         toks = sum(max(1, s.tokens) for s in g)
-        table.append({
-            "sampler": lab, "n": len(g),
-            "satisfied": np.mean([s.satisfied for s in g]),
-            "finished": np.mean([s.finished for s in g]),
-            "coherence (satisfied)": f"{coh:.3f} ± {coh_se:.3f}", "_coh": coh,
-            "_coh_se": coh_se, "coherence (all)": coh_all,
-            "distinct": len({s.text for s in g}) / len(g),
-            "forward tok / out tok": sum(s.forward_tokens for s in g) / toks,
-            "steps / out tok": sum(s.steps for s in g) / toks,
-            "backtracks / response": np.mean([s.backtracks for s in g]),
-            "wall / out tok vs plain": (sum(s.wall_s for s in g) / toks) / max(plain_wall, 1e-9),
-        })
+        table.append(
+            {
+                "sampler": lab,
+                "n": len(g),
+                "satisfied": np.mean([s.satisfied for s in g]),
+                "finished": np.mean([s.finished for s in g]),
+                "coherence (satisfied)": f"{coh:.3f} ± {coh_se:.3f}",
+                "_coh": coh,
+                "_coh_se": coh_se,
+                "coherence (all)": coh_all,
+                "distinct": len({s.text for s in g}) / len(g),
+                "forward tok / out tok": sum(s.forward_tokens for s in g) / toks,
+                "steps / out tok": sum(s.steps for s in g) / toks,
+                "backtracks / response": np.mean([s.backtracks for s in g]),
+                "wall / out tok vs plain": (sum(s.wall_s for s in g) / toks)
+                / max(plain_wall, 1e-9),
+            }
+        )
     rep.summary = {t["sampler"]: {k: v for k, v in t.items() if k != "sampler"} for t in table}
     rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
-    rep.add_section("Results", markdown_table(table, [
-        "sampler", "n", "satisfied", "finished", "coherence (satisfied)", "coherence (all)",
-        "distinct", "forward tok / out tok", "steps / out tok", "backtracks / response",
-        "wall / out tok vs plain"]) + "\nCoherence: mean log-prob per token under the "
+    rep.add_section(
+        "Results",
+        markdown_table(
+            table,
+            [
+                "sampler",
+                "n",
+                "satisfied",
+                "finished",
+                "coherence (satisfied)",
+                "coherence (all)",
+                "distinct",
+                "forward tok / out tok",
+                "steps / out tok",
+                "backtracks / response",
+                "wall / out tok vs plain",
+            ],
+        )
+        + "\nCoherence: mean log-prob per token under the "
         "unconstrained model (higher is better), mean ± s.e. over the satisfied responses. "
-        "Ratios are measured in this one run.")
+        "Ratios are measured in this one run.",
+    )
     ex = []
     for lab in labels:
         for s in [s for s in samples if _label(s) == lab][:3]:
-            ex.append({"sampler": lab, "satisfied": s.satisfied, "coherence": s.coherence,
-                       "text": s.text.replace("|", "/").replace("\n", " ")})
+            ex.append(
+                {
+                    "sampler": lab,
+                    "satisfied": s.satisfied,
+                    "coherence": s.coherence,
+                    "text": s.text.replace("|", "/").replace("\n", " "),
+                }
+            )
     rep.add_section("Examples (first 3 per sampler)", markdown_table(ex))
-    plot_bars(out / "coherence.png", labels,
-              {"coherence (satisfied)": [t["_coh"] for t in table]},
-              errs={"coherence (satisfied)": [t["_coh_se"] for t in table]},
-              ylabel="mean log-prob / token", title="Letter avoidance: coherence")
-    plot_bars(out / "satisfied_cost.png", labels,
-              {"satisfied": [t["satisfied"] for t in table],
-               "distinct": [t["distinct"] for t in table]},
-              ylabel="fraction", title="Letter avoidance: constraint satisfied, distinct")
-    plot_bars(out / "cost.png", labels,
-              {"forward tok / out tok": [t["forward tok / out tok"] for t in table],
-               "wall / out tok vs plain": [t["wall / out tok vs plain"] for t in table]},
-              ylabel="ratio", title="Letter avoidance: cost per output token")
+    plot_bars(
+        out / "coherence.png",
+        labels,
+        {"coherence (satisfied)": [t["_coh"] for t in table]},
+        errs={"coherence (satisfied)": [t["_coh_se"] for t in table]},
+        ylabel="mean log-prob / token",
+        title="Letter avoidance: coherence",
+    )
+    plot_bars(
+        out / "satisfied_cost.png",
+        labels,
+        {"satisfied": [t["satisfied"] for t in table], "distinct": [t["distinct"] for t in table]},
+        ylabel="fraction",
+        title="Letter avoidance: constraint satisfied, distinct",
+    )
+    plot_bars(
+        out / "cost.png",
+        labels,
+        {
+            "forward tok / out tok": [t["forward tok / out tok"] for t in table],
+            "wall / out tok vs plain": [t["wall / out tok vs plain"] for t in table],
+        },
+        ylabel="ratio",
+        title="Letter avoidance: cost per output token",
+    )
     rep.plots = ["coherence.png", "satisfied_cost.png", "cost.png"]
     rep.write(out)

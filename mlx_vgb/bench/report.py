@@ -35,8 +35,12 @@ def now() -> str:
 
 
 def environment() -> dict:
-    env = {"python": platform.python_version(), "machine": platform.machine(),
-           "system": platform.system(), "cpus": os.cpu_count()}
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import mlx.core as mx
 
@@ -79,14 +83,20 @@ def fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
-                   headers: dict[str, str] | None = None, digits: int = 3) -> str:
+def markdown_table(
+    rows: Sequence[dict],
+    columns: Sequence[str] | None = None,
+    headers: dict[str, str] | None = None,
+    digits: int = 3,
+) -> str:
     if not rows:
         return "_(no rows)_\n"
     columns = list(columns or rows[0].keys())
     headers = headers or {}
-    out = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
-           "|" + "|".join("---" for _ in columns) + "|"]
+    out = [
+        "| " + " | ".join(headers.get(c, c) for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     for r in rows:
         out.append("| " + " | ".join(fmt(r.get(c), digits) for c in columns) + " |")
     return "\n".join(out) + "\n"
@@ -124,17 +134,26 @@ class Report:
         self.sections.append(f"## {title}\n\n{body.rstrip()}\n")
 
     def to_json(self) -> dict:
-        return _jsonable({
-            "task": self.task, "command": self.command, "date": self.date,
-            "config": self.config, "environment": self.environment, "summary": self.summary,
-            "rows": self.rows, "plots": self.plots,
-        })
+        return _jsonable(
+            {
+                "task": self.task,
+                "command": self.command,
+                "date": self.date,
+                "config": self.config,
+                "environment": self.environment,
+                "summary": self.summary,
+                "rows": self.rows,
+                "plots": self.plots,
+            }
+        )
 
     def markdown(self) -> str:
-        head = (f"# `{self.task}` benchmark\n\nCommand: `{self.command}`\n\nDate: {self.date}\n\n"
-                f"Machine: {self.environment.get('system')} {self.environment.get('machine')}, "
-                f"{self.environment.get('cpus')} CPUs, MLX {self.environment.get('mlx', '?')} "
-                f"({self.environment.get('mlx_device', '?')})\n")
+        head = (
+            f"# `{self.task}` benchmark\n\nCommand: `{self.command}`\n\nDate: {self.date}\n\n"
+            f"Machine: {self.environment.get('system')} {self.environment.get('machine')}, "
+            f"{self.environment.get('cpus')} CPUs, MLX {self.environment.get('mlx', '?')} "
+            f"({self.environment.get('mlx_device', '?')})\n"
+        )
         cfg = "\n".join(f"- {k}: `{_jsonable(v)}`" for k, v in self.config.items())
         body = "\n".join(self.sections)
         plots = "\n".join(f"![{p}]({p})" for p in self.plots)
@@ -147,8 +166,16 @@ class Report:
         atomic_write(out / "results.md", self.markdown())
 
 
-def plot_lines(path: Path, series: Sequence[dict], *, xlabel: str, ylabel: str, title: str,
-               logy: bool = False, logx: bool = False) -> None:
+def plot_lines(
+    path: Path,
+    series: Sequence[dict],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logy: bool = False,
+    logx: bool = False,
+) -> None:
     """Line plot with error bars. Each series: {"label", "x", "y", "err" (optional)}."""
     import matplotlib
 
@@ -157,8 +184,16 @@ def plot_lines(path: Path, series: Sequence[dict], *, xlabel: str, ylabel: str, 
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
     for s in series:
-        ax.errorbar(s["x"], s["y"], yerr=s.get("err"), label=s["label"], marker="o",
-                    capsize=3, linestyle=s.get("linestyle", "-"), color=s.get("color"))
+        ax.errorbar(
+            s["x"],
+            s["y"],
+            yerr=s.get("err"),
+            label=s["label"],
+            marker="o",
+            capsize=3,
+            linestyle=s.get("linestyle", "-"),
+            color=s.get("color"),
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -172,8 +207,15 @@ def plot_lines(path: Path, series: Sequence[dict], *, xlabel: str, ylabel: str, 
     _save(fig, path)
 
 
-def plot_grid(path: Path, panels: Sequence[dict], *, xlabel: str, ylabel: str, suptitle: str,
-              logy: bool = False) -> None:
+def plot_grid(
+    path: Path,
+    panels: Sequence[dict],
+    *,
+    xlabel: str,
+    ylabel: str,
+    suptitle: str,
+    logy: bool = False,
+) -> None:
     """Side-by-side panels; each panel: {"title", "series": [...] as in ``plot_lines``}."""
     import matplotlib
 
@@ -184,8 +226,16 @@ def plot_grid(path: Path, panels: Sequence[dict], *, xlabel: str, ylabel: str, s
     fig, axes = plt.subplots(1, n, figsize=(4.0 * n, 3.5), dpi=110, sharey=True, squeeze=False)
     for ax, p in zip(axes[0], panels):
         for s in p["series"]:
-            ax.errorbar(s["x"], s["y"], yerr=s.get("err"), label=s["label"], marker="o",
-                        capsize=3, linestyle=s.get("linestyle", "-"), color=s.get("color"))
+            ax.errorbar(
+                s["x"],
+                s["y"],
+                yerr=s.get("err"),
+                label=s["label"],
+                marker="o",
+                capsize=3,
+                linestyle=s.get("linestyle", "-"),
+                color=s.get("color"),
+            )
         ax.set_title(p["title"], fontsize=10)
         ax.set_xlabel(xlabel)
         if logy:
@@ -198,8 +248,15 @@ def plot_grid(path: Path, panels: Sequence[dict], *, xlabel: str, ylabel: str, s
     _save(fig, path)
 
 
-def plot_bars(path: Path, labels: Sequence[str], groups: dict[str, Sequence[float]], *,
-              ylabel: str, title: str, errs: dict[str, Sequence[float]] | None = None) -> None:
+def plot_bars(
+    path: Path,
+    labels: Sequence[str],
+    groups: dict[str, Sequence[float]],
+    *,
+    ylabel: str,
+    title: str,
+    errs: dict[str, Sequence[float]] | None = None,
+) -> None:
     """Grouped bar chart: ``groups`` maps a series name to one value per label."""
     import matplotlib
 
@@ -210,10 +267,16 @@ def plot_bars(path: Path, labels: Sequence[str], groups: dict[str, Sequence[floa
     x = np.arange(len(labels))
     k = max(1, len(groups))
     w = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(labels) * k ** 0.5), 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(labels) * k**0.5), 3.6), dpi=110)
     for i, (name, ys) in enumerate(groups.items()):
-        ax.bar(x + (i - (k - 1) / 2) * w, ys, w, label=name,
-               yerr=None if errs is None else errs.get(name), capsize=3)
+        ax.bar(
+            x + (i - (k - 1) / 2) * w,
+            ys,
+            w,
+            label=name,
+            yerr=None if errs is None else errs.get(name),
+            capsize=3,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel(ylabel)
@@ -224,8 +287,14 @@ def plot_bars(path: Path, labels: Sequence[str], groups: dict[str, Sequence[floa
     _save(fig, path)
 
 
-def plot_hist(path: Path, data: dict[str, Sequence[float]], *, xlabel: str, title: str,
-              bins: int | Sequence[float] = 20) -> None:
+def plot_hist(
+    path: Path,
+    data: dict[str, Sequence[float]],
+    *,
+    xlabel: str,
+    title: str,
+    bins: int | Sequence[float] = 20,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,8 +303,14 @@ def plot_hist(path: Path, data: dict[str, Sequence[float]], *, xlabel: str, titl
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=110)
     for name, xs in data.items():
         if len(xs):
-            ax.hist(xs, bins=bins, histtype="step", density=True, label=f"{name} (n={len(xs)})",
-                    linewidth=1.5)
+            ax.hist(
+                xs,
+                bins=bins,
+                histtype="step",
+                density=True,
+                label=f"{name} (n={len(xs)})",
+                linewidth=1.5,
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)

@@ -33,8 +33,13 @@ DEFAULT_PROMPT_LENGTHS = (8, 24)  # prompt brackets k, drawn uniformly in [lo, h
 _IDS = {t: i for i, t in enumerate(VOCAB)}
 
 
-def sample_strings(n: int, rng: np.random.Generator, type_probs: Sequence[float] = TRAIN_TYPE_PROBS,
-                   length: int = LENGTH, max_depth: int = MAX_DEPTH) -> np.ndarray:
+def sample_strings(
+    n: int,
+    rng: np.random.Generator,
+    type_probs: Sequence[float] = TRAIN_TYPE_PROBS,
+    length: int = LENGTH,
+    max_depth: int = MAX_DEPTH,
+) -> np.ndarray:
     """``n`` Dyck strings from the random walk, as bracket ids: int array (n, length)."""
     if length % 2:
         raise ConfigError(f"Dyck length must be even, got {length}")
@@ -78,7 +83,9 @@ def first_error(brackets: Sequence[int], length: int = LENGTH, max_depth: int = 
     return -1
 
 
-def is_valid_prefix(brackets: Sequence[int], length: int = LENGTH, max_depth: int = MAX_DEPTH) -> bool:
+def is_valid_prefix(
+    brackets: Sequence[int], length: int = LENGTH, max_depth: int = MAX_DEPTH
+) -> bool:
     """Can ``brackets`` still be completed to a valid Dyck word of ``length``?"""
     return first_error(brackets, length, max_depth) == -1
 
@@ -136,16 +143,26 @@ def reward(prompt: str, completion: str) -> float:
     return float(is_valid(ids))
 
 
-def make_prompts(n: int, seed: int, type_probs: Sequence[float] = OOD_TYPE_PROBS,
-                 prompt_lengths: tuple[int, int] = DEFAULT_PROMPT_LENGTHS,
-                 id_prefix: str = "dyck") -> list[dict]:
+def make_prompts(
+    n: int,
+    seed: int,
+    type_probs: Sequence[float] = OOD_TYPE_PROBS,
+    prompt_lengths: tuple[int, int] = DEFAULT_PROMPT_LENGTHS,
+    id_prefix: str = "dyck",
+) -> list[dict]:
     """``n`` prompts: the first k brackets of a Dyck string, k uniform in ``prompt_lengths``.
     Each is ``{"id", "prompt", "max_tokens"}`` (``max_tokens``: brackets left + <eos>)."""
     rng = np.random.default_rng(seed)
     strings = sample_strings(n, rng, type_probs)
     ks = rng.integers(prompt_lengths[0], prompt_lengths[1] + 1, size=n)
-    return [{"id": f"{id_prefix}-{seed}-{i}", "prompt": decode(s[:k]), "max_tokens": int(LENGTH - k + 1)}
-            for i, (s, k) in enumerate(zip(strings, ks))]
+    return [
+        {
+            "id": f"{id_prefix}-{seed}-{i}",
+            "prompt": decode(s[:k]),
+            "max_tokens": int(LENGTH - k + 1),
+        }
+        for i, (s, k) in enumerate(zip(strings, ks))
+    ]
 
 
 def write_prompts(path: str | Path, prompts: list[dict]) -> Path:
@@ -166,13 +183,24 @@ def write_tokenizer(folder: str | Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.add_special_tokens(["<bos>", "<eos>", "<pad>"])
     tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", BOS)])
+        single="<bos> $A", special_tokens=[("<bos>", BOS)]
+    )
     tok.decoder = decoders.Fuse()
     tok.save(str(folder / "tokenizer.json"))
     with open(folder / "tokenizer_config.json", "w") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>",
-                   "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<pad>",
-                   "add_bos_token": True, "model_max_length": LENGTH + 2}, f, indent=2)
+        json.dump(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "pad_token": "<pad>",
+                "unk_token": "<pad>",
+                "add_bos_token": True,
+                "model_max_length": LENGTH + 2,
+            },
+            f,
+            indent=2,
+        )
 
 
 def completion_tilt(prompt: tuple[int, ...], response: tuple[int, ...]) -> float:

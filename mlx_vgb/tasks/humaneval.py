@@ -18,6 +18,7 @@ import re
 from ..verifiers import TextVerifier, python_prefix_ok
 from ..vocab import newline_tokens
 
+
 def body_of(text: str) -> str:
     """The function body: lines up to the first non-empty, non-indented one. The prompt's final
     newline is left to the model (SmolLM2 writes newline + indent as one token), so the first
@@ -46,8 +47,13 @@ def visible_examples(prompt: str) -> str:
             continue
         expr, expected = m.group(1).strip(), []
         i += 1
-        while i < len(lines) and lines[i].strip() and not _PROMPT_LINE.match(lines[i]) \
-                and '"""' not in lines[i] and "'''" not in lines[i]:
+        while (
+            i < len(lines)
+            and lines[i].strip()
+            and not _PROMPT_LINE.match(lines[i])
+            and '"""' not in lines[i]
+            and "'''" not in lines[i]
+        ):
             expected.append(lines[i].strip())
             i += 1
         if not expected:
@@ -92,8 +98,9 @@ class DocstringExamples(TextVerifier):
             elif not self.tests:
                 self.memo[body] = 1.0
             else:
-                self.memo[body] = float(run_tests(self.prompt + body, self.tests,
-                                                  timeout_s=self.timeout_s).passed)
+                self.memo[body] = float(
+                    run_tests(self.prompt + body, self.tests, timeout_s=self.timeout_s).passed
+                )
         return self.memo[body]
 
 

@@ -28,17 +28,21 @@ import numpy as np
 from ..verifiers import TextVerifier
 from ..vocab import newline_tokens
 
-EXAMPLE = ("def {name}(lst):\n    return [x * 2 for x in lst]\n\n"
-           "# 3 test cases for {name}\n"
-           "assert {name}([1, 2]) == [2, 4]\n"
-           "assert {name}([]) == []\n"
-           "assert {name}([-3, 0, 5]) == [-6, 0, 10]\n")
+EXAMPLE = (
+    "def {name}(lst):\n    return [x * 2 for x in lst]\n\n"
+    "# 3 test cases for {name}\n"
+    "assert {name}([1, 2]) == [2, 4]\n"
+    "assert {name}([]) == []\n"
+    "assert {name}([-3, 0, 5]) == [-6, 0, 10]\n"
+)
 REFERENCES = [
     "return sorted(set(lst))",
     "return [x for x in lst if x % 2 == 0]",
     "return lst[::-1]",
     "return sum(x * x for x in lst)",
 ]
+
+
 def random_name(rng: random.Random) -> str:
     return "f_" + "".join(rng.choice(string.ascii_lowercase) for _ in range(3))
 
@@ -50,9 +54,11 @@ def make_problem(i: int, seed: int) -> dict:
         ex = random_name(rng)
     body = REFERENCES[i % len(REFERENCES)]
     ref = f"def {name}(lst):\n    {body}\n"
-    prompt = ("# A function and its test cases\n" + EXAMPLE.format(name=ex) + "\n\n"
-              "# Another function and its test cases\n" + ref + "\n"
-              f"# 8 test cases for {name}\n")
+    prompt = (
+        "# A function and its test cases\n" + EXAMPLE.format(name=ex) + "\n\n"
+        "# Another function and its test cases\n" + ref + "\n"
+        f"# 8 test cases for {name}\n"
+    )
     return dict(name=name, reference=ref, body=body, prompt=prompt)
 
 
@@ -64,16 +70,21 @@ def training_prompts(n_seeds: int, eval_seed: int = 0, max_tokens: int = 64) -> 
     for s in seeds:
         for i in range(len(REFERENCES)):
             prob = make_problem(i, s)
-            out.append({"id": f"s{s}-{i}-{prob['name']}", "prompt": prob["prompt"],
-                        "max_tokens": max_tokens})
+            out.append(
+                {
+                    "id": f"s{s}-{i}-{prob['name']}",
+                    "prompt": prob["prompt"],
+                    "max_tokens": max_tokens,
+                }
+            )
     return out
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
     """(target name, reference source) from a prompt made by ``make_problem``."""
     head, _, _ = prompt.rpartition("# 8 test cases for ")
-    ref = head[head.rfind("\ndef ") + 1:].strip("\n") + "\n"
-    name = ref[len("def "): ref.index("(")]
+    ref = head[head.rfind("\ndef ") + 1 :].strip("\n") + "\n"
+    name = ref[len("def ") : ref.index("(")]
     return name, ref
 
 
@@ -99,12 +110,50 @@ def reward(prompt: str, completion: str) -> float:
 
 # what a model-written assert line may contain (see AssertLines._syntactic)
 _ASSERT_NODES = (
-    ast.Assert, ast.Expr, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.IfExp, ast.Call,
-    ast.Constant, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.Subscript, ast.Slice, ast.Name,
-    ast.Load, ast.keyword, ast.cmpop, ast.boolop, ast.unaryop, ast.operator,
+    ast.Assert,
+    ast.Expr,
+    ast.Compare,
+    ast.BoolOp,
+    ast.UnaryOp,
+    ast.BinOp,
+    ast.IfExp,
+    ast.Call,
+    ast.Constant,
+    ast.List,
+    ast.Tuple,
+    ast.Set,
+    ast.Dict,
+    ast.Subscript,
+    ast.Slice,
+    ast.Name,
+    ast.Load,
+    ast.keyword,
+    ast.cmpop,
+    ast.boolop,
+    ast.unaryop,
+    ast.operator,
 )
-_PURE_BUILTINS = frozenset({"len", "sorted", "set", "list", "tuple", "sum", "min", "max", "abs",
-                            "all", "any", "reversed", "range", "str", "int", "float", "bool"})
+_PURE_BUILTINS = frozenset(
+    {
+        "len",
+        "sorted",
+        "set",
+        "list",
+        "tuple",
+        "sum",
+        "min",
+        "max",
+        "abs",
+        "all",
+        "any",
+        "reversed",
+        "range",
+        "str",
+        "int",
+        "float",
+        "bool",
+    }
+)
 
 _HARNESS = """
 import json as _json
@@ -164,11 +213,12 @@ class AssertLines(TextVerifier):
         if not todo:
             return
         self.sandbox_calls += 1
-        res = run_tests(self.reference, _HARNESS.format(lines=json.dumps(todo)),
-                        timeout_s=self.timeout_s)
+        res = run_tests(
+            self.reference, _HARNESS.format(lines=json.dumps(todo)), timeout_s=self.timeout_s
+        )
         out = [s for s in res.stdout.splitlines() if s.startswith("@@RESULT@@")]
         if res.passed and out:
-            for ln, ok in zip(todo, json.loads(out[-1][len("@@RESULT@@"):])):
+            for ln, ok in zip(todo, json.loads(out[-1][len("@@RESULT@@") :])):
                 self.memo[ln] = bool(ok)
             return
         for ln in todo:  # a line that hangs or crashes the interpreter: check one by one

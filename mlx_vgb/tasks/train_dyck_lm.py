@@ -49,13 +49,25 @@ DEFAULT_VERIFIER_ROLLOUTS = 8
 DEFAULT_VERIFIER_SEED = 1
 
 
-def model_args(hidden: int = DEFAULT_HIDDEN, layers: int = DEFAULT_LAYERS, heads: int = DEFAULT_HEADS,
-               intermediate: int = DEFAULT_INTERMEDIATE) -> llama.ModelArgs:
+def model_args(
+    hidden: int = DEFAULT_HIDDEN,
+    layers: int = DEFAULT_LAYERS,
+    heads: int = DEFAULT_HEADS,
+    intermediate: int = DEFAULT_INTERMEDIATE,
+) -> llama.ModelArgs:
     return llama.ModelArgs(
-        model_type="llama", hidden_size=hidden, num_hidden_layers=layers,
-        intermediate_size=intermediate, num_attention_heads=heads, num_key_value_heads=heads,
-        rms_norm_eps=1e-5, vocab_size=len(dyck.VOCAB), rope_theta=10000.0,
-        max_position_embeddings=dyck.LENGTH + 2, tie_word_embeddings=True)
+        model_type="llama",
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        intermediate_size=intermediate,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        rms_norm_eps=1e-5,
+        vocab_size=len(dyck.VOCAB),
+        rope_theta=10000.0,
+        max_position_embeddings=dyck.LENGTH + 2,
+        tie_word_embeddings=True,
+    )
 
 
 def training_batch(rng: np.random.Generator, batch: int) -> mx.array:
@@ -66,17 +78,29 @@ def training_batch(rng: np.random.Generator, batch: int) -> mx.array:
     return mx.array(np.concatenate([bos, s, eos], axis=1).astype(np.int32))
 
 
-def train_lm(args: llama.ModelArgs, *, steps: int = DEFAULT_STEPS, batch: int = DEFAULT_LM_BATCH,
-             lr: float = DEFAULT_LR, warmup: int = DEFAULT_WARMUP, seed: int = DEFAULT_SEED,
-             log_every: int = 50, log=print) -> tuple[llama.Model, list[float]]:
+def train_lm(
+    args: llama.ModelArgs,
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch: int = DEFAULT_LM_BATCH,
+    lr: float = DEFAULT_LR,
+    warmup: int = DEFAULT_WARMUP,
+    seed: int = DEFAULT_SEED,
+    log_every: int = 50,
+    log=print,
+) -> tuple[llama.Model, list[float]]:
     """Next-token cross-entropy on fresh Dyck strings; Adam with warmup + cosine decay."""
     mx.random.seed(seed)
     rng = np.random.default_rng(seed)
     model = llama.Model(args)
     mx.eval(model.parameters())
     schedule = optim.join_schedules(
-        [optim.linear_schedule(lr / 100, lr, max(warmup, 1)),
-         optim.cosine_decay(lr, max(steps - warmup, 1), lr / 20)], [max(warmup, 1)])
+        [
+            optim.linear_schedule(lr / 100, lr, max(warmup, 1)),
+            optim.cosine_decay(lr, max(steps - warmup, 1), lr / 20),
+        ],
+        [max(warmup, 1)],
+    )
     opt = optim.Adam(learning_rate=schedule)
 
     def loss_fn(m, x):
@@ -107,10 +131,22 @@ def save_lm(model: llama.Model, out: str | Path, metadata: dict | None = None) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     a = model.args
-    config = {k: getattr(a, k) for k in (
-        "model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
-        "num_attention_heads", "num_key_value_heads", "rms_norm_eps", "vocab_size", "rope_theta",
-        "max_position_embeddings", "tie_word_embeddings")}
+    config = {
+        k: getattr(a, k)
+        for k in (
+            "model_type",
+            "hidden_size",
+            "num_hidden_layers",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "rms_norm_eps",
+            "vocab_size",
+            "rope_theta",
+            "max_position_embeddings",
+            "tie_word_embeddings",
+        )
+    }
     config.update(bos_token_id=dyck.BOS, eos_token_id=dyck.EOS, pad_token_id=dyck.PAD)
     with open(out / "config.json", "w") as f:
         json.dump(config, f, indent=2)
@@ -124,8 +160,9 @@ def save_lm(model: llama.Model, out: str | Path, metadata: dict | None = None) -
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help="output mlx-lm model folder")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--batch-size", type=int, default=DEFAULT_LM_BATCH)
@@ -150,13 +187,32 @@ def train_verifier_stage(a: argparse.Namespace) -> dict:
     from ..train_verifier import train_verifier
 
     work = Path(a.work_dir)
-    prompts = dyck.write_prompts(work / "prompts.jsonl", dyck.make_prompts(
-        a.verifier_prompts, a.verifier_seed, dyck.OOD_TYPE_PROBS, id_prefix="train"))
-    argv = ["--model", a.out, "--prompts", str(prompts), "--reward", "dyck",
-            "--out", a.verifier_out, "--work-dir", str(work), "--num-rollouts",
-            str(a.verifier_rollouts), "--seed", str(a.verifier_seed), "--force"]
-    return train_verifier(tv_parser().parse_args(argv),
-                          command="mlx-vgb train-verifier " + " ".join(argv))
+    prompts = dyck.write_prompts(
+        work / "prompts.jsonl",
+        dyck.make_prompts(
+            a.verifier_prompts, a.verifier_seed, dyck.OOD_TYPE_PROBS, id_prefix="train"
+        ),
+    )
+    argv = [
+        "--model",
+        a.out,
+        "--prompts",
+        str(prompts),
+        "--reward",
+        "dyck",
+        "--out",
+        a.verifier_out,
+        "--work-dir",
+        str(work),
+        "--num-rollouts",
+        str(a.verifier_rollouts),
+        "--seed",
+        str(a.verifier_seed),
+        "--force",
+    ]
+    return train_verifier(
+        tv_parser().parse_args(argv), command="mlx-vgb train-verifier " + " ".join(argv)
+    )
 
 
 def main(argv=None) -> None:
@@ -170,14 +226,25 @@ def main(argv=None) -> None:
 def train_lm_stage(a: argparse.Namespace) -> None:
     args = model_args(a.hidden_size, a.layers, a.heads, a.intermediate_size)
     t0 = time.perf_counter()
-    model, losses = train_lm(args, steps=a.steps, batch=a.batch_size, lr=a.lr, warmup=a.warmup,
-                             seed=a.seed)
-    meta = {"command": "python -m mlx_vgb.tasks.train_dyck_lm " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if "verifier" not in k
-        and k not in ("stage", "work_dir")) + " --stage lm",
-        "final_loss": float(np.mean(losses[-50:])), "train_s": time.perf_counter() - t0,
-        "data": {"type_probs": dyck.TRAIN_TYPE_PROBS, "length": dyck.LENGTH,
-                 "max_depth": dyck.MAX_DEPTH}}
+    model, losses = train_lm(
+        args, steps=a.steps, batch=a.batch_size, lr=a.lr, warmup=a.warmup, seed=a.seed
+    )
+    meta = {
+        "command": "python -m mlx_vgb.tasks.train_dyck_lm "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(a).items()
+            if "verifier" not in k and k not in ("stage", "work_dir")
+        )
+        + " --stage lm",
+        "final_loss": float(np.mean(losses[-50:])),
+        "train_s": time.perf_counter() - t0,
+        "data": {
+            "type_probs": dyck.TRAIN_TYPE_PROBS,
+            "length": dyck.LENGTH,
+            "max_depth": dyck.MAX_DEPTH,
+        },
+    }
     save_lm(model, a.out, meta)
     print(f"saved {a.out}  (final loss {meta['final_loss']:.4f}, {meta['train_s']:.0f}s)")
 
