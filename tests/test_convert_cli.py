@@ -129,3 +129,12 @@ def test_temp_folder_of_a_killed_writer_is_removed_by_the_next_one(tmp_path):
     main(["--gguf", str(tmp_path / "m.gguf"), "--mlx-path", str(tmp_path / "out")])
     assert not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temps(tmp_path / "out") == []
+
+
+def test_cli_q_bits_requantizes_what_mlx_cannot_keep(tmp_path, capsys):
+    write_gguf(tmp_path / "m.gguf", qtype=T.Q5_0)  # Q5_0 layers, Q5_0 embedding
+    main(["--gguf", str(tmp_path / "m.gguf"), "--mlx-path", str(tmp_path / "q"), "--q-bits", "8"])
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": 8, "mode": "affine"}
+    main(["--gguf", str(tmp_path / "m.gguf"), "--mlx-path", str(tmp_path / "f"), "-d"])
+    assert "quantization" not in json.loads((tmp_path / "f" / "config.json").read_text())
