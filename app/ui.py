@@ -7,12 +7,7 @@ stats on the right (with a baseline column beside them in compare mode).
 from __future__ import annotations
 
 import dataclasses
-import html
 import inspect
-import json
-import shlex
-import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -21,31 +16,29 @@ from ..errors import ConfigError
 from ..registry import SAMPLERS
 from . import examples as ex
 from .explore import step_html, tree_html
+from .history import add_to_history, history_outputs, save_run_json
 from .render import (
     CSS,
     WalkView,
     compare_html,
     depth_svg,
     error_html,
-    run_record,
     stats_html,
     text_html,
 )
-from .runs import (
+from .runs import ModelCache, Runner, user_message
+from .settings import (
     BASELINES,
     BLOCKS,
     CHOICES,
     DEFAULT_MODEL_CHOICE,
-    GENERATOR_DEFAULT,
     GENERATOR_PICK,
     VERIFIERS,
-    ModelCache,
-    Runner,
     RunSettings,
+    command_line,
     model_choices,
-    save_verifier_module,
-    user_message,
 )
+from .userfiles import save_verifier_module
 
 TITLE = "mlx-vgb: verifier-guided backtracking"
 INTRO = (
@@ -70,58 +63,7 @@ VERIFIER_FIELDS = {
 PARAM_FIELDS = ("letter", "alpha", "pattern", "words", "tests", "verifier_path", "function")
 
 
-def command_line(s: RunSettings, default_model: str | None) -> str:
-    """The ``mlx-vgb generate`` command that runs the same settings (the tests box is saved as a
-    file under the app's folder, which the command names)."""
-    try:
-        spec = s.verifier_settings().to_string()
-    except Exception:  # noqa: BLE001 - the run itself reports bad settings
-        spec = "?"
-    parts = ["mlx-vgb", "generate"]
-    picked = (s.model_path or "").strip()
-    model = (
-        default_model
-        if s.generator == GENERATOR_DEFAULT
-        or (s.generator == GENERATOR_PICK and picked in ("", DEFAULT_MODEL_CHOICE))
-        else picked
-    )
-    if model:
-        parts += ["--model", model]
-    parts += [
-        "--prompt",
-        s.prompt,
-        "--verifier",
-        spec,
-        "--sampler",
-        s.sampler,
-        "--max-tokens",
-        str(s.max_tokens),
-        "--temp",
-        f"{s.temp:g}",
-        "--seed",
-        str(s.seed),
-        "--candidates",
-        str(s.candidates),
-    ]
-    if s.choice and s.choice != "default":
-        parts += ["--choice", s.choice]
-    if s.block and s.block != "token":
-        parts += ["--block", s.block]
-    if s.max_steps:
-        parts += ["--max-steps", str(s.max_steps)]
-    if s.drift != 1:
-        parts += ["--drift", f"{s.drift:g}"]
-    if s.top_p != 1:
-        parts += ["--top-p", f"{s.top_p:g}"]
-    if s.top_k:
-        parts += ["--top-k", str(s.top_k)]
-    if s.system_prompt:
-        parts += ["--system-prompt", s.system_prompt]
-    return " ".join(shlex.quote(p) for p in parts) + " --verbose"
-
-
 N_PANEL_OUTPUTS = 4  # live text, verdict + stats, final text, explored tree
-MAX_HISTORY = 30  # runs kept in the browser's history
 
 
 def _panel(view: WalkView | None) -> list:
@@ -465,26 +407,11 @@ def build_app(
             if not views or not any(v.done for v in views):
                 return [gr.update()] * 6
             settings = dict(zip(fields, values))
-            rec = run_record(views, settings)
-            text = json.dumps(rec, indent=1, ensure_ascii=False)
-            path = tempfile.NamedTemporaryFile(
-                "w", suffix=".json", prefix="mlx-vgb-run-", delete=False, encoding="utf-8"
-            )
-            with path:
-                path.write(text)
-            entry = {
-                "id": f"{time.time():.3f}",
-                "time": time.strftime("%H:%M:%S"),
-                "title": f"{views[0].label} · {settings.get('verifier')} · "
-                f"{(settings.get('prompt') or '')[:40]!r}",
-                "verdict": "; ".join(f"{v.label}: {v.verdict()[1]}" for v in views),
-                "text": views[0].text[:400],
-                "settings": settings,
-            }
-            hist = ([entry] + list(hist or []))[:MAX_HISTORY]
+            text, path = save_run_json(views, settings)
+            hist = add_to_history(hist, views, settings)
             v = views[0]
             step = step_html(v.tree, v.decode or str, None, v.label)
-            return [text, path.name, step] + _history_outputs(hist) + [hist]
+            return [text, path, step] + history_outputs(hist) + [hist]
 
         on_finished.__signature__ = inspect.Signature(
             [inspect.Parameter("hist", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -570,7 +497,7 @@ def build_app(
         step_box.submit(on_inspect, [which, step_box], step_view, api_name=False)
         restore_btn.click(on_restore, [history, hist_pick], inputs, api_name=False)
         app.load(
-            lambda h: _history_outputs(h or []), history, [hist_pick, hist_html], api_name=False
+            lambda h: history_outputs(h or []), history, [hist_pick, hist_html], api_name=False
         )
 
         def server_status():
@@ -585,22 +512,6 @@ def build_app(
             server_status, None, gr.JSON(visible=False), api_name="status", queue=False
         )
     return app
-
-
-def _history_outputs(hist: list) -> list:
-    choices = [(f"{h['time']} {h['title']}", h["id"]) for h in hist]
-    items = "".join(
-        f'<li data-id="{html.escape(h["id"])}"><b>{html.escape(h["time"])}</b> '
-        f'{html.escape(h["title"])}: <span class="vgb-hverdict">{html.escape(h["verdict"])}'
-        f"</span><br><code>{html.escape(h['text'][:120])}</code></li>"
-        for h in hist
-    )
-    body = (
-        f'<ol class="vgb-history">{items}</ol>'
-        if items
-        else '<div class="vgb-empty">no runs yet</div>'
-    )
-    return [gr.update(choices=choices, value=choices[0][1] if choices else None), body]
 
 
 def _status(line: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from mlx_vgb.app.cli import setup_arg_parser
 from mlx_vgb.app.examples import examples, human_eval_problem, is_even_test_cases
 from mlx_vgb.app.render import WalkView, depth_svg, plot_points, stats_html, text_html
-from mlx_vgb.app.runs import RunSettings
+from mlx_vgb.app.settings import RunSettings
 from mlx_vgb.errors import ConfigError
 from mlx_vgb.results import Append, Backtrack, Done, SampleResult, SampleStats
 
@@ -292,7 +292,7 @@ def test_an_uploaded_verifier_module_is_used_and_reloaded_when_edited(tmp_path, 
     import os
     import time
 
-    from mlx_vgb.app.runs import reload_if_changed, save_verifier_module
+    from mlx_vgb.app.userfiles import reload_if_changed, save_verifier_module
     from mlx_vgb.verifiers import CallableVerifier
 
     monkeypatch.setenv("MLX_VGB_HOME", str(tmp_path))
