@@ -134,7 +134,7 @@ def test_shipped_head_auc_on_fresh_ood_rollouts(shipped):
 def test_memo_tree_lm_matches_a_plain_forward(shipped):
     import mlx.core as mx
 
-    from mlx_vgb.bench.dyck import MemoTreeLM
+    from mlx_vgb.bench.memo_lm import MemoTreeLM
 
     model, _, _, head, _ = shipped
     lm = MemoTreeLM(model, head, [dyck.EOS])
@@ -168,7 +168,7 @@ def test_shipped_head_gives_the_same_values_through_the_generic_adapter(shipped)
     """The head reads the generator's last hidden state the same way in ``mlx_vgb.lm`` (used by
     ``mlx-vgb generate --verifier head:...``) as in the benchmark's memoized adapter."""
     lm_mod = pytest.importorskip("mlx_vgb.lm")
-    from mlx_vgb.bench.dyck import MemoTreeLM
+    from mlx_vgb.bench.memo_lm import MemoTreeLM
 
     model, tok, _, head, _ = shipped
     prompt = [dyck.BOS] + ids("([((")
