@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..models import MODEL_HELP
+
 DEFAULT_HOST = "127.0.0.1"
 LAN_HOST = "0.0.0.0"
 DEFAULT_PORT = 7860
@@ -23,7 +25,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)",
+        help=MODEL_HELP,
     )
     p.add_argument(
         "--host", default=None, help=f"address to bind (default {DEFAULT_HOST}: this machine only)"

@@ -30,6 +30,10 @@ from .convert.output import ConversionError, OutputExistsError, remove_stale_tem
 from .errors import VGBError
 
 DEFAULT_MODEL = "smollm2-135m"
+MODEL_HELP = (
+    "registry name (mlx-vgb models), MLX folder, GGUF file or Hugging Face repo id "
+    f"(default: {DEFAULT_MODEL})"
+)
 DEFAULT_HOME = "~/.cache/mlx-vgb"
 # Off macOS, MLX runs on the CPU, where quantized matmuls are no faster for K rows than for one
 # and float32 BLAS matmuls (OpenBLAS, see mlx_vgb._blas) are: keep float32 weights there. On

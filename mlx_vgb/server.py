@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .errors import VGBError
+from .models import MODEL_HELP
 from .openai_api import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_SAMPLER,
@@ -419,7 +420,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="MLX model folder or Hugging Face repo id (default: embedded SmolLM2)",
+        help=MODEL_HELP,
     )
     p.add_argument(
         "--host",

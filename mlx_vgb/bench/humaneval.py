@@ -30,6 +30,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import ConfigError
+from ..models import MODEL_HELP
 from ..registry import make_sampler
 from ..resume import settings_diff
 from ..tasks.humaneval import DocstringExamples, body_of, hidden_pass, whitespace_stops
@@ -59,7 +60,7 @@ CHOICE = "self-normalized"
 
 
 def add_args(p) -> None:
-    p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument(
         "--problems",
         type=int,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models import MODEL_HELP
 from .harness import settings, timed_sample, warm_up
 from .report import Report, markdown_table, mean_se, plot_bars
 
@@ -27,7 +28,7 @@ QUICK = dict(horizon=8, alphas=[0.1], samples=1, candidates=4, max_steps=40)
 
 
 def add_args(p) -> None:
-    p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--horizon", type=int, default=None, help="H, tokens per response (32)")
     p.add_argument("--alphas", type=float, nargs="+", default=None, help="alpha values for VGB")
     p.add_argument("--samples", type=int, default=None, help="responses per sampler")

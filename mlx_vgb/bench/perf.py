@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import VGB, ActionLevelRS, Candidates, Enumerate, Plain, toy
 from ..model_verifier import ValueHeadVerifier
+from ..models import MODEL_HELP
 from .abc import MonteCarloValue, make_lm, no_aa, vgb_law
 from .harness import settings
 from .report import Report, markdown_table, plot_lines
@@ -39,7 +40,7 @@ QUICK = dict(horizon=8, candidates=2, drift=0.5, repeats=1, toy_horizons=[6, 8],
 
 
 def add_args(p) -> None:
-    p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--horizon", type=int, default=None)
     p.add_argument("--candidates", type=int, default=None)
     p.add_argument("--drift", type=float, default=None)

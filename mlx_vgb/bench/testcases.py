@@ -21,6 +21,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import ConfigError
+from ..models import MODEL_HELP
 from ..registry import make_sampler
 from ..resume import settings_diff
 from ..tasks.testcases import AssertLines, analyse, make_problem, stop_tokens, training_prompts
@@ -40,7 +41,7 @@ CHOICE = "self-normalized"
 
 
 def add_args(p) -> None:
-    p.add_argument("--model", default=None, help="MLX model folder (default: embedded SmolLM2)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--horizon", type=int, default=None, help="H, tokens per response (64)")
     p.add_argument("--problems", type=int, default=None, help="reference functions used")
     p.add_argument(
