@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import ConfigError, VGBError
+from .models import MODEL_HELP
+from .prefixes import common_prefix_len
 from .registry import (
     DEFAULT_CANDIDATES,
     DEFAULT_SAMPLER,
@@ -26,9 +28,8 @@ from .registry import (
     parse_block,
     parse_verifier,
 )
-from .prefixes import common_prefix_len
-from .vocab import newline_tokens
 from .results import Append, Backtrack, Done, Event, SampleResult, SampleStats
+from .vocab import newline_tokens
 
 DEFAULT_PROMPT = "Write a one-sentence story about a cat."
 DEFAULT_MAX_TOKENS = 64
@@ -232,9 +233,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlx-vgb generate", description="Generate with verifier-guided backtracking.",
         epilog=VERIFIER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="registry name (mlx-vgb models), MLX folder, GGUF file or Hugging Face "
-                   "repo id (default: smollm2-135m)")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="prompt text, '-' for stdin")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--ignore-chat-template", action="store_true")
