@@ -88,7 +88,7 @@ def run(args) -> None:
         prompt=args.prompt,
         model=args.model or "embedded SmolLM2",
         temp=1.0,
-        choice=f"Candidates({cfg['candidates']})",
+        choice=f"{NoLetterSpec.default_choice}, K = {cfg['candidates']}",
     )
     model, tok = load_model(args.model)
     lm = MLXLanguageModel(model, tok)
@@ -101,7 +101,11 @@ def run(args) -> None:
     for name, alpha in runs:
         ver = make_verifier(NoLetterSpec("e", alpha or 0.1), lm, max_tokens=H)
         smp = make_sampler(
-            name, max_tokens=H, candidates=cfg["candidates"], max_steps=cfg["max_steps"]
+            name,
+            max_tokens=H,
+            candidates=cfg["candidates"],
+            choice=NoLetterSpec.default_choice,
+            max_steps=cfg["max_steps"],
         )
         for i in range(cfg["samples"]):
             seed = 1000 * args.seed + i
