@@ -4,11 +4,11 @@ import errno
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..atomic import publish_folder
 from ..errors import VGBError
 
 
@@ -95,18 +95,12 @@ def atomic_output(path: str | Path, force: bool = False) -> Iterator[Path]:
                     "model cache), and run the conversion again."
                 ) from e
             raise
-        old = None
-        if force and path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(path, old)
         try:
-            os.rename(tmp, path)
-        except OSError as e:  # a non-empty folder appeared at `path` meanwhile
+            publish_folder(tmp, path, force)
+        except FileExistsError as e:  # a folder appeared at `path` meanwhile
             raise OutputExistsError(
                 f"Output folder {path} was created by another writer; pass --force to replace it."
             ) from e
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
 from . import bootstrap, codec, runner
 from .limits import (
     DEFAULT_DISK_MB,
@@ -455,9 +456,9 @@ def run_python(
     Never raises for anything the code does; raises ValueError for invalid arguments.
     """
     if not isinstance(code, str):
-        raise ValueError(f"code must be a str, got {type(code).__name__}")
+        raise ConfigError(f"code must be a str, got {type(code).__name__}")
     if not isinstance(stdin, str):
-        raise ValueError(f"stdin must be a str, got {type(stdin).__name__}")
+        raise ConfigError(f"stdin must be a str, got {type(stdin).__name__}")
     limits = SandboxLimits(
         timeout_s, memory_mb, max_output_bytes, max_processes, max_file_mb, disk_mb
     )
@@ -475,7 +476,7 @@ def run_tests(program: str, tests: str, *, stdin: str = "", **limits) -> Sandbox
     shapes are in docs/sandbox.md.
     """
     if not isinstance(program, str) or not isinstance(tests, str):
-        raise ValueError("program and tests must be str")
+        raise ConfigError("program and tests must be str")
     if not isinstance(stdin, str):
-        raise ValueError(f"stdin must be a str, got {type(stdin).__name__}")
+        raise ConfigError(f"stdin must be a str, got {type(stdin).__name__}")
     return _run_pair(program, tests, limits_from(limits), stdin)

@@ -5,6 +5,8 @@ import math
 import signal
 from dataclasses import dataclass, fields
 
+from ..errors import ConfigError
+
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_MB = 512
 DEFAULT_MAX_OUTPUT_BYTES = 1_000_000
@@ -48,7 +50,7 @@ class SandboxLimits:
     def __post_init__(self) -> None:
         t = self.timeout_s
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
-            raise ValueError(f"timeout_s must be a positive finite number of seconds, got {t!r}")
+            raise ConfigError(f"timeout_s must be a positive finite number of seconds, got {t!r}")
         minimum = {
             "memory_mb": _MIN_MEMORY_MB,
             "max_output_bytes": 0,
@@ -59,7 +61,7 @@ class SandboxLimits:
         for name, low in minimum.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
 
     @property
     def cpu_s(self) -> int:
@@ -87,11 +89,11 @@ class SandboxResult:
 
 
 def limits_from(kwargs: dict) -> SandboxLimits:
-    """SandboxLimits from keyword arguments; unknown names raise ValueError."""
+    """SandboxLimits from keyword arguments; unknown names raise ConfigError (a ValueError)."""
     names = {f.name for f in fields(SandboxLimits)}
     unknown = set(kwargs) - names
     if unknown:
-        raise ValueError(f"unknown sandbox limits {sorted(unknown)}; valid: {sorted(names)}")
+        raise ConfigError(f"unknown sandbox limits {sorted(unknown)}; valid: {sorted(names)}")
     return SandboxLimits(**kwargs)
 
 
