@@ -123,7 +123,7 @@ class MLXLanguageModel(BaseLanguageModel):
         self._trunk_value = None
         # recent batched caches: (cache, row token tuples, their logp, their values)
         self._branches: collections.deque = collections.deque(maxlen=self.max_branches)
-        self._pending: dict[tuple[int, ...], tuple[np.ndarray, float | None]] = {}
+        self._pending: dict[tuple[int, ...], tuple[mx.array, float | None]] = {}
         # states restored when a trim is impossible (rotating / SSM caches)
         self._snapshots: collections.OrderedDict = collections.OrderedDict()
         # prefill all but the last prompt token; the first request computes the rest
@@ -133,7 +133,8 @@ class MLXLanguageModel(BaseLanguageModel):
 
     # -- forward -------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list):
-        """(B, S) tokens -> (log-probs at the last position (B, V), value or None)."""
+        """(B, S) tokens -> (log-probs at the last position (B, V) on the device, values (B,)
+        on the host or None)."""
         self.forward_calls += 1
         if self._hidden_path:
             h = self.model.model(tokens, cache=cache)[:, -1:, :]
@@ -146,11 +147,13 @@ class MLXLanguageModel(BaseLanguageModel):
             val = None
         logits = logits.astype(mx.float32)
         logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        # the log-probs stay on the device (the sampler truncates and draws there); only the
+        # values, one scalar per row, cross to the host
         if val is not None:
             mx.eval(logp, val)
-            return np.array(logp), np.array(val.astype(mx.float32)).reshape(-1)
+            return logp, np.array(val.astype(mx.float32)).reshape(-1)
         mx.eval(logp)
-        return np.array(logp), None
+        return logp, None
 
     def _count(self, full_rows: Sequence[tuple[int, ...]], start: int, where: str = "trunk") -> None:
         for r in full_rows:
@@ -327,14 +330,20 @@ class MLXLanguageModel(BaseLanguageModel):
         toks = mx.array([list(r[base:]) for r in rows])
         logp, val = self._forward(toks, cache)
         vals = [None] * len(rows) if val is None else [float(v) for v in val]
-        self._branches.append((cache, list(rows), list(logp), vals))
+        self._branches.append((cache, list(rows), [logp[k] for k in range(len(rows))], vals))
         for k, i in enumerate(idx):
             out[i] = (logp[k], vals[k])
 
     # -- LanguageModel protocol -------------------------------------------------------------
+    normalized_logprobs = True  # rows are log-softmax outputs
+
+    def logprobs_mx(self, prefixes: Sequence[Sequence[int]]) -> mx.array:
+        """Log pi_ref at the end of each prefix, (B, V) on the device (``Run`` uses this)."""
+        rows = [r[0] for r in self._compute(prefixes)]
+        return rows[0][None] if len(rows) == 1 else mx.stack(rows)
+
     def logprobs(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
-        res = self._compute(prefixes)
-        return np.stack([r[0] for r in res])
+        return np.array(self.logprobs_mx(prefixes))
 
     def values(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
         """V^ from the value head at the end of each prefix (same forward as pi_ref)."""

@@ -9,9 +9,11 @@ import math
 import time
 from typing import Iterator, Sequence
 
+import mlx.core as mx
 import numpy as np
 
 from .actions import ActionSpace
+from .dist import draw, process_batch
 from .errors import ConfigError, EmptyPromptError, LanguageModelError, VerifierError
 from .protocols import LanguageModel, Verifier
 from .results import Event, SampleStats
@@ -37,32 +39,13 @@ class RootDeadEnd(UnfinishedRun):
     reason = "dead-end"
 
 
-def process_logprobs(logp: np.ndarray, temp: float, top_k: int, top_p: float) -> NextTokenDist:
-    """Temperature, then top-k, then top-p truncation; renormalized. Any of these changes pi_ref:
-    the walk then targets pi_ref' * tau with pi_ref' the transformed distribution."""
-    logp = np.asarray(logp, dtype=np.float64)
-    if temp == 0:
-        out = np.full(logp.shape, -np.inf)
-        out[int(np.argmax(logp))] = 0.0
-        return NextTokenDist(out.astype(np.float32))
-    if temp != 1.0:
-        logp = logp / temp
-    ids = None
-    if top_k and top_k < logp.size:
-        ids = np.argpartition(-logp, top_k - 1)[:top_k]
-    if top_p < 1.0:
-        cand = ids if ids is not None else np.arange(logp.size)
-        order = cand[np.argsort(-logp[cand], kind="stable")]
-        p = np.exp(logp[order] - np.max(logp[order]))
-        c = np.cumsum(p) / p.sum()
-        keep = int(np.searchsorted(c, top_p, side="left")) + 1
-        ids = np.sort(order[:keep])
-    elif ids is not None:
-        ids = np.sort(ids)
-    sub = logp if ids is None else logp[ids]
-    m = np.max(sub)
-    sub = sub - (m + math.log(np.sum(np.exp(sub - m))))
-    return NextTokenDist(sub.astype(np.float32), ids)
+def process_logprobs(logp, temp: float, top_k: int, top_p: float) -> NextTokenDist:
+    """One row of log-probs -> its distribution after temperature, top-k, then top-p
+    (renormalized; see ``mlx_vgb.dist``). Any of these changes pi_ref: the walk then targets
+    pi_ref' * tau with pi_ref' the transformed distribution."""
+    x = logp if isinstance(logp, mx.array) else np.asarray(logp, dtype=np.float32)
+    batch, _ = process_batch(x.reshape(1, -1), temp, top_k, top_p)
+    return batch.rows()[0]
 
 
 def validate_values(vals, n: int, what: str, prefixes: Sequence) -> np.ndarray:
@@ -218,21 +201,32 @@ class Run:
             and self.stats.forward_tokens >= self.max_forward_tokens
         ):
             raise BudgetExhausted
-        out = np.asarray(self.lm.logprobs([n.tokens for n in todo]))
+        prefixes = [n.tokens for n in todo]
+        device = getattr(self.lm, "logprobs_mx", None)
+        out = device(prefixes) if device is not None else self.lm.logprobs(prefixes)
+        if not isinstance(out, mx.array):
+            out = np.asarray(out)
         v = self.lm.vocab_size
         if out.ndim != 2 or out.shape[0] != len(todo) or out.shape[1] < v:
             raise LanguageModelError(
-                f"logprobs() returned shape {out.shape}; expected ({len(todo)}, {v})"
+                f"logprobs() returned shape {tuple(out.shape)}; expected ({len(todo)}, {v})"
             )
         self.stats.model_calls += 1
         self.stats.forward_tokens += len(todo)
-        for n, row in zip(todo, out):
-            row = row[:v]
-            if np.isnan(row).any() or not np.isfinite(row).any():
-                raise LanguageModelError(
-                    f"logprobs() row for prefix {n.tokens[-16:]} has NaN or no finite entry"
-                )
-            n.dist = process_logprobs(row, self.temp, self.top_k, self.top_p)
+        batch, bad = process_batch(
+            out[:, :v] if out.shape[1] > v else out,
+            self.temp,
+            self.top_k,
+            self.top_p,
+            normalized=bool(getattr(self.lm, "normalized_logprobs", False)),
+        )
+        if bad.any():
+            n = todo[int(np.argmax(bad))]
+            raise LanguageModelError(
+                f"logprobs() row for prefix {n.tokens[-16:]} has NaN or no finite entry"
+            )
+        for n, d in zip(todo, batch.rows()):
+            n.dist = d
 
     def sample_blocks(self, starts: Sequence[Node]) -> list[Node]:
         """One action drawn from pi_ref at each start node (batched across rows)."""
@@ -247,9 +241,10 @@ class Run:
             groups: dict[int, list[int]] = {}
             for i in active:
                 groups.setdefault(id(rows[i]), []).append(i)
-            for idx in groups.values():
+            # one device sync for every row's draw; uniforms consumed group by group
+            reqs = [(rows[idx[0]].dist, self.rng.uniform(len(idx))) for idx in groups.values()]
+            for idx, (toks, _) in zip(groups.values(), draw(reqs)):
                 node = rows[idx[0]]
-                toks = node.dist.sample(self.rng.uniform(len(idx)))
                 for i, t in zip(idx, toks):
                     rows[i] = self.tree.child(node, int(t))
                     lens[i] += 1

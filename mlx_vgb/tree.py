@@ -4,36 +4,14 @@ Every token prefix the sampler has touched is one ``Node``; ``prev`` / ``next`` 
 (one token shorter / one token longer). Nodes at action boundaries (the root, ends of blocks,
 leaves) are the walk's nodes: they know their walk ``parent`` (the start of the action that ends
 here) and their depth in actions. A revisited node costs no model or verifier call: its
-next-token distribution (``dist``) and its value (``log_value``) are kept.
+next-token distribution (``dist``, a row of a device ``DistBatch``) and its value (``log_value``) are kept.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .dist import NextTokenDist
 
-import numpy as np
-
-
-@dataclass
-class NextTokenDist:
-    """pi_ref(. | node) after temperature / top-k / top-p: log-probs over ``ids`` (all if None)."""
-
-    logp: np.ndarray  # float32, normalized
-    ids: np.ndarray | None = None
-
-    def sample(self, u: np.ndarray) -> np.ndarray:
-        """Inverse-CDF draws for uniforms ``u`` -> token ids."""
-        p = np.exp(self.logp.astype(np.float64))
-        c = np.cumsum(p)
-        idx = np.searchsorted(c, u * c[-1], side="right")
-        idx = np.minimum(idx, len(c) - 1)
-        return idx if self.ids is None else self.ids[idx]
-
-    def support(self) -> tuple[np.ndarray, np.ndarray]:
-        """(token ids, log-probs) of the tokens with positive probability."""
-        ids = np.arange(self.logp.size) if self.ids is None else self.ids
-        keep = np.isfinite(self.logp)
-        return ids[keep], self.logp[keep].astype(np.float64)
+__all__ = ["NextTokenDist", "Node", "PrefixTree"]
 
 
 class Node:

@@ -1,0 +1,285 @@
+"""pi_ref(. | node) after temperature / top-k / top-p, on the device, for a batch of rows.
+
+``process_batch`` turns a (B, V) array of log-probs (one row per prefix, as one batched forward
+returns them) into a ``DistBatch`` with MLX ops; ``draw`` samples tokens from any rows of any
+batches by inverse CDF with uniforms from the run's ``KeyedRNG`` (same seed, same output), and
+only the chosen token ids and their log-probs cross to the host. ``support`` gives a row's whole
+truncated distribution on the host (for ``Enumerate``: small vocabularies or top-k).
+
+Truncation without a full sort: top-k takes ``argpartition`` then sorts k entries; top-p alone
+takes the ``nucleus_candidates`` largest entries, sorts them, and checks on the device that they
+hold at least top_p of the mass (rows normalized); the rows whose nucleus is larger are redone
+with 8x the candidates, up to the whole vocabulary (a full sort). The result is the
+smallest prefix of the sorted distribution holding top_p of its mass, as in
+``reference_process`` (float64 numpy, the former host path: the tests' reference and the
+"before" of ``bench perf``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import mlx.core as mx
+import numpy as np
+
+DEFAULT_NUCLEUS_CANDIDATES = 1024
+_GROWTH = 8
+# rows of at most this many entries (small vocabularies, small top-k) are drawn on the host
+# from the device-computed CDF, copied once per batch: a device sync per draw costs more than
+# the copy. The arithmetic is the device's (float32), so both paths give the same tokens.
+HOST_DRAW_MAX = 256
+
+
+@dataclass
+class DistBatch:
+    """B truncated next-token distributions. Row b's support is ``ids[b, :last[b] + 1]`` (token
+    ids; the positions 0..V-1 themselves when ``ids`` is None) with normalized log-probs
+    ``logp[b, :last[b] + 1]`` (-inf marks a zero-probability entry)."""
+
+    logp: mx.array  # (B, M) float32
+    last: mx.array  # (B,) int32: index of the last support entry
+    ids: mx.array | None = None  # (B, M) int32, or None: all V tokens in their natural order
+    _cdf: mx.array | None = field(default=None, repr=False)
+    _host: tuple | None = field(default=None, repr=False)
+
+    @property
+    def cdf(self) -> mx.array:
+        """(B, M) cumulative probabilities (lazy, computed once)."""
+        if self._cdf is None:
+            self._cdf = mx.cumsum(mx.exp(self.logp), axis=-1)
+        return self._cdf
+
+    def host(self) -> tuple:
+        """(cdf, last, ids or None, logp) as numpy (one copy, kept)."""
+        if self._host is None:
+            arrs = (self.cdf, self.last, self.logp) + (() if self.ids is None else (self.ids,))
+            mx.eval(*arrs)
+            ids = None if self.ids is None else np.array(self.ids)
+            self._host = (np.array(self.cdf), np.array(self.last), ids, np.array(self.logp))
+        return self._host
+
+    def rows(self) -> list[NextTokenDist]:
+        return [NextTokenDist(self, b) for b in range(self.logp.shape[0])]
+
+
+@dataclass(eq=False)
+class NextTokenDist:
+    """One row of a ``DistBatch``: pi_ref(. | node) after temperature / top-k / top-p."""
+
+    batch: DistBatch
+    row: int
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        """Inverse-CDF draws for uniforms ``u`` -> token ids."""
+        return draw([(self, np.asarray(u))])[0][0]
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, float64 log-probs) of the tokens with positive probability."""
+        b = self.batch
+        n = int(b.last[self.row].item()) + 1
+        logp = np.array(b.logp[self.row, :n]).astype(np.float64)
+        ids = np.arange(n) if b.ids is None else np.array(b.ids[self.row, :n]).astype(np.int64)
+        keep = np.isfinite(logp)
+        return ids[keep], logp[keep]
+
+
+def _last_finite(x: mx.array) -> mx.array:
+    """(B,) index of the last finite entry of each row (0 when none is)."""
+    v = x.shape[-1]
+    return (v - 1 - mx.argmax(mx.isfinite(x[:, ::-1]), axis=-1)).astype(mx.int32)
+
+
+def _sorted_top(x: mx.array, m: int) -> tuple[mx.array, mx.array]:
+    """The m largest entries of each row, in decreasing order: (ids, values)."""
+    if m < x.shape[-1]:
+        part = mx.argpartition(-x, m - 1, axis=-1)[:, :m]
+        vals = mx.take_along_axis(x, part, axis=-1)
+    else:
+        part = mx.broadcast_to(mx.arange(x.shape[-1], dtype=mx.uint32), x.shape)
+        vals = x
+    order = mx.argsort(-vals, axis=-1)
+    return mx.take_along_axis(part, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)
+
+
+def _truncate(ids: mx.array, vals: mx.array, top_p: float, absolute: bool) -> tuple:
+    """Sorted rows -> (DistBatch, covered): keep the smallest prefix with top_p of the mass (of
+    the row's total, or of 1 when ``absolute``: the rows are the top of normalized rows)."""
+    c = mx.cumsum(mx.exp(vals), axis=-1)
+    m = vals.shape[-1]
+    total = c[:, -1:]
+    if top_p < 1:
+        thresh = top_p if absolute else top_p * total
+        keep = mx.minimum(mx.sum(c < thresh, axis=-1, keepdims=True) + 1, m)
+        covered = c[:, -1] >= top_p if absolute else mx.ones(c.shape[0], dtype=mx.bool_)
+    else:
+        keep = mx.sum(mx.isfinite(vals), axis=-1, keepdims=True)
+        covered = mx.ones(c.shape[0], dtype=mx.bool_)
+    keep = mx.maximum(keep, 1)
+    kept_mass = mx.take_along_axis(c, keep - 1, axis=-1)
+    inside = mx.arange(m)[None, :] < keep
+    logp = mx.where(inside, vals - mx.log(kept_mass), -mx.inf)
+    batch = DistBatch(logp, (keep[:, 0] - 1).astype(mx.int32), ids.astype(mx.int32))
+    return batch, covered
+
+
+def _nucleus(x: mx.array, top_p: float, m: int) -> DistBatch:
+    """Top-p of normalized rows from their m largest entries; the rows whose nucleus is larger
+    are redone with _GROWTH x m candidates (up to a full sort), alone."""
+    v = x.shape[-1]
+    ids, vals = _sorted_top(x, m)
+    batch, covered = _truncate(ids, vals, top_p, absolute=m < v)
+    mx.eval(covered, batch.logp, batch.last, batch.ids)
+    short = np.flatnonzero(~np.array(covered))
+    if m >= v or short.size == 0:
+        return batch
+    more = _nucleus(x[mx.array(short)], top_p, min(v, m * _GROWTH))
+    # merge: pad the batch to the wider rows (-inf log-probs), put the redone rows in place
+    width = more.logp.shape[1]
+    pad = width - m
+    logp = mx.concatenate([batch.logp, mx.full((x.shape[0], pad), -mx.inf)], axis=1)
+    ids = mx.concatenate([batch.ids, mx.zeros((x.shape[0], pad), dtype=mx.int32)], axis=1)
+    at = mx.array(short)
+    logp[at], ids[at] = more.logp, more.ids
+    last = batch.last
+    last[at] = more.last
+    out = DistBatch(logp, last, ids)
+    mx.eval(out.logp, out.last, out.ids)
+    return out
+
+
+def process_batch(
+    logp,
+    temp: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    *,
+    normalized: bool = False,
+    nucleus_candidates: int = DEFAULT_NUCLEUS_CANDIDATES,
+) -> tuple[DistBatch, np.ndarray]:
+    """(B, V) log-probs (mx or numpy) -> (their truncated distributions, host bool array of the
+    rows with a NaN or no finite entry). ``normalized``: the rows are log-softmax outputs (skips
+    one logsumexp over the vocabulary). One device sync (more only when a nucleus outgrows
+    ``nucleus_candidates``)."""
+    x = mx.array(logp, dtype=mx.float32) if not isinstance(logp, mx.array) else logp
+    if x.dtype != mx.float32:
+        x = x.astype(mx.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected (B, V) log-probs, got shape {x.shape}")
+    b, v = x.shape
+    bad = mx.any(mx.isnan(x), axis=-1) | ~mx.any(x > -mx.inf, axis=-1)
+    if temp == 0:
+        ids = mx.argmax(x, axis=-1, keepdims=True).astype(mx.int32)
+        batch = DistBatch(mx.zeros((b, 1)), mx.zeros((b,), dtype=mx.int32), ids)
+        mx.eval(bad, batch.logp, batch.ids)
+        return batch, np.array(bad)
+    if temp != 1:
+        x = x / temp
+        normalized = False
+    if top_k and top_k < v:
+        ids, vals = _sorted_top(x, top_k)
+        batch, _ = _truncate(ids, vals, top_p, absolute=False)
+    elif top_p < 1:
+        if not normalized:
+            x = x - mx.logsumexp(x, axis=-1, keepdims=True)
+        return _nucleus(x, top_p, min(v, max(1, nucleus_candidates))), np.array(bad)
+    else:
+        if not normalized:
+            x = x - mx.logsumexp(x, axis=-1, keepdims=True)
+        batch = DistBatch(x, _last_finite(x))
+    mx.eval(bad, batch.logp, batch.last, *(() if batch.ids is None else (batch.ids,)))
+    return batch, np.array(bad)
+
+
+def _draw_host(batch: DistBatch, row: int, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cdf, last, ids, logp = batch.host()
+    c, n = cdf[row], int(last[row])
+    target = np.asarray(u, dtype=np.float32) * c[n]  # float32, as on the device
+    idx = np.minimum(np.searchsorted(c, target, side="right"), n)
+    tok = idx if ids is None else ids[row, idx]
+    return tok.astype(np.int64), logp[row, idx].astype(np.float64)
+
+
+def draw(
+    requests: Sequence[tuple[NextTokenDist, np.ndarray]], host_draw_max: int = HOST_DRAW_MAX
+) -> list[tuple[np.ndarray, ...]]:
+    """For each (row, uniforms) request: (token ids, their log-probs), numpy. All device rows
+    are served by one sync; uniforms are consumed in request order by the caller."""
+    groups: dict[int, tuple[DistBatch, list[int]]] = {}
+    out: list = [None] * len(requests)
+    for j, (d, u) in enumerate(requests):
+        if d.batch.logp.shape[1] <= host_draw_max:
+            out[j] = _draw_host(d.batch, d.row, u)
+        else:
+            groups.setdefault(id(d.batch), (d.batch, []))[1].append(j)
+    if not groups:
+        return out
+    pending = []
+    for batch, js in groups.values():
+        rows = np.concatenate([np.full(len(requests[j][1]), requests[j][0].row) for j in js])
+        us = np.concatenate([np.asarray(requests[j][1], dtype=np.float64) for j in js])
+        r = mx.array(rows.astype(np.int32))
+        cdf = batch.cdf[r]  # (n, M)
+        last = batch.last[r][:, None]
+        target = mx.array(us.astype(np.float32))[:, None] * mx.take_along_axis(cdf, last, -1)
+        idx = mx.minimum(mx.sum(cdf <= target, axis=-1, keepdims=True), last)
+        lp = mx.take_along_axis(batch.logp[r], idx, axis=-1)[:, 0]
+        tok = idx[:, 0] if batch.ids is None else mx.take_along_axis(batch.ids[r], idx, -1)[:, 0]
+        pending.append((js, tok, lp))
+    mx.eval(*[a for _, t, lp in pending for a in (t, lp)])
+    for js, tok, lp in pending:
+        tok, lp = np.array(tok).astype(np.int64), np.array(lp).astype(np.float64)
+        pos = 0
+        for j in js:
+            n = len(requests[j][1])
+            out[j] = (tok[pos : pos + n], lp[pos : pos + n])
+            pos += n
+    return out
+
+
+# -- the former host path: float64 numpy, one row at a time (reference and bench "before") ----
+@dataclass
+class ReferenceDist:
+    """A host distribution: log-probs over ``ids`` (all tokens if None)."""
+
+    logp: np.ndarray
+    ids: np.ndarray | None = None
+
+    def sample(self, u: np.ndarray) -> np.ndarray:
+        p = np.exp(self.logp.astype(np.float64))
+        c = np.cumsum(p)
+        idx = np.minimum(np.searchsorted(c, u * c[-1], side="right"), len(c) - 1)
+        return idx if self.ids is None else self.ids[idx]
+
+    def support(self) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.arange(self.logp.size) if self.ids is None else self.ids
+        keep = np.isfinite(self.logp)
+        return ids[keep], self.logp[keep].astype(np.float64)
+
+
+def reference_process(logp: np.ndarray, temp: float, top_k: int, top_p: float) -> ReferenceDist:
+    """Temperature, then top-k, then top-p; renormalized (float64 numpy, one row)."""
+    logp = np.asarray(logp, dtype=np.float64)
+    if temp == 0:
+        out = np.full(logp.shape, -np.inf)
+        out[int(np.argmax(logp))] = 0.0
+        return ReferenceDist(out.astype(np.float32))
+    if temp != 1.0:
+        logp = logp / temp
+    ids = None
+    if top_k and top_k < logp.size:
+        ids = np.argpartition(-logp, top_k - 1)[:top_k]
+    if top_p < 1.0:
+        cand = ids if ids is not None else np.arange(logp.size)
+        order = cand[np.argsort(-logp[cand], kind="stable")]
+        p = np.exp(logp[order] - np.max(logp[order]))
+        c = np.cumsum(p) / p.sum()
+        keep = int(np.searchsorted(c, top_p, side="left")) + 1
+        ids = np.sort(order[:keep])
+    elif ids is not None:
+        ids = np.sort(ids)
+    sub = logp if ids is None else logp[ids]
+    m = np.max(sub)
+    sub = sub - (m + math.log(np.sum(np.exp(sub - m))))
+    return ReferenceDist(sub.astype(np.float32), ids)
