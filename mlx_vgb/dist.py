@@ -124,13 +124,13 @@ def _truncate(ids: mx.array, vals: mx.array, top_p: float, absolute: bool) -> tu
     return batch, covered
 
 
-def _nucleus(x: mx.array, top_p: float, m: int) -> DistBatch:
+def _nucleus(x: mx.array, top_p: float, m: int, also: tuple = ()) -> DistBatch:
     """Top-p of normalized rows from their m largest entries; the rows whose nucleus is larger
     are redone with _GROWTH x m candidates (up to a full sort), alone."""
     v = x.shape[-1]
     ids, vals = _sorted_top(x, m)
     batch, covered = _truncate(ids, vals, top_p, absolute=m < v)
-    mx.eval(covered, batch.logp, batch.last, batch.ids)
+    mx.eval(covered, batch.logp, batch.last, batch.ids, *also)  # one sync, with ``also``
     short = np.flatnonzero(~np.array(covered))
     if m >= v or short.size == 0:
         return batch
@@ -183,7 +183,8 @@ def process_batch(
     elif top_p < 1:
         if not normalized:
             x = x - mx.logsumexp(x, axis=-1, keepdims=True)
-        return _nucleus(x, top_p, min(v, max(1, nucleus_candidates))), np.array(bad)
+        batch = _nucleus(x, top_p, min(v, max(1, nucleus_candidates)), also=(bad,))
+        return batch, np.array(bad)
     else:
         if not normalized:
             x = x - mx.logsumexp(x, axis=-1, keepdims=True)

@@ -46,6 +46,8 @@ def add_args(p) -> None:
     p.add_argument("--drift", type=float, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--toy-samples", type=int, default=None)
+    p.add_argument("--part", choices=("all", "node"), default="all",
+                   help="node: only Part C, the per-node work (into <out>/node-work)")
 
 
 def _random_head(hidden: int, seed: int):
@@ -191,7 +193,230 @@ def part_b(args, cfg) -> list[ToyRow]:
     return rows
 
 
+# -- Part C: the per-node work (truncation, draws, crossings) per walk step, before / after ----
+NODE_VOCABS = [49_152, 151_936]
+NODE_CFG = dict(node_k=8, node_top_ps=[0.95, 1.0], node_steps=30, node_block=4)
+NODE_QUICK = dict(node_k=8, node_top_ps=[0.95], node_steps=6, node_block=2)
+_BANK_ROWS = 32
+
+
+class SyntheticLM:
+    """Log-probs from a fixed bank of rows (power law over a random token order, exponent
+    uniform in [1.2, 3] per row: from flat rows whose 0.95 nucleus holds thousands of tokens to
+    peaked ones), one row per prefix by hash. The 'forward' is one gather (time in ``lm_s``)."""
+
+    normalized_logprobs = True
+    eos_token_ids: frozenset = frozenset()
+    requires_prompt = False
+
+    def __init__(self, vocab: int, seed: int = 0):
+        import mlx.core as mx
+
+        rng = np.random.default_rng(seed)
+        self.vocab_size = vocab
+        ranks = np.argsort(rng.random((_BANK_ROWS, vocab)), axis=1) + 1.0
+        expo = rng.uniform(1.2, 3.0, size=(_BANK_ROWS, 1))
+        x = -expo * np.log(ranks) + 0.3 * rng.normal(size=ranks.shape)
+        x -= np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) + x.max(1, keepdims=True)
+        self.bank = mx.array(x.astype(np.float32))
+        mx.eval(self.bank)
+        self.lm_s = 0.0
+
+    def begin(self, prompt) -> None:
+        pass
+
+    def _rows(self, prefixes):
+        import mlx.core as mx
+
+        t0 = time.perf_counter()
+        idx = mx.array([hash(tuple(p)) % _BANK_ROWS for p in prefixes])
+        out = self.bank[idx]
+        _EVAL[0](out)
+        self.lm_s += time.perf_counter() - t0
+        return out
+
+    def logprobs_mx(self, prefixes):
+        return self._rows(prefixes)
+
+
+class HostLM(SyntheticLM):
+    """The same rows through the former path: copied to the host after every forward."""
+
+    logprobs_mx = None
+
+    def logprobs(self, prefixes):
+        return np.array(self._rows(prefixes))  # the copy is node work (the former _forward's)
+
+
+class ConstantValue:
+    bound = 1.0
+
+    def begin(self, prompt) -> None:
+        pass
+
+    def value(self, prefixes):
+        return np.full(len(prefixes), 0.5)
+
+    tilt = value
+
+
+_EVAL: list = [None]  # the real mx.eval while the timing wrapper is installed
+
+
+def _host_run_class():
+    from ..dist import reference_process
+    from ..run import Run
+
+    class HostRun(Run):
+        """The former host path: float64 numpy truncation per row, a CDF per draw."""
+
+        def ensure_dists(self, nodes):
+            todo = [n for n in dict.fromkeys(nodes) if n.dist is None]
+            if not todo:
+                return
+            out = np.asarray(self.lm.logprobs([n.tokens for n in todo]))
+            self.stats.model_calls += 1
+            self.stats.forward_tokens += len(todo)
+            for n, row in zip(todo, out):
+                n.dist = reference_process(row, self.temp, self.top_k, self.top_p)
+
+        def sample_blocks(self, starts):
+            rows, lens = list(starts), [0] * len(starts)
+            active = list(range(len(rows)))
+            while active:
+                self.ensure_dists([rows[i] for i in active])
+                groups: dict[int, list[int]] = {}
+                for i in active:
+                    groups.setdefault(id(rows[i]), []).append(i)
+                for idx in groups.values():
+                    node = rows[idx[0]]
+                    for i, t in zip(idx, node.dist.sample(self.rng.uniform(len(idx)))):
+                        rows[i] = self.tree.child(node, int(t))
+                        lens[i] += 1
+                still = []
+                for i in active:
+                    n = rows[i]
+                    if n.is_leaf or self.actions.ends_block(lens[i], n.tokens[-1]):
+                        self._mark_walk_node(n, starts[i])
+                    else:
+                        still.append(i)
+                active = still
+            return rows
+
+    return HostRun
+
+
+@dataclass
+class NodeRow:
+    path: str  # "host (before)" or "device (after)"
+    top_p: float
+    vocab: int
+    actions: str
+    steps: int
+    wall_ms_per_step: float  # walk step, model forward excluded
+    host_ms_per_step: float  # of which the host thread, device waits excluded
+    device_ms_per_step: float  # time blocked in mx.eval (on this CPU backend: the CPU's work)
+    rows_per_step: float  # distributions processed per step
+
+
+def part_c(args, cfg) -> list[NodeRow]:
+    import mlx.core as mx
+
+    from ..actions import Blocks, Tokens
+    from ..children import SelfNormalized
+    from ..run import Run
+    from ..vgb import Walk
+
+    host_run = _host_run_class()
+    rows: list[NodeRow] = []
+    waited = [0.0]
+    real_eval = mx.eval
+    _EVAL[0] = real_eval
+
+    def timed_eval(*a):
+        t0 = time.perf_counter()
+        real_eval(*a)
+        waited[0] += time.perf_counter() - t0
+
+    for top_p, v in ((p, v) for p in cfg["node_top_ps"] for v in NODE_VOCABS):
+        for actions in (Tokens(), Blocks(cfg["node_block"])):
+            for path, lm_cls, run_cls in (("host (before)", HostLM, host_run),
+                                          ("device (after)", SyntheticLM, Run)):
+                lm = lm_cls(v, seed=args.seed)
+                run = run_cls(lm, ConstantValue(), (), horizon=10**6, actions=actions,
+                              top_p=top_p, drift=0.5, seed=args.seed)
+                walk = Walk(run, SelfNormalized(cfg["node_k"]))
+                walk.step()  # warm-up: kernels, first rows
+                lm.lm_s, waited[0] = 0.0, 0.0
+                fwd0 = run.stats.forward_tokens
+                mx.eval = timed_eval
+                try:
+                    t0 = time.perf_counter()
+                    for _ in range(cfg["node_steps"]):
+                        walk.step()
+                    wall = time.perf_counter() - t0
+                finally:
+                    mx.eval = real_eval
+                n = cfg["node_steps"]
+                work = wall - lm.lm_s
+                rows_done = run.stats.forward_tokens - fwd0
+                rows.append(NodeRow(path, top_p, v, type(actions).__name__, n, 1e3 * work / n,
+                                    1e3 * (work - waited[0]) / n, 1e3 * waited[0] / n,
+                                    rows_done / n))
+                print(f"[perf] node work top-p {top_p} V={v} {rows[-1].actions} {path}: "
+                      f"{rows[-1].wall_ms_per_step:.2f} ms / step", flush=True)
+    return rows
+
+
+def node_table(node_rows: list[NodeRow]) -> list[dict]:
+    """Before / after side by side per (top-p, vocabulary, actions), as ratios."""
+    out = []
+    keys = dict.fromkeys((r.top_p, r.vocab, r.actions) for r in node_rows)
+    for key in keys:
+        b, d = (next(r for r in node_rows if (r.top_p, r.vocab, r.actions) == key
+                     and r.path.startswith(p)) for p in ("host", "device"))
+        out.append({
+            "top-p": key[0], "V": key[1], "actions": key[2], "rows / step": d.rows_per_step,
+            "before ms / step": b.wall_ms_per_step, "after ms / step": d.wall_ms_per_step,
+            "after: host ms": d.host_ms_per_step, "after: device ms": d.device_ms_per_step,
+            "wall before / after": b.wall_ms_per_step / max(d.wall_ms_per_step, 1e-9),
+            "host before / after": b.host_ms_per_step / max(d.host_ms_per_step, 1e-9),
+        })
+    return out
+
+
+NODE_NOTE = (
+    "A walk step of VGB with SelfNormalized(K = {k}) on synthetic log-probs (no "
+    "model: the 'forward' is a gather from a bank of rows, its time excluded). Before: the "
+    "former host path (the row copied to the host, float64 numpy truncation per row, a CDF "
+    "per draw). After: ``mlx_vgb.dist`` (truncation and draws as MLX ops on the batch; token "
+    "ids and their log-probs cross). host ms: the Python thread with the time blocked in "
+    "mx.eval taken out; device ms: that blocked time, which on this machine's CPU backend is "
+    "the CPU doing the device's work (on a GPU it runs there). Tokens: one new row per step "
+    "(the node moved to); Blocks(L): K rows per token of the block."
+)
+
+
+def write_node(args, cfg, node_rows: list[NodeRow]) -> None:
+    rep = Report(task="perf", command=args.command, config=cfg)
+    rep.rows = [asdict(r) for r in node_rows]
+    table = node_table(node_rows)
+    rep.summary = {"node_work": table}
+    rep.add_section("Part C: per-node work per walk step, before / after",
+                    markdown_table(table) + "\n" + NODE_NOTE.format(k=cfg["node_k"]))
+    rep.write(Path(args.out))
+
+
 def run(args) -> None:
+    if args.part == "node":
+        from .report import default_out
+
+        if Path(args.out) == default_out("perf", args.quick):
+            args.out = Path(args.out) / "node-work"
+        cfg = dict(NODE_QUICK if args.quick else NODE_CFG)
+        cfg.update(seed=args.seed, vocabularies=NODE_VOCABS)
+        write_node(args, cfg, part_c(args, cfg))
+        return
     cfg = settings(args, FULL, QUICK, ("horizon", "candidates", "drift", "repeats",
                                        "toy_samples"))
     cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", prompt=PROMPT,
