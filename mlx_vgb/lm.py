@@ -57,9 +57,18 @@ def _slice_cache(cache: list, rows: list[int] | None, length: int, repeat: int =
 class MLXLanguageModel(BaseLanguageModel):
     """``LanguageModel`` over any mlx-lm model (``mlx_lm.load(...)`` gives model, tokenizer)."""
 
-    def __init__(self, model, tokenizer=None, *, eos_token_ids: Sequence[int] | None = None,
-                 value_head=None, hidden_layer: int = -1, max_kv_size: int | None = None,
-                 max_branches: int = 32, max_snapshots: int = 256):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        eos_token_ids: Sequence[int] | None = None,
+        value_head=None,
+        hidden_layer: int = -1,
+        max_kv_size: int | None = None,
+        max_branches: int = 32,
+        max_snapshots: int = 256,
+    ):
         self.model, self.tokenizer = model, tokenizer
         args = getattr(model, "args", None)
         vocab = getattr(args, "vocab_size", None)
@@ -76,11 +85,14 @@ class MLXLanguageModel(BaseLanguageModel):
             raise ConfigError("value heads read the final hidden state (hidden_layer=-1) only")
         self.value_head = value_head
         self._hidden_path = hasattr(model, "model") and (
-            hasattr(model, "lm_head") or hasattr(getattr(model.model, "embed_tokens", None),
-                                                 "as_linear"))
+            hasattr(model, "lm_head")
+            or hasattr(getattr(model.model, "embed_tokens", None), "as_linear")
+        )
         if value_head is not None and not self._hidden_path:
-            raise ConfigError(f"{type(model).__module__} exposes no hidden states "
-                              "(model.model + lm_head): a value head cannot read them")
+            raise ConfigError(
+                f"{type(model).__module__} exposes no hidden states "
+                "(model.model + lm_head): a value head cannot read them"
+            )
         self.max_kv_size = max_kv_size
         self.max_branches = max_branches  # batched caches kept for reuse (memory: K rows each)
         self.max_snapshots = max_snapshots  # non-trimmable caches: states kept per prefix
@@ -103,8 +115,10 @@ class MLXLanguageModel(BaseLanguageModel):
 
     def _new_cache(self) -> list:
         if self.max_kv_size is not None:
-            return [RotatingKVCache(max_size=self.max_kv_size, keep=0)
-                    for _ in range(len(self.model.layers))]
+            return [
+                RotatingKVCache(max_size=self.max_kv_size, keep=0)
+                for _ in range(len(self.model.layers))
+            ]
         return make_prompt_cache(self.model)
 
     # -- run state -------------------------------------------------------------------------
@@ -113,8 +127,10 @@ class MLXLanguageModel(BaseLanguageModel):
         if not prompt:
             raise EmptyPromptError("the prompt is empty: give at least one token of prompt text")
         if self.context_length and len(prompt) >= self.context_length:
-            raise ConfigError(f"the prompt has {len(prompt)} tokens but the model's context is "
-                              f"{self.context_length}: shorten the prompt")
+            raise ConfigError(
+                f"the prompt has {len(prompt)} tokens but the model's context is "
+                f"{self.context_length}: shorten the prompt"
+            )
         self.prompt = prompt
         self.reset_counters()
         self._trunk = self._new_cache()
@@ -129,7 +145,6 @@ class MLXLanguageModel(BaseLanguageModel):
         # prefill all but the last prompt token; the first request computes the rest
         self._extend_trunk(prompt[:-1])
         self.prefill_tokens, self.positions_computed = len(prompt) - 1, 0
-
 
     # -- forward -------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list):
@@ -155,7 +170,9 @@ class MLXLanguageModel(BaseLanguageModel):
         mx.eval(logp)
         return logp, None
 
-    def _count(self, full_rows: Sequence[tuple[int, ...]], start: int, where: str = "trunk") -> None:
+    def _count(
+        self, full_rows: Sequence[tuple[int, ...]], start: int, where: str = "trunk"
+    ) -> None:
         for r in full_rows:
             for k in range(start + 1, len(r) + 1):
                 key = hash(r[:k])
@@ -199,8 +216,9 @@ class MLXLanguageModel(BaseLanguageModel):
         if best_b is not None:
             if self.batchable and c < len(self._trunk_tokens):
                 # the trunk's own path past the fork is not held anywhere else: keep it
-                self._branches.append((self._trunk, [self._trunk_tokens], [self._trunk_logp],
-                                       [self._trunk_value]))
+                self._branches.append(
+                    (self._trunk, [self._trunk_tokens], [self._trunk_logp], [self._trunk_value])
+                )
             n = min(best, len(target))
             self._trunk = _slice_cache(best_b[0], [best_j], n)
             self._trunk_tokens = target[:n]
@@ -215,8 +233,9 @@ class MLXLanguageModel(BaseLanguageModel):
         if c < len(self._trunk_tokens):
             if self.batchable:
                 # keep the abandoned path as a branch: coming back down costs nothing
-                self._branches.append((self._trunk, [self._trunk_tokens], [self._trunk_logp],
-                                       [self._trunk_value]))
+                self._branches.append(
+                    (self._trunk, [self._trunk_tokens], [self._trunk_logp], [self._trunk_value])
+                )
                 self._trunk = _slice_cache(self._trunk, None, c)
                 self._trunk_tokens = self._trunk_tokens[:c]
                 self._trunk_logp = self._trunk_value = None
@@ -227,9 +246,15 @@ class MLXLanguageModel(BaseLanguageModel):
                 self._trunk_logp = self._trunk_value = None
             else:
                 # restore the longest snapshot on the target's path (the prompt's at least)
-                key, state = max(((k, st) for k, st in self._snapshots.items()
-                                  if len(k) <= c and target[: len(k)] == k),
-                                 key=lambda kv: len(kv[0]), default=((), None))
+                key, state = max(
+                    (
+                        (k, st)
+                        for k, st in self._snapshots.items()
+                        if len(k) <= c and target[: len(k)] == k
+                    ),
+                    key=lambda kv: len(kv[0]),
+                    default=((), None),
+                )
                 self._trunk = self._new_cache()
                 if state is not None:
                     for layer, st in zip(self._trunk, self._copy(state)):
@@ -254,8 +279,10 @@ class MLXLanguageModel(BaseLanguageModel):
     def _full(self, prefix: Sequence[int]) -> tuple[int, ...]:
         full = self.prompt + tuple(int(t) for t in prefix)
         if self.context_length and len(full) > self.context_length:
-            raise ConfigError(f"prompt + response reach {len(full)} tokens, beyond the model's "
-                              f"context of {self.context_length}: lower max tokens (horizon)")
+            raise ConfigError(
+                f"prompt + response reach {len(full)} tokens, beyond the model's "
+                f"context of {self.context_length}: lower max tokens (horizon)"
+            )
         return full
 
     def _compute(self, prefixes: Sequence[Sequence[int]]):

@@ -32,11 +32,27 @@ from .harness import settings
 from .report import Report, markdown_table, plot_lines
 
 PROMPT = "Write a one-sentence story about a cat."
-FULL = dict(horizon=24, candidates=4, drift=0.5, repeats=3, toy_horizons=[6, 8, 10],
-            toy_ks=[2, 4, 8], toy_drifts=[1.0, 0.8, 0.6, 0.4, 0.2], toy_samples=150)
+FULL = dict(
+    horizon=24,
+    candidates=4,
+    drift=0.5,
+    repeats=3,
+    toy_horizons=[6, 8, 10],
+    toy_ks=[2, 4, 8],
+    toy_drifts=[1.0, 0.8, 0.6, 0.4, 0.2],
+    toy_samples=150,
+)
 LOW_BACKTRACK_DRIFT = 0.1
-QUICK = dict(horizon=8, candidates=2, drift=0.5, repeats=1, toy_horizons=[6, 8],
-             toy_ks=[2, 8], toy_drifts=[1.0, 0.5], toy_samples=10)
+QUICK = dict(
+    horizon=8,
+    candidates=2,
+    drift=0.5,
+    repeats=1,
+    toy_horizons=[6, 8],
+    toy_ks=[2, 8],
+    toy_drifts=[1.0, 0.5],
+    toy_samples=10,
+)
 
 
 def add_args(p) -> None:
@@ -46,8 +62,12 @@ def add_args(p) -> None:
     p.add_argument("--drift", type=float, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--toy-samples", type=int, default=None)
-    p.add_argument("--part", choices=("all", "node"), default="all",
-                   help="node: only Part C, the per-node work (into <out>/node-work)")
+    p.add_argument(
+        "--part",
+        choices=("all", "node"),
+        default="all",
+        help="node: only Part C, the per-node work (into <out>/node-work)",
+    )
 
 
 def _random_head(hidden: int, seed: int):
@@ -122,34 +142,62 @@ def part_a(args, cfg) -> list[ModelRow]:
         _peak_reset()
         t0 = time.perf_counter()
         n = 0
-        for resp in mlx_lm.stream_generate(model, tok, prompt, max_tokens=H,
-                                           sampler=lm_sampler(temp=1.0)):
+        for resp in mlx_lm.stream_generate(
+            model, tok, prompt, max_tokens=H, sampler=lm_sampler(temp=1.0)
+        ):
             n += 1
         rows.append(ModelRow("mlx_lm plain", r, n, n, 0, n, time.perf_counter() - t0, _peak_mb()))
         for method, sampler, lm, ver in (
             ("plain (ours)", Plain(horizon=H), gen, None),
-            ("action-rs, head on generator", ActionLevelRS(horizon=H, choice=Candidates(K)),
-             gen_head, head_ver),
-            ("vgb, head on generator", VGB(horizon=H, choice=Candidates(K), drift=lam),
-             gen_head, head_ver),
-            ("vgb, separate verifier", VGB(horizon=H, choice=Candidates(K), drift=lam),
-             gen, sep_ver),
+            (
+                "action-rs, head on generator",
+                ActionLevelRS(horizon=H, choice=Candidates(K)),
+                gen_head,
+                head_ver,
+            ),
+            (
+                "vgb, head on generator",
+                VGB(horizon=H, choice=Candidates(K), drift=lam),
+                gen_head,
+                head_ver,
+            ),
+            (
+                "vgb, separate verifier",
+                VGB(horizon=H, choice=Candidates(K), drift=lam),
+                gen,
+                sep_ver,
+            ),
             # few backtracks (< 10% of steps, the cost target measured here): a strong drift
-            (f"vgb, head on generator, K=1, lambda={LOW_BACKTRACK_DRIFT}",
-             VGB(horizon=H, choice=Candidates(1), drift=LOW_BACKTRACK_DRIFT), gen_head,
-             head_ver),
-            (f"vgb, head on generator, K={K}, lambda={LOW_BACKTRACK_DRIFT}",
-             VGB(horizon=H, choice=Candidates(K), drift=LOW_BACKTRACK_DRIFT), gen_head,
-             head_ver),
+            (
+                f"vgb, head on generator, K=1, lambda={LOW_BACKTRACK_DRIFT}",
+                VGB(horizon=H, choice=Candidates(1), drift=LOW_BACKTRACK_DRIFT),
+                gen_head,
+                head_ver,
+            ),
+            (
+                f"vgb, head on generator, K={K}, lambda={LOW_BACKTRACK_DRIFT}",
+                VGB(horizon=H, choice=Candidates(K), drift=LOW_BACKTRACK_DRIFT),
+                gen_head,
+                head_ver,
+            ),
         ):
             _peak_reset()
             t0 = time.perf_counter()
             res = sampler.sample(lm, ver, prompt=prompt, seed=seed)
             wall = time.perf_counter() - t0
-            rows.append(ModelRow(
-                method, r, len(res.tokens), lm.positions_computed,
-                ver_lm.positions_computed if ver is sep_ver else 0, res.stats.steps, wall,
-                _peak_mb(), res.stats.backtracks))
+            rows.append(
+                ModelRow(
+                    method,
+                    r,
+                    len(res.tokens),
+                    lm.positions_computed,
+                    ver_lm.positions_computed if ver is sep_ver else 0,
+                    res.stats.steps,
+                    wall,
+                    _peak_mb(),
+                    res.stats.backtracks,
+                )
+            )
         print(f"[perf] model repeat {r} done", flush=True)
     return rows
 
@@ -177,9 +225,18 @@ def part_b(args, cfg) -> list[ToyRow]:
         res = [s.sample(lm, vhat, seed=10_000 * args.seed + i) for i in range(n)]
         wall = time.perf_counter() - t0
         steps = sum(r.stats.steps for r in res)
-        rows.append(ToyRow(sweep, H, getattr(choice, "k", None), lam, steps / (n * H),
-                           sum(r.stats.verifier_evals for r in res) / (n * H), kl,
-                           1e6 * wall / max(1, steps)))
+        rows.append(
+            ToyRow(
+                sweep,
+                H,
+                getattr(choice, "k", None),
+                lam,
+                steps / (n * H),
+                sum(r.stats.verifier_evals for r in res) / (n * H),
+                kl,
+                1e6 * wall / max(1, steps),
+            )
+        )
 
     for H in cfg["toy_horizons"]:
         vhat = MonteCarloValue(lm, no_aa, H, 1000, seed=H + 17 * args.seed)
@@ -217,7 +274,9 @@ class SyntheticLM:
         ranks = np.argsort(rng.random((_BANK_ROWS, vocab)), axis=1) + 1.0
         expo = rng.uniform(1.2, 3.0, size=(_BANK_ROWS, 1))
         x = -expo * np.log(ranks) + 0.3 * rng.normal(size=ranks.shape)
-        x -= np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) + x.max(1, keepdims=True)
+        x -= np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) + x.max(
+            1, keepdims=True
+        )
         self.bank = mx.array(x.astype(np.float32))
         mx.eval(self.bank)
         self.lm_s = 0.0
@@ -340,11 +399,21 @@ def part_c(args, cfg) -> list[NodeRow]:
 
     for top_p, v in ((p, v) for p in cfg["node_top_ps"] for v in NODE_VOCABS):
         for actions in (Tokens(), Blocks(cfg["node_block"])):
-            for path, lm_cls, run_cls in (("host (before)", HostLM, host_run),
-                                          ("device (after)", SyntheticLM, Run)):
+            for path, lm_cls, run_cls in (
+                ("host (before)", HostLM, host_run),
+                ("device (after)", SyntheticLM, Run),
+            ):
                 lm = lm_cls(v, seed=args.seed)
-                run = run_cls(lm, ConstantValue(), (), horizon=10**6, actions=actions,
-                              top_p=top_p, drift=0.5, seed=args.seed)
+                run = run_cls(
+                    lm,
+                    ConstantValue(),
+                    (),
+                    horizon=10**6,
+                    actions=actions,
+                    top_p=top_p,
+                    drift=0.5,
+                    seed=args.seed,
+                )
                 walk = Walk(run, SelfNormalized(cfg["node_k"]))
                 walk.step()  # warm-up: kernels, first rows
                 lm.lm_s, waited[0] = 0.0, 0.0
@@ -360,11 +429,24 @@ def part_c(args, cfg) -> list[NodeRow]:
                 n = cfg["node_steps"]
                 work = wall - lm.lm_s
                 rows_done = run.stats.forward_tokens - fwd0
-                rows.append(NodeRow(path, top_p, v, type(actions).__name__, n, 1e3 * work / n,
-                                    1e3 * (work - waited[0]) / n, 1e3 * waited[0] / n,
-                                    rows_done / n))
-                print(f"[perf] node work top-p {top_p} V={v} {rows[-1].actions} {path}: "
-                      f"{rows[-1].wall_ms_per_step:.2f} ms / step", flush=True)
+                rows.append(
+                    NodeRow(
+                        path,
+                        top_p,
+                        v,
+                        type(actions).__name__,
+                        n,
+                        1e3 * work / n,
+                        1e3 * (work - waited[0]) / n,
+                        1e3 * waited[0] / n,
+                        rows_done / n,
+                    )
+                )
+                print(
+                    f"[perf] node work top-p {top_p} V={v} {rows[-1].actions} {path}: "
+                    f"{rows[-1].wall_ms_per_step:.2f} ms / step",
+                    flush=True,
+                )
     return rows
 
 
@@ -373,15 +455,28 @@ def node_table(node_rows: list[NodeRow]) -> list[dict]:
     out = []
     keys = dict.fromkeys((r.top_p, r.vocab, r.actions) for r in node_rows)
     for key in keys:
-        b, d = (next(r for r in node_rows if (r.top_p, r.vocab, r.actions) == key
-                     and r.path.startswith(p)) for p in ("host", "device"))
-        out.append({
-            "top-p": key[0], "V": key[1], "actions": key[2], "rows / step": d.rows_per_step,
-            "before ms / step": b.wall_ms_per_step, "after ms / step": d.wall_ms_per_step,
-            "after: host ms": d.host_ms_per_step, "after: device ms": d.device_ms_per_step,
-            "wall before / after": b.wall_ms_per_step / max(d.wall_ms_per_step, 1e-9),
-            "host before / after": b.host_ms_per_step / max(d.host_ms_per_step, 1e-9),
-        })
+        b, d = (
+            next(
+                r
+                for r in node_rows
+                if (r.top_p, r.vocab, r.actions) == key and r.path.startswith(p)
+            )
+            for p in ("host", "device")
+        )
+        out.append(
+            {
+                "top-p": key[0],
+                "V": key[1],
+                "actions": key[2],
+                "rows / step": d.rows_per_step,
+                "before ms / step": b.wall_ms_per_step,
+                "after ms / step": d.wall_ms_per_step,
+                "after: host ms": d.host_ms_per_step,
+                "after: device ms": d.device_ms_per_step,
+                "wall before / after": b.wall_ms_per_step / max(d.wall_ms_per_step, 1e-9),
+                "host before / after": b.host_ms_per_step / max(d.host_ms_per_step, 1e-9),
+            }
+        )
     return out
 
 
@@ -402,8 +497,10 @@ def write_node(args, cfg, node_rows: list[NodeRow]) -> None:
     rep.rows = [asdict(r) for r in node_rows]
     table = node_table(node_rows)
     rep.summary = {"node_work": table}
-    rep.add_section("Part C: per-node work per walk step, before / after",
-                    markdown_table(table) + "\n" + NODE_NOTE.format(k=cfg["node_k"]))
+    rep.add_section(
+        "Part C: per-node work per walk step, before / after",
+        markdown_table(table) + "\n" + NODE_NOTE.format(k=cfg["node_k"]),
+    )
     rep.write(Path(args.out))
 
 
@@ -417,10 +514,13 @@ def run(args) -> None:
         cfg.update(seed=args.seed, vocabularies=NODE_VOCABS)
         write_node(args, cfg, part_c(args, cfg))
         return
-    cfg = settings(args, FULL, QUICK, ("horizon", "candidates", "drift", "repeats",
-                                       "toy_samples"))
-    cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2", prompt=PROMPT,
-               value_heads="random MLP [hidden, 64, 1] (cost only)")
+    cfg = settings(args, FULL, QUICK, ("horizon", "candidates", "drift", "repeats", "toy_samples"))
+    cfg.update(
+        seed=args.seed,
+        model=args.model or "embedded SmolLM2",
+        prompt=PROMPT,
+        value_heads="random MLP [hidden, 64, 1] (cost only)",
+    )
     toy_rows = part_b(args, cfg)
     model_rows = part_a(args, cfg)
     write(args, cfg, model_rows, toy_rows)
@@ -439,67 +539,110 @@ def write(args, cfg, model_rows: list[ModelRow], toy_rows: list[ToyRow]) -> None
     table = []
     for m in methods:
         rs = [r for r in model_rows if r.method == m]
-        table.append({
-            "method": m, "responses": len(rs), "out tokens": sum(r.out_tokens for r in rs),
-            "generator fwd / out tok": per_tok(rs, lambda r: r.forward_tokens),
-            "verifier fwd / out tok": per_tok(rs, lambda r: r.verifier_forward_tokens),
-            "steps / out tok": per_tok(rs, lambda r: r.steps),
-            "backtracks / step": sum(r.backtracks for r in rs) / max(1, sum(r.steps for r in rs)),
-            "wall / out tok vs mlx_lm": per_tok(rs, lambda r: r.wall_s) / max(base, 1e-12),
-            "peak memory vs mlx_lm": (max(r.peak_mb for r in rs)
-                                      / max(max(x.peak_mb for x in model_rows
-                                                if x.method == "mlx_lm plain"), 1e-9)),
-        })
+        table.append(
+            {
+                "method": m,
+                "responses": len(rs),
+                "out tokens": sum(r.out_tokens for r in rs),
+                "generator fwd / out tok": per_tok(rs, lambda r: r.forward_tokens),
+                "verifier fwd / out tok": per_tok(rs, lambda r: r.verifier_forward_tokens),
+                "steps / out tok": per_tok(rs, lambda r: r.steps),
+                "backtracks / step": sum(r.backtracks for r in rs)
+                / max(1, sum(r.steps for r in rs)),
+                "wall / out tok vs mlx_lm": per_tok(rs, lambda r: r.wall_s) / max(base, 1e-12),
+                "peak memory vs mlx_lm": (
+                    max(r.peak_mb for r in rs)
+                    / max(max(x.peak_mb for x in model_rows if x.method == "mlx_lm plain"), 1e-9)
+                ),
+            }
+        )
     # Python overhead per walk step (toy, model free) vs one model forward token (plain, ours)
     us_step = float(np.median([r.us_per_step for r in toy_rows]))
     plain = [r for r in model_rows if r.method == "plain (ours)"]
     fwd_s = sum(r.wall_s for r in plain) / max(1, sum(r.forward_tokens for r in plain))
     overhead = us_step * 1e-6 / max(fwd_s, 1e-12)
-    rep.summary = {"model": {t["method"]: {k: v for k, v in t.items() if k != "method"}
-                             for t in table},
-                   "python_overhead_per_step_over_model_forward": overhead}
+    rep.summary = {
+        "model": {t["method"]: {k: v for k, v in t.items() if k != "method"} for t in table},
+        "python_overhead_per_step_over_model_forward": overhead,
+    }
     rep.add_section("Setup", (__doc__ or "").split("\n", 1)[1].strip())
     rep.add_section(
         "Part A: SmolLM2, per output token, relative to mlx_lm in the same run",
         markdown_table(table) + f"\nH = {cfg['horizon']}, K = {cfg['candidates']}, "
         f"lambda = {cfg['drift']} for the walks; {cfg['repeats']} response(s) per method. "
-        "Peak memory is MLX's peak allocation during the response (CPU backend here).")
+        "Peak memory is MLX's peak allocation during the response (CPU backend here).",
+    )
     rep.add_section(
         "Python overhead per walk step",
         f"Median {us_step:.0f} us per walk step on the toy (no model cost: prefix store, "
-        f"sampling, bookkeeping), which is {overhead:.3g} x one model forward of one token here.")
+        f"sampling, bookkeeping), which is {overhead:.3g} x one model forward of one token here.",
+    )
     tb = [asdict(r) for r in toy_rows]
-    rep.add_section("Part B: toy, cost vs H and lambda (Enumerate) and quality at each lambda",
-                    markdown_table([r for r in tb if r["sweep"] == "drift"],
-                                   ["horizon", "drift", "steps_per_token",
-                                    "verifier_evals_per_token", "kl_exact"], digits=4)
-                    + "\nkl_exact: exact KL(pi* || law of the practical walk's first leaf) with "
-                    "the learned V^ (N = 1000).")
-    rep.add_section("Part B: toy, cost vs K (Candidates(K), lambda = 1)",
-                    markdown_table([r for r in tb if r["sweep"] == "candidates"],
-                                   ["horizon", "candidates", "steps_per_token",
-                                    "verifier_evals_per_token"], digits=3))
+    rep.add_section(
+        "Part B: toy, cost vs H and lambda (Enumerate) and quality at each lambda",
+        markdown_table(
+            [r for r in tb if r["sweep"] == "drift"],
+            ["horizon", "drift", "steps_per_token", "verifier_evals_per_token", "kl_exact"],
+            digits=4,
+        )
+        + "\nkl_exact: exact KL(pi* || law of the practical walk's first leaf) with "
+        "the learned V^ (N = 1000).",
+    )
+    rep.add_section(
+        "Part B: toy, cost vs K (Candidates(K), lambda = 1)",
+        markdown_table(
+            [r for r in tb if r["sweep"] == "candidates"],
+            ["horizon", "candidates", "steps_per_token", "verifier_evals_per_token"],
+            digits=3,
+        ),
+    )
     hs = cfg["toy_horizons"]
     series = []
     for lam in cfg["toy_drifts"]:
         rs = [r for r in toy_rows if r.sweep == "drift" and r.drift == lam]
-        series.append({"label": f"lambda={lam:g}", "x": [r.horizon for r in rs],
-                       "y": [r.steps_per_token for r in rs]})
-    plot_lines(out / "steps_vs_horizon.png", series, xlabel="horizon H",
-               ylabel="walk steps per output token", title="Toy: cost vs H and drift")
+        series.append(
+            {
+                "label": f"lambda={lam:g}",
+                "x": [r.horizon for r in rs],
+                "y": [r.steps_per_token for r in rs],
+            }
+        )
+    plot_lines(
+        out / "steps_vs_horizon.png",
+        series,
+        xlabel="horizon H",
+        ylabel="walk steps per output token",
+        title="Toy: cost vs H and drift",
+    )
     series = []
     for H in hs:
         rs = [r for r in toy_rows if r.sweep == "drift" and r.horizon == H]
-        series.append({"label": f"H={H}", "x": [r.drift for r in rs],
-                       "y": [r.kl_exact for r in rs]})
-    plot_lines(out / "kl_vs_drift.png", series, xlabel="drift lambda",
-               ylabel="KL(pi* || output law)", title="Toy: quality vs drift (learned V^)")
+        series.append(
+            {"label": f"H={H}", "x": [r.drift for r in rs], "y": [r.kl_exact for r in rs]}
+        )
+    plot_lines(
+        out / "kl_vs_drift.png",
+        series,
+        xlabel="drift lambda",
+        ylabel="KL(pi* || output law)",
+        title="Toy: quality vs drift (learned V^)",
+    )
     series = []
     for H in hs:
         rs = [r for r in toy_rows if r.sweep == "candidates" and r.horizon == H]
-        series.append({"label": f"H={H}", "x": [r.candidates for r in rs],
-                       "y": [r.verifier_evals_per_token for r in rs]})
-    plot_lines(out / "evals_vs_k.png", series, xlabel="K candidates",
-               ylabel="V^ evaluations per output token", title="Toy: cost vs K")
+        series.append(
+            {
+                "label": f"H={H}",
+                "x": [r.candidates for r in rs],
+                "y": [r.verifier_evals_per_token for r in rs],
+            }
+        )
+    plot_lines(
+        out / "evals_vs_k.png",
+        series,
+        xlabel="K candidates",
+        ylabel="V^ evaluations per output token",
+        title="Toy: cost vs K",
+    )
     rep.plots = ["steps_vs_horizon.png", "kl_vs_drift.png", "evals_vs_k.png"]
     rep.write(out)
