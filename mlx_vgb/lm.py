@@ -31,6 +31,7 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
+from . import engine
 from .errors import ConfigError, EmptyPromptError
 from .prefixes import common_prefix_len, common_prefix_len_many
 from .protocols import BaseLanguageModel
@@ -149,18 +150,35 @@ class MLXLanguageModel(BaseLanguageModel):
     # -- forward -------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list):
         """(B, S) tokens -> (log-probs at the last position (B, V) on the device, values (B,)
-        on the host or None)."""
+        on the host or None). Inside an ``mlx_vgb.engine.Engine`` job the engine serves it,
+        batched with the other jobs' forwards."""
+        eng = engine.current()
+        if eng is not None:
+            return eng.forward(self, tokens, cache)
+        return self._forward_local(tokens, cache)
+
+    def _forward_local(self, tokens: mx.array, cache: list):
         self.forward_calls += 1
+        return self._heads(self._backbone(tokens, cache))
+
+    def _backbone(self, tokens: mx.array, cache: list) -> mx.array:
+        """The last position's hidden state (B, 1, D); its logits when hidden states are not
+        exposed."""
         if self._hidden_path:
-            h = self.model.model(tokens, cache=cache)[:, -1:, :]
+            return self.model.model(tokens, cache=cache)[:, -1:, :]
+        return self.model(tokens, cache=cache)[:, -1:, :]
+
+    def _heads(self, h: mx.array):
+        """(log-probs (B, V) on the device, values (B,) on the host or None) from ``_backbone``."""
+        val = None
+        if self._hidden_path:
             head = getattr(self.model, "lm_head", None)
             logits = head(h) if head is not None else self.model.model.embed_tokens.as_linear(h)
-            logits = logits[:, 0, :]
-            val = self.value_head(h[:, 0, :]) if self.value_head is not None else None
+            if self.value_head is not None:
+                val = self.value_head(h[:, 0, :])
         else:
-            logits = self.model(tokens, cache=cache)[:, -1, :]
-            val = None
-        logits = logits.astype(mx.float32)
+            logits = h
+        logits = logits[:, 0, :].astype(mx.float32)
         logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         # the log-probs stay on the device (the sampler truncates and draws there); only the
         # values, one scalar per row, cross to the host

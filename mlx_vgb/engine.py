@@ -1,0 +1,234 @@
+"""Many runs, one batched forward per engine step (#14).
+
+``Engine.run(jobs)`` runs N jobs (each a callable, e.g. ``lambda: sampler.sample(lm_i, ...)``)
+that take turns on one thread at a time, in job order. A job runs until its model asks for a
+forward (``MLXLanguageModel._forward``, on the trunk or on a batch of candidate rows); then the
+next job runs. When every unfinished job waits on a forward, the engine serves them all: the
+requests on one model with the same number of new tokens become one forward, their KV caches
+left-padded to a common length in a ``BatchKVCache`` (each row keeps its own positions: RoPE
+offsets per row, padding masked), and every request's cache gets its own rows back.
+
+Nothing in a sampler changes, so every sampler runs in the engine (VGB, the lazy walk,
+ActionLevelRS, the baselines), and a job's randomness is its own run's keys: the same seed gives
+the same output alone or in a batch of any size, up to float rounding between a batched and a
+single-row matmul (tests/test_engine.py compares tokens on a tiny model).
+
+Each job needs its own language model object (``MLXLanguageModel`` keeps per-run caches); jobs
+may share the underlying mlx-lm model. Caches that are not plain ``KVCache`` (rotating, SSM) are
+served one request at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+T = TypeVar("T")
+_local = threading.local()
+
+
+def current() -> Engine | None:
+    """The engine serving the calling job's forwards, or None outside an engine."""
+    return getattr(_local, "engine", None)
+
+
+@dataclass
+class _Request:
+    lm: object  # the MLXLanguageModel asking
+    tokens: mx.array  # (B, S)
+    cache: list  # per layer, B rows of one length
+    result: tuple | None = None
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0  # engine steps (rounds of batched forwards)
+    forwards: int = 0  # batched forwards run
+    requests: int = 0  # forward requests served
+    rows: int = 0  # rows computed
+    max_rows: int = 0  # the largest batch
+
+
+@dataclass
+class Engine:
+    """Runs jobs in turns and batches their forwards (see the module docstring)."""
+
+    max_rows: int = 512  # rows per batched forward (more are split)
+    stats: EngineStats = field(default_factory=EngineStats)
+
+    def __post_init__(self):
+        self._cv = threading.Condition()
+        self._turn: int | None = None  # job allowed to run; None: the engine
+        self._pending: dict[int, _Request] = {}
+
+    # -- the jobs' side ----------------------------------------------------------------------
+    def forward(self, lm, tokens: mx.array, cache: list) -> tuple:
+        """Called by a job's model: wait for the engine to serve this forward."""
+        # MLX streams are per thread: what crosses to the engine's thread must be evaluated
+        mx.eval(tokens, *_arrays(cache))
+        req = _Request(lm, tokens, cache)
+        me = _local.job
+        with self._cv:
+            self._pending[me] = req
+            self._turn = None
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: self._turn == me)
+        return req.result
+
+    def _worker(self, i: int, fn: Callable, out: list, errors: list) -> None:
+        _local.engine, _local.job = self, i
+        with self._cv:
+            self._cv.wait_for(lambda: self._turn == i)
+        try:
+            out[i] = fn()
+        except BaseException as e:  # re-raised by run() in the caller's thread
+            errors[i] = e
+        finally:
+            with self._cv:
+                self._done.add(i)
+                self._turn = None
+                self._cv.notify_all()
+
+    # -- the engine's side -------------------------------------------------------------------
+    def run(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
+        """Run ``jobs`` to completion; their results in order (the first error is raised)."""
+        n = len(jobs)
+        out: list = [None] * n
+        errors: list = [None] * n
+        self._done: set[int] = set()
+        threads = [
+            threading.Thread(target=self._worker, args=(i, f, out, errors), daemon=True)
+            for i, f in enumerate(jobs)
+        ]
+        for t in threads:
+            t.start()
+        runnable = list(range(n))
+        while True:
+            for i in runnable:  # each runs until it waits on a forward or ends
+                with self._cv:
+                    self._turn = i
+                    self._cv.notify_all()
+                    self._cv.wait_for(lambda: self._turn is None)
+            if len(self._done) == n:
+                break
+            if any(e is not None for e in errors):
+                break  # the other jobs stay parked (daemon threads); report the error
+            served = sorted(self._pending)
+            self._serve([self._pending[i] for i in served])
+            self._pending.clear()
+            runnable = served
+        for e in errors:
+            if e is not None:
+                raise e
+        for t in threads:
+            t.join()
+        return out
+
+    def _serve(self, reqs: list[_Request]) -> None:
+        self.stats.steps += 1
+        groups: dict[tuple, list[_Request]] = {}
+        for r in reqs:
+            plain = all(type(c) is KVCache for c in r.cache)
+            key = (id(r.lm.model), r.tokens.shape[1]) if plain else ("alone", id(r))
+            groups.setdefault(key, []).append(r)
+        for key, group in groups.items():
+            if key[0] == "alone":
+                for r in group:
+                    r.result = r.lm._forward_local(r.tokens, r.cache)
+                    mx.eval(*_arrays(r.cache))
+                    self._count(1, r.tokens.shape[0])
+                continue
+            chunk: list[_Request] = []
+            rows = 0
+            for r in group:
+                if chunk and rows + r.tokens.shape[0] > self.max_rows:
+                    self._batched(chunk)
+                    chunk, rows = [], 0
+                chunk.append(r)
+                rows += r.tokens.shape[0]
+            self._batched(chunk)
+
+    def _count(self, forwards: int, rows: int) -> None:
+        self.stats.forwards += forwards
+        self.stats.rows += rows
+        self.stats.max_rows = max(self.stats.max_rows, rows)
+
+    def _batched(self, reqs: list[_Request]) -> None:
+        """One forward for requests on one model with S new tokens each."""
+        self.stats.requests += len(reqs)
+        if len(reqs) == 1:
+            r = reqs[0]
+            r.result = r.lm._forward_local(r.tokens, r.cache)
+            mx.eval(*_arrays(r.cache))
+            self._count(1, r.tokens.shape[0])
+            return
+        s = reqs[0].tokens.shape[1]
+        lens = [r.cache[0].offset for r in reqs]
+        sizes = [r.tokens.shape[0] for r in reqs]
+        lmax = max(lens)
+        pads = [lmax - n for n, b in zip(lens, sizes) for _ in range(b)]
+        merged = []
+        for layer in range(len(reqs[0].cache)):
+            like = next((r.cache[layer] for r in reqs if r.cache[layer].keys is not None), None)
+            bc = BatchKVCache(pads)
+            if like is not None:
+                ks, vs = [], []
+                for r, n, b in zip(reqs, lens, sizes):
+                    c = r.cache[layer]
+                    ks.append(_padded(c.keys, like.keys, b, n, lmax, s))
+                    vs.append(_padded(c.values, like.values, b, n, lmax, s))
+                bc.keys, bc.values = mx.concatenate(ks, axis=0), mx.concatenate(vs, axis=0)
+                bc._idx = lmax
+                bc.offset = mx.array([n for n, b in zip(lens, sizes) for _ in range(b)])
+            merged.append(bc)
+        tokens = mx.concatenate([r.tokens for r in reqs], axis=0)
+        lm0 = reqs[0].lm
+        h = lm0._backbone(tokens, merged)
+        start = 0
+        for r, n, b in zip(reqs, lens, sizes):
+            r.result = r.lm._heads(h[start : start + b])
+            for layer, c in enumerate(r.cache):  # this request's rows, unpadded, back in place
+                bc = merged[layer]  # (copies: a view would keep the whole batch alive)
+                c.keys = mx.contiguous(bc.keys[start : start + b, :, lmax - n : lmax + s, :])
+                c.values = mx.contiguous(bc.values[start : start + b, :, lmax - n : lmax + s, :])
+                c.offset = n + s
+            r.lm.forward_calls += 1
+            start += b
+        mx.eval(*[a for r in reqs for a in _arrays(r.cache)])
+        self._count(1, start)
+
+
+def _arrays(cache: list) -> list:
+    """Every array of a list of layer caches (KV or other)."""
+    out = []
+    for c in cache:
+        st = c.state
+        for x in st if isinstance(st, (list, tuple)) else (st,):
+            if isinstance(x, mx.array):
+                out.append(x)
+    return out
+
+
+def _padded(x, like, b: int, n: int, lmax: int, s: int) -> mx.array:
+    """(b, H, n, D) valid entries of ``x`` -> (b, H, lmax + s, D): left zeros, then x, then room
+    for the s new positions."""
+    h, d = like.shape[1], like.shape[3]
+    parts = []
+    if lmax - n:
+        parts.append(mx.zeros((b, h, lmax - n, d), dtype=like.dtype))
+    if n:
+        parts.append(x[..., :n, :])
+    parts.append(mx.zeros((b, h, s, d), dtype=like.dtype))
+    return mx.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
+
+
+def run_many(jobs: Sequence[Callable[[], T]], engine: Engine | None = None) -> list[T]:
+    """``jobs`` through one engine (a new one unless given)."""
+    return (engine or Engine()).run(jobs)
+
+
+__all__ = ["Engine", "EngineStats", "current", "run_many"]

@@ -1,0 +1,124 @@
+"""The batched engine: N runs take turns and share forwards, and a run's output does not depend
+on the batch it ran in (the same seed gives the same tokens alone or among others, as mlx-lm
+tests batched against single generation), for every sampler."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from tiny_models import logprob_error, logprob_tolerance, tiny_llama
+
+from mlx_vgb import (
+    VGB,
+    ActionLevelRS,
+    BestOfN,
+    BlockBestOfN,
+    BlockRS,
+    Blocks,
+    FunctionVerifier,
+    OutcomeLevelRS,
+    Plain,
+    Rejection,
+    SelfNormalized,
+)
+from mlx_vgb.engine import Engine
+from mlx_vgb.lm import MLXLanguageModel
+from mlx_vgb.model_verifier import ValueHeadVerifier
+from mlx_vgb.verifier_format import HeadConfig, ValueHead
+
+PROMPTS = [(1, 5, 9, 2), (3, 4), (7, 7, 8, 1, 2, 6, 5), (2,)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(seed=1)
+
+
+def verifier():
+    # V^ in (0, 1]: prefers even tokens, so walks backtrack
+    return FunctionVerifier(lambda y: 0.2 + 0.8 * (sum(t % 2 == 0 for t in y) + 1) / (len(y) + 1))
+
+
+SAMPLERS = {
+    "vgb-rejection": lambda: VGB(horizon=6, choice=Rejection(3), drift=0.7),
+    "vgb-self-normalized-blocks": lambda: VGB(
+        horizon=8, actions=Blocks(2), choice=SelfNormalized(4), drift=0.7
+    ),
+    "vgb-lazy": lambda: VGB(horizon=4, choice=SelfNormalized(2), lazy=True, steps_per_try=12),
+    "action-rs": lambda: ActionLevelRS(horizon=6, choice=Rejection(3)),
+    "plain": lambda: Plain(horizon=6),
+    "outcome-rs": lambda: OutcomeLevelRS(horizon=4, max_tries=4),
+    "bon": lambda: BestOfN(horizon=4, n=3),
+    "block-bon": lambda: BlockBestOfN(horizon=6, actions=Blocks(2), n=3),
+    "block-rs": lambda: BlockRS(horizon=6, n=3),
+}
+
+
+def _jobs(model, make, seeds, prompts):
+    out = []
+    for s, p in zip(seeds, prompts):
+        smp, lm, ver = make(), MLXLanguageModel(model), verifier()
+        out.append(lambda smp=smp, lm=lm, ver=ver, p=p, s=s: smp.sample(lm, ver, prompt=p, seed=s))
+    return out
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_same_seed_same_tokens_alone_or_in_a_batch_of_any_size(model, name):
+    seeds = [11, 12, 13, 14, 15]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(seeds))]  # rows of other lengths
+    alone = [job() for job in _jobs(model, SAMPLERS[name], seeds, prompts)]
+    eng = Engine()
+    batched = eng.run(_jobs(model, SAMPLERS[name], seeds, prompts))
+    pair = Engine().run(_jobs(model, SAMPLERS[name], seeds[:2], prompts[:2]))
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+    assert [r.tokens for r in pair] == [r.tokens for r in alone[:2]]
+    assert [r.stats.steps for r in batched] == [r.stats.steps for r in alone]
+    assert eng.stats.max_rows > 1  # forwards of different runs were served together
+    assert eng.stats.forwards < eng.stats.requests
+
+
+def test_value_head_on_the_generator_runs_batched(model):
+    mx.random.seed(3)
+    head = ValueHead(HeadConfig(dims=[model.args.hidden_size, 16, 1]))
+    mx.eval(head.parameters())
+
+    def jobs():
+        out = []
+        for s in range(4):
+            lm = MLXLanguageModel(model, value_head=head)
+            smp = VGB(horizon=6, actions=Blocks(2), choice=SelfNormalized(3), drift=0.6)
+            ver = ValueHeadVerifier(lm, floor=1e-3)
+            out.append(lambda smp=smp, lm=lm, ver=ver, s=s: smp.sample(lm, ver, PROMPTS[s], s))
+        return out
+
+    alone = [j() for j in jobs()]
+    batched = Engine().run(jobs())
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+
+
+def test_batched_rows_match_a_fresh_forward(model):
+    # rows of other runs and other lengths in one forward: each row's log-probs are its own
+    lms = [MLXLanguageModel(model) for _ in PROMPTS]
+    prefixes = [[(4,), (5, 6)], [(1, 2, 3)], [(9,), (8,)], [()]]
+
+    def job(lm, p, prefs):
+        lm.begin(p)
+        return [lm.logprobs([q])[0] for q in prefs] + list(lm.logprobs(prefs))
+
+    got = Engine().run(
+        [lambda a=a, p=p, q=q: job(a, p, q) for a, p, q in zip(lms, PROMPTS, prefixes)]
+    )
+    for lm, p, prefs, rows in zip(lms, PROMPTS, prefixes, got):
+        fresh = MLXLanguageModel(model)
+        fresh.begin(p)
+        for q, row in zip(prefs + prefs, rows):
+            want = np.array(fresh.logprobs([q])[0])
+            assert logprob_error(row, want) < logprob_tolerance(model, [p + tuple(q)])
+
+
+def test_an_error_in_one_run_is_raised(model):
+    def bad():
+        raise RuntimeError("boom")
+
+    ok = _jobs(model, SAMPLERS["plain"], [1], [PROMPTS[0]])
+    with pytest.raises(RuntimeError, match="boom"):
+        Engine().run(ok + [bad])
