@@ -186,8 +186,34 @@ def _choice_name(sampler) -> str | None:
     return next((n for n, cls in CHOICES.items() if type(rule) is cls), None)
 
 
-def generate(model, tokenizer, prompt, *, verbose: bool = False, **kw) -> str:
-    """The final text (clean). With ``verbose``, stream to stdout with erased spans struck."""
+def batch_generate(model, tokenizer, prompts, *, n: int = 1, seed: int = DEFAULT_SEED,
+                   engine=None, **kw) -> list[GenerationResponse]:
+    """``n`` responses to each prompt (text or token ids; one prompt or a list), advanced
+    together by ``mlx_vgb.engine.Engine`` (one batched forward per engine step). Response j of
+    a prompt uses seed ``seed + j``: it is the response ``stream_generate(..., seed=seed + j)``
+    gives alone. Returns the final ``GenerationResponse`` of each, prompt by prompt."""
+    from .engine import Engine
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"n (responses per prompt) must be an integer >= 1, got {n!r}")
+    one = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], int))
+    prompts = [prompts] if one else list(prompts)
+
+    def job(p, s):
+        last = None
+        for last in stream_generate(model, tokenizer, p, seed=s, **kw):
+            pass
+        return last
+
+    jobs = [lambda p=p, j=j: job(p, seed + j) for p in prompts for j in range(n)]
+    return (engine or Engine()).run(jobs)
+
+
+def generate(model, tokenizer, prompt, *, verbose: bool = False, n: int | None = None, **kw):
+    """The final text (clean). With ``verbose``, stream to stdout with erased spans struck.
+    With ``n``: the list of n texts of ``batch_generate`` (batched; not streamed)."""
+    if n is not None:
+        return [r.text for r in batch_generate(model, tokenizer, prompt, n=n, **kw)]
     last = None
     for resp in stream_generate(model, tokenizer, prompt, **kw):
         if verbose:
@@ -259,6 +285,9 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-forward-tokens", type=int, default=None)
     p.add_argument("--verbose", action="store_true",
                    help="stream with erased text struck through, then print stats")
+    p.add_argument("-n", type=int, default=1,
+                   help="responses, advanced together in one batched engine (seeds seed .. "
+                   "seed + n - 1; not streamed when n > 1)")
     return p
 
 
@@ -271,7 +300,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         block = parse_block(args.block)
         verifier = parse_verifier(args.verifier)
         make_choice(args.choice, args.candidates)
+        if args.n < 1:
+            raise ConfigError(f"-n (responses) must be >= 1, got {args.n}")
         model, tokenizer = load(args.model)
+        if args.n != 1:
+            return _main_batch(args, model, tokenizer, prompt, block, verifier)
         for resp in stream_generate(
                 model, tokenizer, prompt, verifier=verifier, sampler=args.sampler,
                 max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
@@ -298,6 +331,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         r = last.result
         if not r.reached_leaf:
             print(f"[unfinished: {r.finish_reason}]", file=sys.stderr)
+
+def _main_batch(args, model, tokenizer, prompt, block, verifier) -> None:
+    resps = batch_generate(
+        model, tokenizer, prompt, n=args.n, verifier=verifier, sampler=args.sampler,
+        max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed, block=block, candidates=args.candidates, drift=args.drift,
+        choice=args.choice, max_steps=args.max_steps, max_forward_tokens=args.max_forward_tokens,
+        system_prompt=args.system_prompt, chat_template=not args.ignore_chat_template)
+    for j, resp in enumerate(resps):
+        print(f"=== response {j + 1} of {len(resps)} (seed {args.seed + j}) ===")
+        if args.verbose:
+            _print_stats(resp, sys.stdout)
+        else:
+            print(resp.text)
+            if not resp.result.reached_leaf:
+                print(f"[unfinished: {resp.result.finish_reason}]", file=sys.stderr)
+
 
 if __name__ == "__main__":
     main()

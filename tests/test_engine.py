@@ -122,3 +122,36 @@ def test_an_error_in_one_run_is_raised(model):
     ok = _jobs(model, SAMPLERS["plain"], [1], [PROMPTS[0]])
     with pytest.raises(RuntimeError, match="boom"):
         Engine().run(ok + [bad])
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from tiny_models import tiny_model_folder
+
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny") / "model", seed=2)
+
+
+def test_batch_generate_gives_what_stream_generate_gives_alone(folder):
+    from mlx_vgb.generate import batch_generate, generate, load, stream_generate
+
+    model, tok = load(str(folder))
+    kw = dict(verifier="forbid:a|e|o|i", max_tokens=12, block=2, candidates=3)
+    eng = Engine()
+    got = batch_generate(model, tok, ["Tell me", "Once"], n=3, seed=5, engine=eng, **kw)
+    assert len(got) == 6 and eng.stats.max_rows > 3
+    for i, r in enumerate(got):
+        alone = list(stream_generate(model, tok, ["Tell me", "Once"][i // 3], seed=5 + i % 3, **kw))
+        assert r.result.tokens == alone[-1].result.tokens and r.text == alone[-1].text
+    assert generate(model, tok, "Tell me", n=2, seed=5, **kw) == [r.text for r in got[:2]]
+
+
+def test_cli_generate_n(folder):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mlx_vgb.cli", "generate", "--model", str(folder), "-p", "Hi"]
+    out = subprocess.run(cmd + ["-n", "2", "-m", "6"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("=== response") == 2
+    bad = subprocess.run(cmd + ["-n", "0"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "-n" in bad.stderr and "Traceback" not in bad.stderr
