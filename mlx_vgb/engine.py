@@ -4,9 +4,11 @@
 that take turns on one thread at a time, in job order. A job runs until its model asks for a
 forward (``MLXLanguageModel._forward``, on the trunk or on a batch of candidate rows); then the
 next job runs. When every unfinished job waits on a forward, the engine serves them all: the
-requests on one model with the same number of new tokens become one forward, their KV caches
+requests on one model become one forward (two: one-token rows apart), their KV caches
 left-padded to a common length in a ``BatchKVCache`` (each row keeps its own positions: RoPE
-offsets per row, padding masked), and every request's cache gets its own rows back.
+offsets per row, padding masked), and every request's cache gets its own rows back. Requests
+of one new token form one forward; longer ones (trunk moves, prefills) another, padded on the
+right to the longest.
 
 Nothing in a sampler changes, so every sampler runs in the engine (VGB, the lazy walk,
 ActionLevelRS, the baselines), and a job's randomness is its own run's keys: the same seed gives
@@ -133,7 +135,8 @@ class Engine:
         groups: dict[tuple, list[_Request]] = {}
         for r in reqs:
             plain = all(type(c) is KVCache for c in r.cache)
-            key = (id(r.lm.model), r.tokens.shape[1]) if plain else ("alone", id(r))
+            # one-token rows apart: padding them to a prefill's length would multiply their cost
+            key = (id(r.lm.model), r.tokens.shape[1] == 1) if plain else ("alone", id(r))
             groups.setdefault(key, []).append(r)
         for key, group in groups.items():
             if key[0] == "alone":
@@ -158,7 +161,9 @@ class Engine:
         self.stats.max_rows = max(self.stats.max_rows, rows)
 
     def _batched(self, reqs: list[_Request]) -> None:
-        """One forward for requests on one model with S new tokens each."""
+        """One forward for requests on one model. Rows of S_i < S new tokens are padded on the
+        right (causal attention: the padding never reaches the first S_i positions; its keys
+        are dropped and the state read at position S_i - 1)."""
         self.stats.requests += len(reqs)
         if len(reqs) == 1:
             r = reqs[0]
@@ -166,7 +171,8 @@ class Engine:
             mx.eval(*_arrays(r.cache))
             self._count(1, r.tokens.shape[0])
             return
-        s = reqs[0].tokens.shape[1]
+        news = [r.tokens.shape[1] for r in reqs]
+        s = max(news)
         lens = [r.cache[0].offset for r in reqs]
         sizes = [r.tokens.shape[0] for r in reqs]
         lmax = max(lens)
@@ -185,17 +191,22 @@ class Engine:
                 bc._idx = lmax
                 bc.offset = mx.array([n for n, b in zip(lens, sizes) for _ in range(b)])
             merged.append(bc)
-        tokens = mx.concatenate([r.tokens for r in reqs], axis=0)
-        lm0 = reqs[0].lm
-        h = lm0._backbone(tokens, merged)
+        tokens = mx.concatenate(
+            [
+                mx.pad(r.tokens, [(0, 0), (0, s - k)]) if k < s else r.tokens
+                for r, k in zip(reqs, news)
+            ],
+            axis=0,
+        )
+        h = reqs[0].lm._backbone(tokens, merged)
         start = 0
-        for r, n, b in zip(reqs, lens, sizes):
-            r.result = r.lm._heads(h[start : start + b])
+        for r, n, b, k in zip(reqs, lens, sizes, news):
+            r.result = r.lm._heads(h[start : start + b, k - 1 : k, :])
             for layer, c in enumerate(r.cache):  # this request's rows, unpadded, back in place
                 bc = merged[layer]  # (copies: a view would keep the whole batch alive)
-                c.keys = mx.contiguous(bc.keys[start : start + b, :, lmax - n : lmax + s, :])
-                c.values = mx.contiguous(bc.values[start : start + b, :, lmax - n : lmax + s, :])
-                c.offset = n + s
+                c.keys = mx.contiguous(bc.keys[start : start + b, :, lmax - n : lmax + k, :])
+                c.values = mx.contiguous(bc.values[start : start + b, :, lmax - n : lmax + k, :])
+                c.offset = n + k
             r.lm.forward_calls += 1
             start += b
         mx.eval(*[a for r in reqs for a in _arrays(r.cache)])

@@ -159,17 +159,17 @@ class MLXLanguageModel(BaseLanguageModel):
 
     def _forward_local(self, tokens: mx.array, cache: list):
         self.forward_calls += 1
-        return self._heads(self._backbone(tokens, cache))
+        return self._heads(self._backbone(tokens, cache)[:, -1:, :])
 
     def _backbone(self, tokens: mx.array, cache: list) -> mx.array:
-        """The last position's hidden state (B, 1, D); its logits when hidden states are not
-        exposed."""
+        """Hidden states (B, S, D); the logits when hidden states are not exposed."""
         if self._hidden_path:
-            return self.model.model(tokens, cache=cache)[:, -1:, :]
-        return self.model(tokens, cache=cache)[:, -1:, :]
+            return self.model.model(tokens, cache=cache)
+        return self.model(tokens, cache=cache)
 
     def _heads(self, h: mx.array):
-        """(log-probs (B, V) on the device, values (B,) on the host or None) from ``_backbone``."""
+        """(log-probs (B, V) on the device, values (B,) on the host or None) from one position
+        of ``_backbone`` (B, 1, D)."""
         val = None
         if self._hidden_path:
             head = getattr(self.model, "lm_head", None)

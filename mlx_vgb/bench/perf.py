@@ -64,10 +64,13 @@ def add_args(p) -> None:
     p.add_argument("--toy-samples", type=int, default=None)
     p.add_argument(
         "--part",
-        choices=("all", "node"),
+        choices=("all", "node", "engine"),
         default="all",
-        help="node: only Part C, the per-node work (into <out>/node-work)",
+        help="node: only Part C, the per-node work (into <out>/node-work); engine: only "
+        "Part D, N walks in the batched engine vs one after another (into <out>/engine)",
     )
+    p.add_argument("--engine-walks", type=int, default=None, help="Part D: N walks")
+    p.add_argument("--engine-horizon", type=int, default=None, help="Part D: H tokens")
 
 
 def _random_head(hidden: int, seed: int):
@@ -492,6 +495,143 @@ NODE_NOTE = (
 )
 
 
+# -- Part D: N VGB walks in the batched engine vs the same N one after another ---------------
+ENGINE_PROMPT = "Write a short poem about a cat, one line per verse."
+ENGINE_CFG = dict(engine_walks=16, engine_horizon=24, engine_k=4, engine_drift=0.5)
+ENGINE_QUICK = dict(engine_walks=3, engine_horizon=6, engine_k=2, engine_drift=0.5)
+
+
+@dataclass
+class EngineRow:
+    mode: str  # "one after another", "engine", "mlx_lm plain (one stream)"
+    responses: int
+    out_tokens: int
+    wall_s: float
+    peak_mb: float
+    steps: int = 0
+    backtracks: int = 0
+    forwards: int = 0  # model forwards (batched ones count once)
+    mean_rows: float = 0.0  # rows per forward
+
+
+def part_d(args, cfg) -> tuple[list[EngineRow], int]:
+    import mlx.core as mx
+    import mlx_lm
+    from mlx_lm.sample_utils import make_sampler as lm_sampler
+
+    from ..actions import Lines
+    from ..children import SelfNormalized
+    from ..engine import Engine
+    from ..generate import encode_prompt, load
+    from ..lm import MLXLanguageModel
+    from ..vocab import newline_tokens
+
+    model, tok = load(args.model)
+    prompt = encode_prompt(tok, ENGINE_PROMPT)
+    head = _random_head(model.args.hidden_size, 1)
+    lines = Lines(newline_tokens(tok, model.args.vocab_size).line)
+    n, H, K = cfg["engine_walks"], cfg["engine_horizon"], cfg["engine_k"]
+
+    def jobs(count):
+        out = []
+        for i in range(count):
+            lm = MLXLanguageModel(model, tok, value_head=head)
+            ver = ValueHeadVerifier(lm, floor=1e-6)
+            smp = VGB(horizon=H, actions=lines, choice=SelfNormalized(K), drift=cfg["engine_drift"])
+            seed = 1000 * args.seed + i
+            out.append((lm, lambda s=smp, lm=lm, v=ver, seed=seed: s.sample(lm, v, prompt, seed)))
+        return out
+
+    # warm-up: kernels for one row and for batches
+    jobs(1)[0][1]()
+    Engine().run([j for _, j in jobs(2)])
+    rows = []
+    _peak_reset()
+    mx.random.seed(args.seed)
+    t0 = time.perf_counter()
+    k = 0
+    for _ in mlx_lm.stream_generate(model, tok, prompt, max_tokens=H, sampler=lm_sampler(temp=1.0)):
+        k += 1
+    rows.append(EngineRow("mlx_lm plain (one stream)", 1, k, time.perf_counter() - t0, _peak_mb()))
+    print(f"[perf] engine: plain mlx_lm {k} tokens", flush=True)
+    results = {}
+    for mode in ("one after another", "engine"):
+        js = jobs(n)
+        _peak_reset()
+        t0 = time.perf_counter()
+        if mode == "engine":
+            eng = Engine()
+            res = eng.run([j for _, j in js])
+            fwd, mean = eng.stats.forwards, eng.stats.rows / max(1, eng.stats.forwards)
+        else:
+            res = [j() for _, j in js]
+            fwd = sum(lm.forward_calls for lm, _ in js)
+            mean = sum(lm.positions_computed for lm, _ in js) / max(1, fwd)
+        wall = time.perf_counter() - t0
+        results[mode] = res
+        rows.append(
+            EngineRow(
+                mode,
+                n,
+                sum(len(r.tokens) for r in res),
+                wall,
+                _peak_mb(),
+                sum(r.stats.steps for r in res),
+                sum(r.stats.backtracks for r in res),
+                fwd,
+                mean,
+            )
+        )
+        print(f"[perf] engine: {mode} {wall:.1f} s", flush=True)
+    same = sum(a.tokens == b.tokens for a, b in zip(*results.values()))
+    return rows, same
+
+
+def write_engine(args, cfg, rows: list[EngineRow], same: int) -> None:
+    rep = Report(task="perf", command=args.command, config=cfg)
+    rep.rows = [asdict(r) for r in rows]
+    plain, seq, eng = rows
+    summary = {
+        "responses_per_s_engine_over_one_after_another": (eng.responses / eng.wall_s)
+        / (seq.responses / seq.wall_s),
+        "out_tokens_per_s_engine_over_plain_mlx_lm": (eng.out_tokens / eng.wall_s)
+        / (plain.out_tokens / plain.wall_s),
+        "peak_memory_engine_over_one_walk": eng.peak_mb / max(seq.peak_mb, 1e-9),
+        "same_tokens_alone_and_batched": f"{same} of {eng.responses}",
+        "backtracks_per_step": eng.backtracks / max(1, eng.steps),
+    }
+    rep.summary = summary
+    table = [
+        {
+            "mode": r.mode,
+            "responses": r.responses,
+            "out tokens": r.out_tokens,
+            "wall s": r.wall_s,
+            "responses / s": r.responses / r.wall_s,
+            "out tokens / s": r.out_tokens / r.wall_s,
+            "forwards": r.forwards,
+            "rows / forward": r.mean_rows,
+            "steps": r.steps,
+            "backtracks": r.backtracks,
+            "peak MB": r.peak_mb,
+        }
+        for r in rows
+    ]
+    rep.add_section(
+        "Part D: N VGB walks in the engine vs one after another",
+        markdown_table(table)
+        + "\n"
+        + "\n".join(f"- {k}: {v if isinstance(v, str) else f'{v:.3g}'}" for k, v in summary.items())
+        + f"\n\nVGB, SelfNormalized(K = {cfg['engine_k']}), line blocks, drift "
+        f"{cfg['engine_drift']}, H = {cfg['engine_horizon']} tokens, a random value head on "
+        "the generator (V^ from the same forward; cost only), prompt "
+        f"{ENGINE_PROMPT!r}. One after another: each walk alone (its own batched K-row "
+        "forwards). Engine: all walks' forwards of a step in one batched forward. Peak memory: "
+        "MLX's peak allocation during the mode (the 'one after another' peak is one walk's).",
+    )
+    rep.write(Path(args.out))
+
+
 def write_node(args, cfg, node_rows: list[NodeRow]) -> None:
     rep = Report(task="perf", command=args.command, config=cfg)
     rep.rows = [asdict(r) for r in node_rows]
@@ -505,6 +645,18 @@ def write_node(args, cfg, node_rows: list[NodeRow]) -> None:
 
 
 def run(args) -> None:
+    if args.part == "engine":
+        from .report import default_out
+
+        if Path(args.out) == default_out("perf", args.quick):
+            args.out = Path(args.out) / "engine"
+        cfg = dict(ENGINE_QUICK if args.quick else ENGINE_CFG)
+        for k in ("engine_walks", "engine_horizon"):
+            if getattr(args, k, None) is not None:
+                cfg[k] = getattr(args, k)
+        cfg.update(seed=args.seed, model=args.model or "embedded SmolLM2")
+        write_engine(args, cfg, *part_d(args, cfg))
+        return
     if args.part == "node":
         from .report import default_out
 
