@@ -14,6 +14,7 @@ from mlx_vgb import (
     BlockBestOfN,
     BlockRS,
     Blocks,
+    Enumerate,
     FunctionVerifier,
     OutcomeLevelRS,
     Plain,
@@ -44,6 +45,7 @@ SAMPLERS = {
         horizon=8, actions=Blocks(2), choice=SelfNormalized(4), drift=0.7
     ),
     "vgb-lazy": lambda: VGB(horizon=4, choice=SelfNormalized(2), lazy=True, steps_per_try=12),
+    "vgb-enumerate-top-k": lambda: VGB(horizon=5, choice=Enumerate(), top_k=6, drift=0.7),
     "action-rs": lambda: ActionLevelRS(horizon=6, choice=Rejection(3)),
     "plain": lambda: Plain(horizon=6),
     "outcome-rs": lambda: OutcomeLevelRS(horizon=4, max_tries=4),
