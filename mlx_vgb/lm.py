@@ -215,6 +215,7 @@ class MLXLanguageModel(BaseLanguageModel):
         logp, val = self._forward(mx.array([list(tokens)]), self._trunk)
         self._trunk_tokens = full
         self._trunk_logp, self._trunk_value = logp[0], (None if val is None else float(val[0]))
+        mx.eval(self._trunk_logp)  # rows kept across calls are evaluated (streams are per thread)
         if not self.batchable:
             self._save_snapshot()
 
@@ -375,9 +376,11 @@ class MLXLanguageModel(BaseLanguageModel):
         toks = mx.array([list(r[base:]) for r in rows])
         logp, val = self._forward(toks, cache)
         vals = [None] * len(rows) if val is None else [float(v) for v in val]
-        self._branches.append((cache, list(rows), [logp[k] for k in range(len(rows))], vals))
+        rows_lp = [logp[k] for k in range(len(rows))]
+        mx.eval(rows_lp)
+        self._branches.append((cache, list(rows), rows_lp, vals))
         for k, i in enumerate(idx):
-            out[i] = (logp[k], vals[k])
+            out[i] = (rows_lp[k], vals[k])
 
     # -- LanguageModel protocol -------------------------------------------------------------
     normalized_logprobs = True  # rows are log-softmax outputs
