@@ -4,7 +4,8 @@ Every token prefix the sampler has touched is one ``Node``; ``prev`` / ``next`` 
 (one token shorter / one token longer). Nodes at action boundaries (the root, ends of blocks,
 leaves) are the walk's nodes: they know their walk ``parent`` (the start of the action that ends
 here) and their depth in actions. A revisited node costs no model or verifier call: its
-next-token distribution (``dist``, a row of a device ``DistBatch``) and its value (``log_value``) are kept.
+next-token distribution (``dist``, a row of a device ``mlx_vgb.dist.DistBatch``) and its value
+(``log_value``) are kept.
 """
 
 from __future__ import annotations
