@@ -37,6 +37,7 @@ DEFAULT_TEMP = 1.0
 DEFAULT_TOP_P = 1.0
 DEFAULT_SEED = 0
 
+
 def load(path_or_hf_repo: str | None = None):
     """(model, tokenizer): the registry's default model when None, else a registry name (see
     `mlx-vgb models`; fetched and converted once), a local MLX folder, a GGUF file (converted
@@ -49,13 +50,17 @@ def load(path_or_hf_repo: str | None = None):
     p = Path(path_or_hf_repo).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
-            raise ConfigError(f"{p} is not an MLX model folder (no config.json); convert it "
-                              "with `mlx-vgb convert`")
+            raise ConfigError(
+                f"{p} is not an MLX model folder (no config.json); convert it "
+                "with `mlx-vgb convert`"
+            )
         try:
             json.loads((p / "config.json").read_text())
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"{p / 'config.json'} is unreadable or not JSON ({e}); convert the "
-                              "model again with `mlx-vgb convert` (or `mlx-vgb models pull`)") from None
+            raise ConfigError(
+                f"{p / 'config.json'} is unreadable or not JSON ({e}); convert the "
+                "model again with `mlx-vgb convert` (or `mlx-vgb models pull`)"
+            ) from None
         try:
             return mlx_load(str(p))
         except Exception as e:  # corrupt or truncated weights
@@ -63,24 +68,29 @@ def load(path_or_hf_repo: str | None = None):
     if path_or_hf_repo.startswith((".", "/", "~")) or path_or_hf_repo.count("/") != 1:
         from .models import REGISTRY
 
-        raise ConfigError(f"model {path_or_hf_repo!r} not found: give a registry name "
-                          f"({', '.join(REGISTRY)}; see `mlx-vgb models`), an existing MLX "
-                          "folder or GGUF file, or a Hugging Face repo id like "
-                          "'mlx-community/SmolLM2-135M-Instruct'")
+        raise ConfigError(
+            f"model {path_or_hf_repo!r} not found: give a registry name "
+            f"({', '.join(REGISTRY)}; see `mlx-vgb models`), an existing MLX "
+            "folder or GGUF file, or a Hugging Face repo id like "
+            "'mlx-community/SmolLM2-135M-Instruct'"
+        )
     try:
         return mlx_load(path_or_hf_repo)
     except Exception as e:
-        raise ConfigError(f"cannot fetch {path_or_hf_repo!r} from the Hugging Face hub ({e}); "
-                          "offline, download it elsewhere and pass the local folder") from None
+        raise ConfigError(
+            f"cannot fetch {path_or_hf_repo!r} from the Hugging Face hub ({e}); "
+            "offline, download it elsewhere and pass the local folder"
+        ) from None
 
 
-def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None,
-                  chat_template: bool = True) -> list[int]:
+def encode_prompt(
+    tokenizer, prompt: str, system_prompt: str | None = None, chat_template: bool = True
+) -> list[int]:
     if not prompt or not prompt.strip():
         raise ConfigError("the prompt is empty: give the text to complete")
     _quiet_transformers()  # its "sequence length is longer than" warning precedes our message
     if chat_template and getattr(tokenizer, "chat_template", None):
-        msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
         msgs.append({"role": "user", "content": prompt})
         return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
     text = (system_prompt + "\n" if system_prompt else "") + prompt
@@ -113,13 +123,28 @@ class GenerationResponse:
     choice: str | None = None  # the walks' child-choice rule, by name
 
 
-def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
-                    sampler=DEFAULT_SAMPLER, max_tokens: int = DEFAULT_MAX_TOKENS,
-                    temp: float = DEFAULT_TEMP, top_p: float = DEFAULT_TOP_P, top_k: int = 0,
-                    seed: int = DEFAULT_SEED, block=None, candidates: int = DEFAULT_CANDIDATES,
-                    max_steps: int | None = None, max_forward_tokens: int | None = None,
-                    drift: float | None = None, choice=None, system_prompt: str | None = None,
-                    chat_template: bool = True, trace=None) -> Iterator[GenerationResponse]:
+def stream_generate(
+    model,
+    tokenizer,
+    prompt,
+    *,
+    verifier=DEFAULT_VERIFIER,
+    sampler=DEFAULT_SAMPLER,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    temp: float = DEFAULT_TEMP,
+    top_p: float = DEFAULT_TOP_P,
+    top_k: int = 0,
+    seed: int = DEFAULT_SEED,
+    block=None,
+    candidates: int = DEFAULT_CANDIDATES,
+    max_steps: int | None = None,
+    max_forward_tokens: int | None = None,
+    drift: float | None = None,
+    choice=None,
+    system_prompt: str | None = None,
+    chat_template: bool = True,
+    trace=None,
+) -> Iterator[GenerationResponse]:
     """Run one sampler on ``prompt`` (text or token ids); yield a response per walk event.
     ``trace``: optional fn(mlx_vgb.trace.StepTrace), called at each walk step."""
     if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -134,16 +159,32 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
     if not ids:
         raise ConfigError("the prompt is empty: give the text to complete")
     if lm.context_length and len(ids) + max_tokens > lm.context_length:
-        raise ConfigError(f"prompt ({len(ids)} tokens) + max tokens ({max_tokens}) exceed the "
-                          f"model's context of {lm.context_length}: shorten one of them")
+        raise ConfigError(
+            f"prompt ({len(ids)} tokens) + max tokens ({max_tokens}) exceed the "
+            f"model's context of {lm.context_length}: shorten one of them"
+        )
     block = parse_block(block)
     line_tokens = newline_tokens(tokenizer, lm.vocab_size).line if block == "line" else frozenset()
     if choice is None:  # the rule the verifier asks for (letter avoidance: the fast one)
         choice = getattr(spec, "default_choice", None)
-    smp = sampler if not isinstance(sampler, str) else make_sampler(
-        sampler, max_tokens=max_tokens, block=block, candidates=candidates, temp=temp,
-        top_p=top_p, top_k=top_k, max_steps=max_steps, max_forward_tokens=max_forward_tokens,
-        drift=drift, choice=choice, line_tokens=line_tokens)
+    smp = (
+        sampler
+        if not isinstance(sampler, str)
+        else make_sampler(
+            sampler,
+            max_tokens=max_tokens,
+            block=block,
+            candidates=candidates,
+            temp=temp,
+            top_p=top_p,
+            top_k=top_k,
+            max_steps=max_steps,
+            max_forward_tokens=max_forward_tokens,
+            drift=drift,
+            choice=choice,
+            line_tokens=line_tokens,
+        )
+    )
     ver = make_verifier(spec, lm, max_tokens=max_tokens, prompt_text=prompt_text)
     eos = lm.eos_token_ids
     tokens: list[int] = []
@@ -159,7 +200,7 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
             if isinstance(ev, Append):
                 tokens.extend(ev.tokens)
             elif isinstance(ev, Backtrack):
-                del tokens[len(tokens) - ev.n_tokens:]
+                del tokens[len(tokens) - ev.n_tokens :]
             text = text_of(tokens)
             # erase, then append (a multi-byte character may change when its last byte arrives)
             c = common_prefix_len(before, text)
@@ -169,12 +210,30 @@ def stream_generate(model, tokenizer, prompt, *, verifier=DEFAULT_VERIFIER,
             if isinstance(ev, Done):
                 r = ev.result
                 text = r.text if r.text is not None else text_of(r.tokens)
-                yield GenerationResponse(text, ev, "", "", r.stats.max_depth, r.stats.steps,
-                                         r.stats, lm.positions_computed / el, r.finish_reason, r,
-                                         _choice_name(smp))
+                yield GenerationResponse(
+                    text,
+                    ev,
+                    "",
+                    "",
+                    r.stats.max_depth,
+                    r.stats.steps,
+                    r.stats,
+                    lm.positions_computed / el,
+                    r.finish_reason,
+                    r,
+                    _choice_name(smp),
+                )
                 return
-            yield GenerationResponse(text, ev, appended, erased, ev.depth, ev.step,
-                                     replace(stats), lm.positions_computed / el)
+            yield GenerationResponse(
+                text,
+                ev,
+                appended,
+                erased,
+                ev.depth,
+                ev.step,
+                replace(stats),
+                lm.positions_computed / el,
+            )
     finally:
         stream.close()
 
@@ -186,8 +245,9 @@ def _choice_name(sampler) -> str | None:
     return next((n for n, cls in CHOICES.items() if type(rule) is cls), None)
 
 
-def batch_generate(model, tokenizer, prompts, *, n: int = 1, seed: int = DEFAULT_SEED,
-                   engine=None, **kw) -> list[GenerationResponse]:
+def batch_generate(
+    model, tokenizer, prompts, *, n: int = 1, seed: int = DEFAULT_SEED, engine=None, **kw
+) -> list[GenerationResponse]:
     """``n`` responses to each prompt (text or token ids; one prompt or a list), advanced
     together by ``mlx_vgb.engine.Engine`` (one batched forward per engine step). Response j of
     a prompt uses seed ``seed + j``: it is the response ``stream_generate(..., seed=seed + j)``
@@ -245,49 +305,93 @@ def _print_stats(resp: GenerationResponse, out) -> None:
     print(resp.text, file=out)
     print("=" * 10, file=out)
     rule = f", choice: {resp.choice}" if resp.choice else ""
-    print(f"sampler: {r.sampler}{rule}, finish: {r.finish_reason}, reached leaf: "
-          f"{r.reached_leaf}, tilt: {r.tilt}", file=out)
+    print(
+        f"sampler: {r.sampler}{rule}, finish: {r.finish_reason}, reached leaf: "
+        f"{r.reached_leaf}, tilt: {r.tilt}",
+        file=out,
+    )
     if getattr(s, "inexact_steps", 0):
-        print(f"note: {s.inexact_steps} step(s) fell back to the self-normalized rule (rejection "
-              "accepted nothing)", file=out)
-    print(f"steps: {s.steps}, backtracks: {s.backtracks}, restarts: {s.restarts}, "
-          f"forward tokens: {s.forward_tokens}, verifier evals: {s.verifier_evals}, "
-          f"wall: {s.wall_s:.2f} s", file=out)
+        print(
+            f"note: {s.inexact_steps} step(s) fell back to the self-normalized rule (rejection "
+            "accepted nothing)",
+            file=out,
+        )
+    print(
+        f"steps: {s.steps}, backtracks: {s.backtracks}, restarts: {s.restarts}, "
+        f"forward tokens: {s.forward_tokens}, verifier evals: {s.verifier_evals}, "
+        f"wall: {s.wall_s:.2f} s",
+        file=out,
+    )
 
 
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mlx-vgb generate", description="Generate with verifier-guided backtracking.",
-        epilog=VERIFIER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="mlx-vgb generate",
+        description="Generate with verifier-guided backtracking.",
+        epilog=VERIFIER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="prompt text, '-' for stdin")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--ignore-chat-template", action="store_true")
-    p.add_argument("--max-tokens", "-m", type=int, default=DEFAULT_MAX_TOKENS,
-                   help="horizon H: most tokens in a response")
+    p.add_argument(
+        "--max-tokens",
+        "-m",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="horizon H: most tokens in a response",
+    )
     p.add_argument("--temp", type=float, default=DEFAULT_TEMP)
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--verifier", default=DEFAULT_VERIFIER, help="see below")
-    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS),
-                   help="; ".join(f"{e.name}: {e.help}" for e in SAMPLERS.values()))
-    p.add_argument("--block", default=None,
-                   help="action: 'token' (default), an integer L (blocks of L tokens) or 'line'")
-    p.add_argument("--candidates", "-k", type=int, default=DEFAULT_CANDIDATES,
-                   help="K candidate children per step (VGB, ActionLevelRS); n for BoN / RS")
-    p.add_argument("--drift", type=float, default=None,
-                   help="lambda in (0, 1]: parent weight (default 1, the paper's walk; 0.5 with "
-                   "--block line, where short responses are padded to the token horizon)")
-    p.add_argument("--choice", default=None, help="child-choice rule of the walks (VGB, "
-                   "ActionLevelRS): " + ", ".join(choice_names()) + " (default: exact)")
+    p.add_argument(
+        "--sampler",
+        default=DEFAULT_SAMPLER,
+        choices=list(SAMPLERS),
+        help="; ".join(f"{e.name}: {e.help}" for e in SAMPLERS.values()),
+    )
+    p.add_argument(
+        "--block",
+        default=None,
+        help="action: 'token' (default), an integer L (blocks of L tokens) or 'line'",
+    )
+    p.add_argument(
+        "--candidates",
+        "-k",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        help="K candidate children per step (VGB, ActionLevelRS); n for BoN / RS",
+    )
+    p.add_argument(
+        "--drift",
+        type=float,
+        default=None,
+        help="lambda in (0, 1]: parent weight (default 1, the paper's walk; 0.5 with "
+        "--block line, where short responses are padded to the token horizon)",
+    )
+    p.add_argument(
+        "--choice",
+        default=None,
+        help="child-choice rule of the walks (VGB, "
+        "ActionLevelRS): " + ", ".join(choice_names()) + " (default: exact)",
+    )
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-forward-tokens", type=int, default=None)
-    p.add_argument("--verbose", action="store_true",
-                   help="stream with erased text struck through, then print stats")
-    p.add_argument("-n", type=int, default=1,
-                   help="responses, advanced together in one batched engine (seeds seed .. "
-                   "seed + n - 1; not streamed when n > 1)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream with erased text struck through, then print stats",
+    )
+    p.add_argument(
+        "-n",
+        type=int,
+        default=1,
+        help="responses, advanced together in one batched engine (seeds seed .. "
+        "seed + n - 1; not streamed when n > 1)",
+    )
     return p
 
 
@@ -306,12 +410,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.n != 1:
             return _main_batch(args, model, tokenizer, prompt, block, verifier)
         for resp in stream_generate(
-                model, tokenizer, prompt, verifier=verifier, sampler=args.sampler,
-                max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
-                seed=args.seed, block=block, candidates=args.candidates, drift=args.drift,
-                choice=args.choice, max_steps=args.max_steps,
-                max_forward_tokens=args.max_forward_tokens, system_prompt=args.system_prompt,
-                chat_template=not args.ignore_chat_template):
+            model,
+            tokenizer,
+            prompt,
+            verifier=verifier,
+            sampler=args.sampler,
+            max_tokens=args.max_tokens,
+            temp=args.temp,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+            block=block,
+            candidates=args.candidates,
+            drift=args.drift,
+            choice=args.choice,
+            max_steps=args.max_steps,
+            max_forward_tokens=args.max_forward_tokens,
+            system_prompt=args.system_prompt,
+            chat_template=not args.ignore_chat_template,
+        ):
             if args.verbose:
                 _print_event(resp, sys.stdout)
             last = resp
@@ -332,13 +449,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not r.reached_leaf:
             print(f"[unfinished: {r.finish_reason}]", file=sys.stderr)
 
+
 def _main_batch(args, model, tokenizer, prompt, block, verifier) -> None:
     resps = batch_generate(
-        model, tokenizer, prompt, n=args.n, verifier=verifier, sampler=args.sampler,
-        max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, block=block, candidates=args.candidates, drift=args.drift,
-        choice=args.choice, max_steps=args.max_steps, max_forward_tokens=args.max_forward_tokens,
-        system_prompt=args.system_prompt, chat_template=not args.ignore_chat_template)
+        model,
+        tokenizer,
+        prompt,
+        n=args.n,
+        verifier=verifier,
+        sampler=args.sampler,
+        max_tokens=args.max_tokens,
+        temp=args.temp,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        block=block,
+        candidates=args.candidates,
+        drift=args.drift,
+        choice=args.choice,
+        max_steps=args.max_steps,
+        max_forward_tokens=args.max_forward_tokens,
+        system_prompt=args.system_prompt,
+        chat_template=not args.ignore_chat_template,
+    )
     for j, resp in enumerate(resps):
         print(f"=== response {j + 1} of {len(resps)} (seed {args.seed + j}) ===")
         if args.verbose:
