@@ -464,7 +464,16 @@ document.addEventListener('click', (e) => {
     if (!box) return;
     box.value = dot.dataset.step;
     box.dispatchEvent(new Event('input', {bubbles: true}));
-    setTimeout(() => document.querySelector('#inspect-show')?.click(), 150);
-  }, 150);
+    box.dispatchEvent(new Event('change', {bubbles: true}));
+    // Gradio takes the box's new value asynchronously: press Show until the step appears
+    const want = `#step-view .vgb-step[data-step='${dot.dataset.step}']`;
+    let tries = 0;
+    const show = () => {
+      if (document.querySelector(want) || tries++ >= 8) return;
+      document.querySelector('#inspect-show')?.click();
+      setTimeout(show, 600);
+    };
+    setTimeout(show, 200);
+  }, 200);
 });
 </script>"""
