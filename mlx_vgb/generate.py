@@ -406,29 +406,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         make_choice(args.choice, args.candidates)
         if args.n < 1:
             raise ConfigError(f"-n (responses) must be >= 1, got {args.n}")
+        kw = _generation_kwargs(args, block, verifier)
         model, tokenizer = load(args.model)
         if args.n != 1:
-            return _main_batch(args, model, tokenizer, prompt, block, verifier)
-        for resp in stream_generate(
-            model,
-            tokenizer,
-            prompt,
-            verifier=verifier,
-            sampler=args.sampler,
-            max_tokens=args.max_tokens,
-            temp=args.temp,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            seed=args.seed,
-            block=block,
-            candidates=args.candidates,
-            drift=args.drift,
-            choice=args.choice,
-            max_steps=args.max_steps,
-            max_forward_tokens=args.max_forward_tokens,
-            system_prompt=args.system_prompt,
-            chat_template=not args.ignore_chat_template,
-        ):
+            return _main_batch(args, model, tokenizer, prompt, kw)
+        for resp in stream_generate(model, tokenizer, prompt, **kw):
             if args.verbose:
                 _print_event(resp, sys.stdout)
             last = resp
@@ -450,12 +432,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"[unfinished: {r.finish_reason}]", file=sys.stderr)
 
 
-def _main_batch(args, model, tokenizer, prompt, block, verifier) -> None:
-    resps = batch_generate(
-        model,
-        tokenizer,
-        prompt,
-        n=args.n,
+def _generation_kwargs(args, block, verifier) -> dict:
+    """The keywords of ``stream_generate`` / ``batch_generate`` that the flags set."""
+    return dict(
         verifier=verifier,
         sampler=args.sampler,
         max_tokens=args.max_tokens,
@@ -472,6 +451,10 @@ def _main_batch(args, model, tokenizer, prompt, block, verifier) -> None:
         system_prompt=args.system_prompt,
         chat_template=not args.ignore_chat_template,
     )
+
+
+def _main_batch(args, model, tokenizer, prompt, kw: dict) -> None:
+    resps = batch_generate(model, tokenizer, prompt, n=args.n, **kw)
     for j, resp in enumerate(resps):
         print(f"=== response {j + 1} of {len(resps)} (seed {args.seed + j}) ===")
         if args.verbose:
