@@ -243,7 +243,7 @@ class Run:
                 groups.setdefault(id(rows[i]), []).append(i)
             # one device sync for every row's draw; uniforms consumed group by group
             reqs = [(rows[idx[0]].dist, self.rng.uniform(len(idx))) for idx in groups.values()]
-            for idx, (toks, _) in zip(groups.values(), draw(reqs)):
+            for idx, (toks, _) in zip(groups.values(), self.draw(reqs)):
                 node = rows[idx[0]]
                 for i, t in zip(idx, toks):
                     rows[i] = self.tree.child(node, int(t))
@@ -257,6 +257,10 @@ class Run:
                     still.append(i)
             active = still
         return rows
+
+    def draw(self, requests):
+        """(token ids, log-probs) for each (dist, uniforms) request (``mlx_vgb.dist.draw``)."""
+        return draw(requests)
 
     def all_children(self, node: Node) -> tuple[list[Node], np.ndarray]:
         """Every single-token child with positive pi_ref, and its log pi_ref."""

@@ -342,28 +342,8 @@ def _host_run_class():
             for n, row in zip(todo, out):
                 n.dist = reference_process(row, self.temp, self.top_k, self.top_p)
 
-        def sample_blocks(self, starts):
-            rows, lens = list(starts), [0] * len(starts)
-            active = list(range(len(rows)))
-            while active:
-                self.ensure_dists([rows[i] for i in active])
-                groups: dict[int, list[int]] = {}
-                for i in active:
-                    groups.setdefault(id(rows[i]), []).append(i)
-                for idx in groups.values():
-                    node = rows[idx[0]]
-                    for i, t in zip(idx, node.dist.sample(self.rng.uniform(len(idx)))):
-                        rows[i] = self.tree.child(node, int(t))
-                        lens[i] += 1
-                still = []
-                for i in active:
-                    n = rows[i]
-                    if n.is_leaf or self.actions.ends_block(lens[i], n.tokens[-1]):
-                        self._mark_walk_node(n, starts[i])
-                    else:
-                        still.append(i)
-                active = still
-            return rows
+        def draw(self, requests):
+            return [(d.sample(u), None) for d, u in requests]  # a CDF per draw, on the host
 
     return HostRun
 
