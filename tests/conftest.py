@@ -5,6 +5,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from hypothesis import settings  # noqa: E402
 
+# the package loads OpenBLAS before MLX (mlx_vgb/_blas.py): import it before any test module
+# imports mlx itself, so every test runs on the BLAS users get, whatever the collection order
+import mlx_vgb  # noqa: E402, F401
+
 # Property tests draw their examples from a fixed seed: CI runs are reproducible, and a failure
 # seen once is seen again (hypothesis' own database would make runs depend on earlier runs).
 settings.register_profile("mlx-vgb", derandomize=True, database=None, print_blob=True)
