@@ -15,6 +15,9 @@ ActionLevelRS, the baselines), and a job's randomness is its own run's keys: the
 the same output alone or in a batch of any size, up to float rounding between a batched and a
 single-row matmul (tests/test_engine.py compares tokens on a tiny model).
 
+``Engine.submit(job)`` is the open-ended form (the server's): the engine serves on its own
+thread, and a job submitted while others run joins them at the next engine step.
+
 Each job needs its own language model object (``MLXLanguageModel`` keeps per-run caches); jobs
 may share the underlying mlx-lm model. Caches that are not plain ``KVCache`` (rotating, SSM) are
 served one request at a time.
@@ -53,11 +56,37 @@ class EngineStats:
     requests: int = 0  # forward requests served
     rows: int = 0  # rows computed
     max_rows: int = 0  # the largest batch
+    shared: int = 0  # forwards that served more than one job's request
+    jobs: int = 0  # jobs finished
+
+
+class Handle:
+    """A submitted job: ``result()`` waits for its value (or raises its error)."""
+
+    def __init__(self, i: int):
+        self.id = i
+        self.value = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None):
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"engine job {self.id} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 @dataclass
 class Engine:
-    """Runs jobs in turns and batches their forwards (see the module docstring)."""
+    """Runs jobs in turns and batches their forwards (see the module docstring).
+
+    Two ways in: ``run(jobs)`` runs a fixed list on the calling thread and returns when all are
+    done; ``submit(fn)`` adds a job to an engine that serves forever on its own thread (the
+    server: requests join the batch as they arrive, at the next engine step)."""
 
     max_rows: int = 512  # rows per batched forward (more are split)
     stats: EngineStats = field(default_factory=EngineStats)
@@ -66,6 +95,11 @@ class Engine:
         self._cv = threading.Condition()
         self._turn: int | None = None  # job allowed to run; None: the engine
         self._pending: dict[int, _Request] = {}
+        self._incoming: list[int] = []  # submitted, not yet given a turn
+        self._handles: dict[int, Handle] = {}
+        self._next = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
     # -- the jobs' side ----------------------------------------------------------------------
     def forward(self, lm, tokens: mx.array, cache: list) -> tuple:
@@ -81,54 +115,102 @@ class Engine:
             self._cv.wait_for(lambda: self._turn == me)
         return req.result
 
-    def _worker(self, i: int, fn: Callable, out: list, errors: list) -> None:
+    def _worker(self, i: int, fn: Callable, h: Handle) -> None:
         _local.engine, _local.job = self, i
         with self._cv:
             self._cv.wait_for(lambda: self._turn == i)
         try:
-            out[i] = fn()
-        except BaseException as e:  # re-raised by run() in the caller's thread
-            errors[i] = e
+            h.value = fn()
+        except BaseException as e:  # re-raised by result() / run() in the caller's thread
+            h.error = e
         finally:
             with self._cv:
-                self._done.add(i)
+                self._handles.pop(i, None)
+                self.stats.jobs += 1
                 self._turn = None
                 self._cv.notify_all()
+            h._done.set()
+
+    def _add(self, fn: Callable) -> Handle:
+        """A new job, parked until the scheduler gives it a turn (call under ``_cv``)."""
+        i = self._next
+        self._next += 1
+        h = self._handles[i] = Handle(i)
+        self._incoming.append(i)
+        threading.Thread(target=self._worker, args=(i, fn, h), daemon=True).start()
+        return h
 
     # -- the engine's side -------------------------------------------------------------------
+    def submit(self, fn: Callable[[], T]) -> Handle:
+        """Add a job; the engine starts serving on its own thread at the first submit and
+        batches this job's forwards with those of every job running then."""
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("this engine is closed")
+            h = self._add(fn)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._schedule, args=(True,), name="mlx-vgb-engine", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify_all()
+        return h
+
+    def close(self) -> None:
+        """Stop serving once the jobs submitted so far are done."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
     def run(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
         """Run ``jobs`` to completion; their results in order (the first error is raised)."""
-        n = len(jobs)
-        out: list = [None] * n
-        errors: list = [None] * n
-        self._done: set[int] = set()
-        threads = [
-            threading.Thread(target=self._worker, args=(i, f, out, errors), daemon=True)
-            for i, f in enumerate(jobs)
-        ]
-        for t in threads:
-            t.start()
-        runnable = list(range(n))
+        if self._thread is not None:  # already serving: join the running batch
+            handles = [self.submit(f) for f in jobs]
+            return [h.result() for h in handles]
+        with self._cv:
+            handles = [self._add(f) for f in jobs]
+        self._schedule(False, abort=handles)
+        for h in handles:
+            if h.error is not None:
+                raise h.error
+        return [h.value for h in handles]
+
+    def _schedule(self, forever: bool, abort: Sequence[Handle] = ()) -> None:
+        """The scheduler: give every runnable job a turn (each runs until it waits on a forward
+        or ends), serve the forwards they wait on, repeat. New jobs join at the next round."""
+        runnable: list[int] = []
         while True:
-            for i in runnable:  # each runs until it waits on a forward or ends
+            with self._cv:
+                if forever and not runnable:
+                    self._cv.wait_for(lambda: self._incoming or self._closed)
+                    if not self._incoming and not self._handles:
+                        return  # closed and idle
+                runnable += self._incoming
+                self._incoming.clear()
+            for i in runnable:
                 with self._cv:
                     self._turn = i
                     self._cv.notify_all()
                     self._cv.wait_for(lambda: self._turn is None)
-            if len(self._done) == n:
-                break
-            if any(e is not None for e in errors):
-                break  # the other jobs stay parked (daemon threads); report the error
+            if any(h.error is not None for h in abort):
+                # the other jobs stay parked (daemon threads); run() reports the error
+                with self._cv:
+                    for i in self._pending:
+                        self._handles.pop(i, None)
+                    self._pending.clear()
+                return
+            if not self._pending:
+                runnable = []
+                with self._cv:
+                    if not forever and not self._incoming:
+                        return  # every job is done
+                continue
             served = sorted(self._pending)
             self._serve([self._pending[i] for i in served])
             self._pending.clear()
             runnable = served
-        for e in errors:
-            if e is not None:
-                raise e
-        for t in threads:
-            t.join()
-        return out
 
     def _serve(self, reqs: list[_Request]) -> None:
         self.stats.steps += 1
@@ -211,6 +293,7 @@ class Engine:
             start += b
         mx.eval(*[a for r in reqs for a in _arrays(r.cache)])
         self._count(1, start)
+        self.stats.shared += 1
 
 
 def _arrays(cache: list) -> list:
@@ -242,4 +325,4 @@ def run_many(jobs: Sequence[Callable[[], T]], engine: Engine | None = None) -> l
     return (engine or Engine()).run(jobs)
 
 
-__all__ = ["Engine", "EngineStats", "current", "run_many"]
+__all__ = ["Engine", "EngineStats", "Handle", "current", "run_many"]

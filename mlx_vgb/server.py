@@ -17,10 +17,12 @@ text when it ends; ``plain`` commits as it goes. Every walk event is also sent, 
 last N characters of the live text, then add ``append``. The last chunk's ``vgb`` holds the
 final ``text``, the verdict and the stats.
 
-Concurrency: one ``Engine`` thread runs every walk (MLX arrays stay on the thread that made
-them) and interleaves the active walks an event at a time, first come first served. A request
-becomes a walk in one place, ``Engine._open``: a batched engine (several walks sharing a
-forward) replaces ``Engine`` and keeps ``submit``.
+Concurrency: every request's walk is a job of one batched engine (``mlx_vgb.engine``): the
+walks running at the same time take turns on the host and share one batched forward per engine
+step, and a request that arrives mid-run joins at the next step. A walk's output does not
+depend on the others (the same seed gives the same text alone or among concurrent requests, up
+to float rounding). ``GET /health`` reports the engine's counters (``shared``: forwards that
+served more than one walk).
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ class Job:
 
 
 class Engine:
-    """The model-worker thread: loads models and runs every walk, one event at a time round
-    robin over the active walks."""
+    """Runs every request's walk as a job of one ``mlx_vgb.engine.Engine``: walks that run at
+    the same time share batched forwards, and a request that arrives mid-run joins the batch at
+    the next engine step. Models load inside a job (one job runs at a time), kept LRU."""
 
     def __init__(
         self,
@@ -96,33 +99,33 @@ class Engine:
 
             gen = importlib.import_module("mlx_vgb.generate")
             load, stream_generate = load or gen.load, stream_generate or gen.stream_generate
+        from .engine import Engine as BatchEngine
+
         self._load, self._stream_generate = load, stream_generate
         self.model = model
         self.model_id = model or "mlx-vgb-default"
         self.max_models = max_models
         self._models: collections.OrderedDict = collections.OrderedDict()
-        self._inbox: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="mlx-vgb-engine", daemon=True)
-        self._thread.start()
+        self.batch = BatchEngine()
         self.served = 0
 
     def preload(self) -> None:
-        """Load the served model now (on the engine thread); raises its ConfigError."""
-        done: queue.Queue = queue.Queue()
-        self._inbox.put(("call", lambda: self._get_model(None), done))
-        res = done.get()
-        if isinstance(res, BaseException):
-            raise res
+        """Load the served model now; raises its ConfigError."""
+        self.batch.submit(lambda: self._get_model(None)).result()
 
     def submit(self, req: WalkRequest) -> Job:
         job = Job(req)
-        self._inbox.put(("job", job, None))
+        self.batch.submit(lambda: self._walk(job))
         return job
 
     def model_ids(self) -> list[str]:
         return [self.model_id] + [k for k in list(self._models) if k not in (None, self.model_id)]
 
-    # engine thread only ------------------------------------------------------------------
+    def stats(self) -> dict:
+        """The batched engine's counters (``GET /health``)."""
+        return dict(vars(self.batch.stats), served=self.served)
+
+    # inside a job (one job runs at a time) ------------------------------------------------
     def _get_model(self, name: str | None):
         key = None if name in (None, "", self.model_id, "default") else name
         if key in self._models:
@@ -134,6 +137,28 @@ class Engine:
             old = next(k for k in self._models if k is not None)
             del self._models[old]
         return pair
+
+    def _walk(self, job: Job) -> None:
+        """One request's walk: its events onto ``job.out``, then ``_END`` (or the error)."""
+        if job.cancelled.is_set():
+            job.out.put(_END)
+            return
+        gen = None
+        try:
+            gen = self._open(job)
+            for resp in gen:
+                job.out.put(resp)
+                if resp.result is not None:
+                    self.served += 1
+                    break
+                if job.cancelled.is_set():
+                    break
+        except BaseException as e:  # noqa: BLE001 - the request's error, not the server's
+            job.out.put(e)
+            return
+        finally:
+            _close(gen)
+        job.out.put(_END)
 
     def _open(self, job: Job):
         """A request -> its walk (a ``stream_generate`` generator), on the engine thread."""
@@ -157,59 +182,6 @@ class Engine:
             ids = list(tokenizer.encode(prompt))
         job.prompt_tokens = len(ids)
         return self._stream_generate(model, tokenizer, prompt, **kw)
-
-    def _loop(self) -> None:
-        active: list[tuple[Job, object]] = []
-        while True:
-            try:  # wait only when idle; otherwise take what has arrived and go on walking
-                item = self._inbox.get(block=not active, timeout=None)
-            except queue.Empty:
-                item = None
-            while item is not None:
-                kind, obj, done = item
-                if kind == "call":
-                    try:
-                        done.put(obj())
-                    except BaseException as e:  # noqa: BLE001 - handed to the caller
-                        done.put(e)
-                else:
-                    active.append((obj, None))
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    item = None
-            still = []
-            for job, gen in active:
-                if job.cancelled.is_set():
-                    _close(gen)
-                    continue
-                try:
-                    if gen is None:
-                        gen = self._open(job)
-                    resp = next(gen, None)
-                except BaseException as e:  # noqa: BLE001 - the request's error, not ours
-                    job.out.put(e)
-                    _close(gen)
-                    continue
-                if resp is None:
-                    job.out.put(_END)
-                    continue
-                job.out.put(resp)
-                if resp.result is not None:
-                    job.out.put(_END)
-                    _close(gen)
-                    self.served += 1
-                    continue
-                still.append((job, gen))
-            active = still
-
-
-def _close(gen) -> None:
-    if gen is not None:
-        try:
-            gen.close()
-        except Exception:  # pragma: no cover - closing must not stop the engine
-            log.exception("closing a walk")
 
 
 def _close(gen) -> None:
@@ -257,7 +229,7 @@ class Handler(BaseHTTPRequestHandler):
                 },
             )
         elif path == "/health":
-            self._json(200, {"status": "ok"})
+            self._json(200, {"status": "ok", "engine": self.engine.stats()})
         else:
             self._error(
                 404,

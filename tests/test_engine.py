@@ -2,6 +2,8 @@
 on the batch it ran in (the same seed gives the same tokens alone or among others, as mlx-lm
 tests batched against single generation), for every sampler."""
 
+import threading
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -124,6 +126,35 @@ def test_an_error_in_one_run_is_raised(model):
     ok = _jobs(model, SAMPLERS["plain"], [1], [PROMPTS[0]])
     with pytest.raises(RuntimeError, match="boom"):
         Engine().run(ok + [bad])
+
+
+def test_jobs_submitted_while_others_run_join_their_batch(model):
+    # the server's way in: jobs arrive one by one from other threads; each gets its own result
+    # (the one it gets alone) and the engine serves the forwards of jobs running together as one
+    seeds = [21, 22, 23, 24]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(seeds))]
+    make = SAMPLERS["vgb-rejection"]
+    alone = [job() for job in _jobs(model, make, seeds, prompts)]
+    eng = Engine()
+    handles = []
+    submitters = [
+        threading.Thread(target=lambda j=j, job=job: handles.append((j, eng.submit(job))))
+        for j, job in enumerate(_jobs(model, make, seeds, prompts))
+    ]
+    for t in submitters:
+        t.start()
+    for t in submitters:
+        t.join()
+    got = {j: h.result(timeout=120) for j, h in handles}
+    assert [got[j].tokens for j in range(len(seeds))] == [r.tokens for r in alone]
+    assert eng.stats.shared > 0 and eng.stats.jobs == len(seeds)
+    # a job submitted after the others ended runs alone on the same engine
+    late = eng.submit(_jobs(model, make, seeds[:1], prompts[:1])[0]).result(timeout=120)
+    assert late.tokens == alone[0].tokens
+    bad = eng.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        bad.result(timeout=30)
+    eng.close()
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,11 @@ def post(server, path, body):
         return e.code, json.loads(e.read())
 
 
+def health(server):
+    with urllib.request.urlopen(server[0] + "/health", timeout=30) as r:
+        return json.loads(r.read())
+
+
 def test_models_lists_the_served_model(server):
     ids = [m.id for m in client(server).models.list()]
     assert ids == [server[1]]
@@ -168,6 +173,7 @@ def test_concurrent_requests_each_get_their_own_walk(server):
         return r.choices[0].message.content
 
     alone = {s: ask(s) for s in seeds}
+    shared = health(server)["engine"]["shared"]
     got = {}
     threads = [threading.Thread(target=lambda s=s: got.__setitem__(s, ask(s))) for s in seeds]
     for t in threads:
@@ -175,6 +181,8 @@ def test_concurrent_requests_each_get_their_own_walk(server):
     for t in threads:
         t.join(60)
     assert got == alone and len(set(alone.values())) > 1
+    # the concurrent walks shared batched forwards (the requests one at a time did not)
+    assert health(server)["engine"]["shared"] > shared
 
 
 @pytest.mark.parametrize(
