@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .errors import ConfigError
 from .resume import settings_diff
@@ -107,14 +107,25 @@ def sample_batch(
     eos: frozenset[int],
     temp: float = 1.0,
 ) -> list[list[int]]:
-    """Batched ancestral sampling; every prompt must have the same length."""
+    """Batched ancestral sampling; every prompt must have the same length. Each distinct
+    prompt is prefilled once (its rows share the cache), and rows that have stopped leave the
+    batch (their cache rows are dropped once a quarter of the batch has stopped), so the cost
+    follows the tokens drawn, not the longest row."""
     B = len(prompts)
     if len({len(p) for p in prompts}) != 1:
         raise ConfigError("sample_batch needs prompts of one length")
+    first: dict[tuple[int, ...], int] = {}
+    rows = [first.setdefault(tuple(p), len(first)) for p in prompts]
     cache = make_prompt_cache(model)
-    logits = model(mx.array(np.asarray(prompts, dtype=np.int32)), cache=cache)[:, -1, :]
+    unique = np.asarray(list(first), dtype=np.int32)
+    logits = model(mx.array(unique), cache=cache)[:, -1, :]
+    if len(first) < B:
+        idx = mx.array(rows)
+        logits = logits[idx]
+        _take_rows(cache, idx)
     out: list[list[int]] = [[] for _ in range(B)]
-    done = np.zeros(B, dtype=bool)
+    live = np.arange(B)  # batch row j is prompt row live[j]
+    going = np.ones(B, dtype=bool)  # batch row j has not stopped
     for t in range(max_tokens):
         lg = np.array(logits.astype(mx.float32), dtype=np.float64)
         if temp != 1.0:
@@ -122,16 +133,28 @@ def sample_batch(
         p = np.exp(lg - lg.max(axis=1, keepdims=True))
         c = np.cumsum(p, axis=1)
         c /= c[:, -1:]
-        tok = (c < uniforms[:, t : t + 1]).sum(axis=1)
+        tok = (c < uniforms[live, t : t + 1]).sum(axis=1)
         tok = np.minimum(tok, lg.shape[1] - 1)
-        for r in np.flatnonzero(~done):
-            out[r].append(int(tok[r]))
-            if int(tok[r]) in eos:
-                done[r] = True
-        if done.all() or t + 1 == max_tokens:
+        for j in np.flatnonzero(going):
+            out[live[j]].append(int(tok[j]))
+            if int(tok[j]) in eos:
+                going[j] = False
+        if not going.any() or t + 1 == max_tokens:
             break
+        if going.sum() <= 0.75 * len(live):  # drop the stopped rows from the batch
+            _take_rows(cache, mx.array(np.flatnonzero(going)))
+            live, tok, going = live[going], tok[going], going[going]
         logits = model(mx.array(tok.astype(np.int32)[:, None]), cache=cache)[:, -1, :]
     return out
+
+
+def _take_rows(cache: list, idx: mx.array) -> None:
+    """Keep (or repeat) batch rows ``idx`` of every layer's KV cache, in place."""
+    for c in cache:
+        if not isinstance(c, KVCache):
+            raise ConfigError(f"rollouts need plain KV caches; this model has {type(c).__name__}")
+        c.keys, c.values = c.keys[idx], c.values[idx]
+    mx.eval(*[a for c in cache for a in (c.keys, c.values)])
 
 
 def read_rollouts(path: str | Path, repair: bool = False) -> list[Rollout]:

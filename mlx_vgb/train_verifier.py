@@ -104,6 +104,17 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block", type=int, default=1, help="action length L: value targets at every L-th token"
     )
+    p.add_argument(
+        "--stop-text",
+        default=None,
+        help="a rollout also ends at a token whose text holds this (default: the task's own, "
+        "e.g. the closing code fence for humaneval)",
+    )
+    p.add_argument(
+        "--rollouts-only",
+        action="store_true",
+        help="collect (or resume) the rollouts and stop: no head is trained",
+    )
     p.add_argument("--pooling", choices=("last", "mean"), default="last")
     p.add_argument(
         "--hidden-dims",
@@ -155,6 +166,14 @@ def train_verifier(
     prompts = load_prompts(a.prompts)
     model, tok = _load(a.model)
     eos = set(getattr(tok, "eos_token_ids", None) or [tok.eos_token_id])
+    stop_text = a.stop_text if a.stop_text is not None else getattr(reward, "stop_text", None)
+    if stop_text:
+        from .vocab import tokens_containing
+
+        stops = tokens_containing(tok, stop_text)
+        if not stops:
+            raise ConfigError(f"--stop-text {stop_text!r}: no token of this tokenizer holds it")
+        eos |= stops
 
     def encode(text):
         return list(tok.encode(text))
@@ -165,6 +184,8 @@ def train_verifier(
     t0 = time.perf_counter()
     generator = str(a.model or "embedded SmolLM2")
     settings = {"model": generator, "prompts": str(a.prompts), "reward": a.reward}
+    if stop_text:
+        settings["stop_text"] = stop_text
     run = collect_rollouts(
         model,
         prompts,
@@ -186,6 +207,11 @@ def train_verifier(
         f"{time.perf_counter() - t0:.0f}s"
     )
     wanted = {p.id for p in prompts}
+    if a.rollouts_only:
+        rs = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
+        rate = float(np.mean([r.reward for r in rs])) if rs else 0.0
+        log(f"rollouts only: {len(rs)} rollouts, success rate {rate:.3f}; no head trained")
+        return {"rollouts": len(rs), "success_rate": rate}
     rollouts = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
     targets = value_targets(rollouts, block=a.block)
     backbone = model

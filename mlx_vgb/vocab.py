@@ -35,3 +35,16 @@ def newline_tokens(tokenizer, vocab_size: int) -> NewlineTokens:
                 if not s.strip():
                     blank_only.add(i)
     return NewlineTokens(frozenset(line), frozenset(blank), frozenset(blank_only))
+
+
+def vocab_size_of(tokenizer) -> int:
+    """The number of token ids (the tokenizer's table, added tokens included)."""
+    size = getattr(tokenizer, "vocab_size", None)
+    vocab = getattr(tokenizer, "vocab", None)
+    return max(size or 0, len(vocab) if vocab is not None else 0)
+
+
+def tokens_containing(tokenizer, text: str, vocab_size: int | None = None) -> set[int]:
+    """Token ids whose own text holds ``text`` (e.g. the closing code fence: a stop)."""
+    n = vocab_size if vocab_size is not None else vocab_size_of(tokenizer)
+    return {i for i, s in token_texts(tokenizer, n) if text in s}

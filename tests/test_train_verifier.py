@@ -283,3 +283,18 @@ def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
         sys.path.remove(str(tmp_path))
     m2 = json.loads((tmp_path / "w2" / "metrics.json").read_text())
     assert m2["success_rate"] == 1.0
+
+
+def test_a_batch_with_shared_prompts_and_early_stops_draws_what_rows_draw_alone(tiny_lm):
+    # prompts repeated (prefilled once, rows share the cache) and rows stopping at different
+    # steps (dropped from the batch as they stop): each row's tokens are those it draws alone
+    from mlx_vgb.rollouts import sample_batch
+
+    prompts = [encode(PROMPTS[0].prompt)] * 5 + [encode(PROMPTS[1].prompt)] * 3
+    assert len({len(p) for p in prompts}) == 1
+    u = np.random.default_rng(4).random((len(prompts), 40))
+    eos = frozenset([dyck.EOS])
+    batched = sample_batch(tiny_lm, prompts, u, 40, eos)
+    alone = [sample_batch(tiny_lm, [p], u[i : i + 1], 40, eos)[0] for i, p in enumerate(prompts)]
+    assert batched == alone
+    assert len({len(r) for r in batched}) > 2  # rows stopped at several different steps
