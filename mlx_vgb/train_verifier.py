@@ -63,6 +63,18 @@ def resolve_reward(spec: str) -> Callable[[str, str], float]:
     return f
 
 
+def _block(text: str):
+    if text == "lines":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a length >= 1 or 'lines', not {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"the block length must be >= 1, got {n}")
+    return n
+
+
 def setup_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlx-vgb train-verifier",
@@ -102,7 +114,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=DEFAULT_ROLLOUT_BATCH, help="rollouts per batched forward"
     )
     p.add_argument(
-        "--block", type=int, default=1, help="action length L: value targets at every L-th token"
+        "--block",
+        type=_block,
+        default=1,
+        help="actions: a length L (value targets at every L-th token) or 'lines' (targets at "
+        "line starts: after every token holding a newline)",
     )
     p.add_argument(
         "--stop-text",
@@ -171,8 +187,11 @@ def train_verifier(
         from .vocab import tokens_containing
 
         stops = tokens_containing(tok, stop_text)
-        if not stops:
+        if not stops and a.stop_text is not None:
             raise ConfigError(f"--stop-text {stop_text!r}: no token of this tokenizer holds it")
+        if not stops:  # the task's stop spans several tokens here: rollouts end at EOS only
+            log(f"note: no token holds {stop_text!r}; rollouts end at EOS or the length cap")
+            stop_text = None
         eos |= stops
 
     def encode(text):
@@ -213,7 +232,13 @@ def train_verifier(
         log(f"rollouts only: {len(rs)} rollouts, success rate {rate:.3f}; no head trained")
         return {"rollouts": len(rs), "success_rate": rate}
     rollouts = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
-    targets = value_targets(rollouts, block=a.block)
+    if a.block == "lines":
+        from .vocab import newline_tokens, vocab_size_of
+
+        lines = newline_tokens(tok, vocab_size_of(tok)).line
+        targets = value_targets(rollouts, boundaries=lines)
+    else:
+        targets = value_targets(rollouts, block=a.block)
     backbone = model
     if a.backbone:
         backbone, btok = _load(a.backbone)

