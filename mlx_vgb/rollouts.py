@@ -200,13 +200,15 @@ def collect_rollouts(
     settings: dict | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    done_elsewhere: Iterable[tuple[str, int]] = (),
 ) -> RolloutRun:
     """Run the rollouts missing from ``path`` and append them, batch by batch.
 
     ``reward(prompt_text, completion_text) -> float`` scores a finished rollout (the completion
     text excludes the final EOS and keeps other special tokens). ``settings`` (JSON-able) are
     stored in the sidecar and must match on resume. ``on_batch(rollouts_in_file)`` is called
-    after each batch is on disk.
+    after each batch is on disk. ``done_elsewhere``: (prompt id, k) pairs finished in other
+    files (other ranks' shards), skipped too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +228,7 @@ def collect_rollouts(
     meta_path.write_text(json.dumps(meta, indent=2))
 
     done = {(r.prompt_id, r.index) for r in read_rollouts(path, repair=True)}
+    done |= set(done_elsewhere)
     skipped = sum(1 for p in prompts for k in range(n) if (p.id, k) in done)
     jobs: dict[int, list[tuple[PromptRecord, list[int], int]]] = {}
     for p in prompts:

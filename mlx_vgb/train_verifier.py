@@ -205,10 +205,20 @@ def train_verifier(
     settings = {"model": generator, "prompts": str(a.prompts), "reward": a.reward}
     if stop_text:
         settings["stop_text"] = stop_text
+    from .shards import all_rows_paths, barrier, mine, rows_path, world
+
+    rank, size = world()  # under mlx.launch: this rank's share of the prompts
+    path = rows_path(work, "rollouts", rank, size)
+    elsewhere = {
+        (r.prompt_id, r.index)
+        for p in all_rows_paths(work, "rollouts")
+        if p != path
+        for r in read_rollouts(p)
+    }
     run = collect_rollouts(
         model,
-        prompts,
-        work / "rollouts.jsonl",
+        mine(prompts, rank, size),
+        path,
         encode=encode,
         decode=decode,
         reward=reward,
@@ -220,18 +230,27 @@ def train_verifier(
         batch_size=a.batch_size,
         settings=settings,
         progress=not a.no_progress,
+        done_elsewhere=elsewhere,
     )
     log(
         f"rollouts: {run.total} in {run.path} ({run.computed} new, {run.skipped} resumed) "
         f"{time.perf_counter() - t0:.0f}s"
     )
+    barrier(size)
+    if rank != 0:  # rank 0 trains on every rank's rollouts
+        return {"rank": rank, "rollouts": run.total}
     wanted = {p.id for p in prompts}
+    order = {p.id: i for i, p in enumerate(prompts)}  # one order whatever the ranks were
+    every = sorted(
+        (r for p in all_rows_paths(work, "rollouts") for r in read_rollouts(p)),
+        key=lambda r: (order.get(r.prompt_id, len(order)), r.prompt_id, r.index),
+    )
     if a.rollouts_only:
-        rs = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
+        rs = [r for r in every if r.prompt_id in wanted]
         rate = float(np.mean([r.reward for r in rs])) if rs else 0.0
         log(f"rollouts only: {len(rs)} rollouts, success rate {rate:.3f}; no head trained")
         return {"rollouts": len(rs), "success_rate": rate}
-    rollouts = [r for r in read_rollouts(run.path) if r.prompt_id in wanted]
+    rollouts = [r for r in every if r.prompt_id in wanted]
     if a.block == "lines":
         from .vocab import newline_tokens, vocab_size_of
 
@@ -263,7 +282,7 @@ def train_verifier(
         log=log,
     )
     metrics = {
-        "rollouts": run.total,
+        "rollouts": len(rollouts),
         "success_rate": float(np.mean([r.reward for r in rollouts])),
         "prefixes": len(targets),
         "train": res.train.as_dict(),

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from math import comb
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,14 +75,17 @@ def cli(*args, timeout=600):
     )
 
 
-def test_quick_mode_end_to_end_on_a_tiny_model(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model folder, a head trained on its rollouts (train-verifier --reward humaneval)
+    and the rollouts as the pool of plain responses."""
     from tiny_models import tiny_model_folder
 
+    from mlx_vgb.generate import load
     from mlx_vgb.tasks import code
 
+    tmp_path = tmp_path_factory.mktemp("code")
     model = tiny_model_folder(tmp_path / "tiny", seed=3, context=4096)
-    from mlx_vgb.generate import load
-
     _, tok = load(str(model))
     prompts = tmp_path / "prompts.jsonl"
     ids = code.split_ids("report")[:2]
@@ -93,52 +97,27 @@ def test_quick_mode_end_to_end_on_a_tiny_model(tmp_path):
     )
     work = tmp_path / "rollouts"
     r = cli(
-        "train-verifier",
-        "--model",
-        str(model),
-        "--prompts",
-        str(prompts),
-        "--reward",
-        "humaneval",
-        "--out",
-        str(tmp_path / "head"),
-        "--work-dir",
-        str(work),
-        "--num-rollouts",
-        "2",
-        "--max-tokens",
-        "12",
-        "--block",
-        "lines",
-        "--epochs",
-        "2",
-        "--holdout",
-        "0",
-        "--hidden-dims",
-        "8",
-        "--no-progress",
-    )
+        "train-verifier", "--model", str(model), "--prompts", str(prompts), "--reward", "humaneval",
+        "--out", str(tmp_path / "head"), "--work-dir", str(work), "--num-rollouts", "2",
+        "--max-tokens", "12", "--block", "lines", "--epochs", "2", "--holdout", "0",
+        "--hidden-dims", "8", "--no-progress",
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+    return dict(model=model, head=tmp_path / "head", pool=work / "rollouts.jsonl", ids=ids)
+
+
+def bench_args(t, out, configs="plain,greedy,bon-visible,action-rs,vgb,vgb-visible"):
+    return [
+        "bench", "code", "--quick", "--model", str(t["model"]), "--head", str(t["head"]),
+        "--configs", configs, "--drifts", "0.5", "--budgets", "4", "--pool", str(t["pool"]),
+        "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
+    t, ids, work = trained, trained["ids"], trained["pool"].parent
     out = tmp_path / "bench"
-    args = [
-        "bench",
-        "code",
-        "--quick",
-        "--model",
-        str(model),
-        "--head",
-        str(tmp_path / "head"),
-        "--configs",
-        "plain,greedy,bon-visible,action-rs,vgb,vgb-visible",
-        "--drifts",
-        "0.5",
-        "--budgets",
-        "4",
-        "--pool",
-        str(work / "rollouts.jsonl"),
-        "--out",
-        str(out),
-    ]
+    args = bench_args(t, out)
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
@@ -162,3 +141,41 @@ def test_quick_mode_end_to_end_on_a_tiny_model(tmp_path):
     again = cli(*args)  # resumes: nothing left to sample, same rows
     assert again.returncode == 0 and "to sample" not in again.stdout
     assert len((out / "rows.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_two_mlx_launch_ranks_merge_to_the_one_rank_result(trained, tmp_path):
+    # MLX's own distributed layer: mlx.launch -n 2 (ring backend, this machine); each rank
+    # takes every other problem, rank 0 reports from both rows files
+    import shutil
+
+    launch = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    configs = "plain,vgb"
+    r = cli(*bench_args(trained, one, configs))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(
+        [launch, "-n", "2", "--backend", "ring", sys.executable, "-m", "mlx_vgb.cli"]
+        + bench_args(trained, two, configs),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    assert sorted(p.name for p in two.glob("rows*.jsonl")) == [
+        "rows.rank0.jsonl",
+        "rows.rank1.jsonl",
+    ]
+
+    def rows(folder):
+        from mlx_vgb.bench.code import read_rows
+
+        return {
+            k: (r.body_sha, r.hidden_pass, r.tokens, r.forward_tokens, r.backtracks)
+            for k, r in read_rows(folder).items()
+        }
+
+    assert rows(two) == rows(one) and len(rows(one)) == 2 * 2 * 2
+    s1 = json.loads((one / "results.json").read_text())["summary"]
+    s2 = json.loads((two / "results.json").read_text())["summary"]
+    key = ("config", "problems", "n", "pass1", "fwd_ratio", "backtracks")
+    assert [[x.get(k) for k in key] for x in s2] == [[x.get(k) for k in key] for x in s1]

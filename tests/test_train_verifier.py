@@ -298,3 +298,54 @@ def test_a_batch_with_shared_prompts_and_early_stops_draws_what_rows_draw_alone(
     alone = [sample_batch(tiny_lm, [p], u[i : i + 1], 40, eos)[0] for i, p in enumerate(prompts)]
     assert batched == alone
     assert len({len(r) for r in batched}) > 2  # rows stopped at several different steps
+
+
+def test_two_mlx_launch_ranks_train_what_one_rank_trains(tiny_lm, tmp_path):
+    # rollouts sharded by prompt across 2 ranks (mlx.launch, ring backend, this machine): each
+    # rank writes its own file, rank 0 trains on all of them: the same rollouts and metrics
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lm_dir = save_lm(tiny_lm, tmp_path / "lm")
+    prompts = tmp_path / "prompts.jsonl"
+    dyck.write_prompts(prompts, dyck.make_prompts(6, seed=1, prompt_lengths=(24, 26)))
+
+    def argv(name):
+        return [
+            "-m", "mlx_vgb.cli", "train-verifier", "--model", str(lm_dir), "--prompts",
+            str(prompts), "--reward", "dyck", "--out", str(tmp_path / name), "--num-rollouts",
+            "3", "--epochs", "2", "--no-progress",
+        ]  # fmt: skip
+
+    r = subprocess.run([sys.executable, *argv("one")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    launch = shutil.which("mlx.launch") or str(Path(sys.executable).with_name("mlx.launch"))
+    r = subprocess.run(
+        [launch, "-n", "2", "--backend", "ring", sys.executable, *argv("two")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    two = tmp_path / "two.work"
+    assert sorted(p.name for p in two.glob("rollouts*.jsonl")) == [
+        "rollouts.rank0.jsonl",
+        "rollouts.rank1.jsonl",
+    ]
+
+    def rolls(paths):
+        return sorted(
+            (r.prompt_id, r.index, tuple(r.completion_ids)) for p in paths for r in read_rollouts(p)
+        )
+
+    assert rolls(two.glob("rollouts.rank*.jsonl")) == rolls(
+        [tmp_path / "one.work" / "rollouts.jsonl"]
+    )
+    m1 = json.loads((tmp_path / "one.work" / "metrics.json").read_text())
+    m2 = json.loads((two / "metrics.json").read_text())
+    assert m1["rollouts"] == m2["rollouts"] == 18
+    # the same rollouts in the same order, the same seed: the same training, to the bit
+    assert m2["train"] == m1["train"] and m2["final_loss"] == m1["final_loss"]
+    assert m1["train"]["n_prefixes"] > 0

@@ -18,7 +18,9 @@ batched engine (``mlx_vgb.engine``, ``--concurrency`` walks at a time):
 Metrics per config: pass@1 on the hidden tests (the unbiased c/n per problem, mean over
 problems, bootstrap 95% interval over problems), pass@k for k = 1..n, distinct correct bodies
 per problem, forward tokens and job wall time per response as ratios to plain, backtracks per
-response. Rows go to ``rows.jsonl`` as they finish; a rerun resumes.
+response. Rows go to ``rows.jsonl`` as they finish; a rerun resumes. Under ``mlx.launch -n R``
+each rank takes every R-th problem and writes ``rows.rank{r}.jsonl``; rank 0 reports
+(``mlx_vgb.shards``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..models import MODEL_HELP
+from ..shards import all_rows_paths, barrier, mine, rows_path, world
 from .report import environment, markdown_table
 
 FULL = dict(problems=0, samples=8, horizon=384, candidates=4, concurrency=8)
@@ -109,9 +112,10 @@ def _parse(config: str) -> tuple[str, dict]:
     return name, kv
 
 
-def read_rows(path: Path) -> dict[tuple, Row]:
+def read_rows(folder: Path) -> dict[tuple, Row]:
+    """Every finished row in ``folder`` (the rows files of all ranks)."""
     out = {}
-    if path.exists():
+    for path in all_rows_paths(folder, "rows"):
         for line in path.read_text().splitlines():
             try:
                 r = Row(**json.loads(line))
@@ -202,11 +206,14 @@ def run(args):
     configs = expand(args.configs, drifts, budgets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "rows.jsonl"
+    rank, size = world()
     pool = read_pool(args.pool)
     if not args.report_only:
-        _sample(args, cfg, configs, pool, rows_path)
-    write_report(args, cfg, configs, pool, read_rows(rows_path))
+        _sample(args, cfg, configs, pool, out, rank, size)
+    barrier(size)
+    if rank != 0:
+        return False  # rank 0 writes the report from every rank's rows
+    write_report(args, cfg, configs, pool, read_rows(out))
 
 
 def _problem_ids(args, cfg) -> list[str]:
@@ -216,7 +223,8 @@ def _problem_ids(args, cfg) -> list[str]:
     return ids[: cfg["problems"]] if cfg["problems"] else ids
 
 
-def _sample(args, cfg, configs, pool, rows_path: Path) -> None:
+def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
+    """Sample this rank's share of the missing rows (problems ``rank::size``)."""
     from .. import Lines
     from ..engine import Engine
     from ..generate import load
@@ -237,8 +245,9 @@ def _sample(args, cfg, configs, pool, rows_path: Path) -> None:
     head = HeadSpec(args.head).load_head(model) if needs_head else None
     H = cfg["horizon"]
     problems = code.problems()
-    ids = _problem_ids(args, cfg)
-    done = read_rows(rows_path)
+    ids = mine(_problem_ids(args, cfg), rank, size)
+    done = read_rows(out)
+    rows_file = rows_path(out, "rows", rank, size)
     plain_cost = {t: float(np.mean([r["tokens"] for r in pool[t]])) for t in ids if t in pool}
 
     def job(config: str, tid: str, j: int):
@@ -301,8 +310,9 @@ def _sample(args, cfg, configs, pool, rows_path: Path) -> None:
         return
     eng = Engine()
     live: list = []
-    print(f"[code] {len(todo)} responses to sample ({len(done)} resumed)", flush=True)
-    with open(rows_path, "a") as f:
+    who = f" (rank {rank} of {size})" if size > 1 else ""
+    print(f"[code] {len(todo)} responses to sample{who} ({len(done)} resumed)", flush=True)
+    with open(rows_file, "a") as f:
         while todo or live:
             while todo and len(live) < cfg["concurrency"]:
                 key = todo.pop(0)
