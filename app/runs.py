@@ -1,17 +1,17 @@
 """Runs behind the web page: settings from the form, loaded models, one run per session, cancel.
 
 Only the public API is used (``mlx_vgb.generate.load`` / ``stream_generate``). Model work of all
-sessions runs on one ``ModelWorker`` thread a walk event at a time, so concurrent runs interleave
-(first come, first served) instead of calling MLX from several threads at once.
+sessions runs as jobs of one batched engine (``ModelWorker``): concurrent runs share batched
+forwards, take turns on the host, and never call MLX from two threads at once.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import inspect
 import logging
 import os
+import queue
 import threading
 import time
 import traceback
@@ -30,18 +30,49 @@ log = logging.getLogger("mlx_vgb.app")
 
 
 class ModelWorker:
-    """The one thread that runs all model work (loading, every walk step, closing a stream).
-
-    MLX binds lazily evaluated arrays to the stream of the thread that made them, so a run must
-    not hop between Gradio's worker threads; and one thread means runs of different sessions
-    interleave a walk event at a time, first come first served, never calling MLX at once.
+    """All model work (loading, every walk) runs as jobs of one batched engine
+    (``mlx_vgb.engine``): the walks of all sessions, and the two of compare mode, share one
+    batched forward per engine step, each timed apart (``Engine.job_seconds``). One job runs
+    at a time, so MLX is never called from two threads at once.
     """
 
     def __init__(self):
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mlx-vgb-model")
+        from ..engine import Engine
+
+        self.engine = Engine()
 
     def call(self, fn: Callable, *args, **kwargs):
-        return self._pool.submit(fn, *args, **kwargs).result()
+        """``fn(*args, **kwargs)`` as an engine job; its result (or its error)."""
+        return self.engine.submit(lambda: fn(*args, **kwargs)).result()
+
+    def stream(self, make: Callable[[], Iterator], stop: Callable[[], bool], out, key) -> None:
+        """Run the walk ``make()`` as an engine job: ``(key, (response, own seconds))`` for each
+        event on ``out``, then ``(key, _END)``; an error goes on ``out`` as ``(key, error)``. The
+        walk stops (and is closed) at the first event after ``stop()`` is true."""
+
+        def job():
+            gen = None
+            try:
+                gen = make()
+                for resp in gen:
+                    out.put((key, (resp, self.engine.job_seconds())))
+                    if stop():
+                        break
+            except BaseException as e:  # noqa: BLE001 - handed to the page
+                out.put((key, e))
+                return
+            finally:
+                if gen is not None:
+                    try:
+                        gen.close()  # stops the walk, drops its caches
+                    except Exception:  # pragma: no cover - closing must not hide the real error
+                        log.exception("closing a stream")
+            out.put((key, _END))
+
+        self.engine.submit(job)
+
+
+_END = object()
 
 
 class ModelCache:
@@ -162,7 +193,7 @@ class Runner:
     def run(self, settings: RunSettings, session: str) -> Iterator[tuple[list[WalkView], str]]:
         """Yield (views, status line) as the run goes; raises VGBError on bad settings."""
         run = self.registry.start(session)
-        streams: list = []
+        stopped = threading.Event()
         try:
             settings.check()
             spec = settings.verifier_settings()
@@ -180,64 +211,66 @@ class Runner:
             decode = getattr(tokenizer, "decode", None) or str
             traced = "trace" in inspect.signature(self.stream_generate).parameters
             samplers = [settings.sampler] + ([settings.baseline] if settings.compare else [])
-            for s, view in zip(samplers, run.views):
+            events: queue.Queue = queue.Queue()
+            for i, (s, view) in enumerate(zip(samplers, run.views)):
                 view.decode = decode
                 # every run is scored by the selected verifier (plain too: its verdict)
                 kw = settings.stream_kwargs(s, spec)
                 if traced:
                     kw["trace"] = view.add_trace
-                streams.append(
-                    self.worker.call(self.stream_generate, model, tokenizer, settings.prompt, **kw)
+                self.worker.stream(
+                    lambda kw=kw: self.stream_generate(model, tokenizer, settings.prompt, **kw),
+                    lambda: stopped.is_set() or run.cancel.is_set(),
+                    events,
+                    i,
                 )
             yield run.views, "running…"
-            yield from self._pump(run, streams)
+            yield from self._pump(run, events)
         except GeneratorExit:  # Gradio stopped iterating: the page's Cancel, or a closed tab
             run.cancel.set()
             raise
         finally:
-            for g in streams:  # closing a stream stops its walk and drops its caches
-                try:
-                    self.worker.call(g.close)
-                except Exception:  # pragma: no cover - closing must not hide the real error
-                    log.exception("closing a stream")
-            streams.clear()
+            stopped.set()  # the walks still going stop at their next event
             self.registry.end(session, run)
 
-    def _pump(self, run: SessionRun, streams: list):
+    def _pump(self, run: SessionRun, events: queue.Queue):
         views = run.views
-        live = list(range(len(streams)))
+        live = set(range(len(views)))
         last = 0.0
         while live:
-            changed = False
-            for i in list(live):
-                if run.cancel.is_set():
-                    break
-                resp, took = self.worker.call(_timed_next, streams[i])
-                views[i].busy_s += took  # each run's own time, though they interleave
-                if resp is None:
-                    live.remove(i)
-                    continue
-                views[i].update(resp)
-                changed = True
-                if views[i].done:
-                    live.remove(i)
             if run.cancel.is_set():
                 for v in views:
                     if not v.done:
                         v.cancelled = True
                 yield views, "cancelled"
                 return
+            try:
+                item = events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            changed = False
+            while item is not None:
+                i, got = item
+                if got is _END:
+                    live.discard(i)
+                elif isinstance(got, BaseException):
+                    raise got
+                else:
+                    resp, seconds = got
+                    views[i].busy_s = seconds  # each walk's own time, though they share forwards
+                    views[i].update(resp)
+                    changed = True
+                    if views[i].done:
+                        live.discard(i)
+                try:
+                    item = events.get_nowait()
+                except queue.Empty:
+                    item = None
             now = time.monotonic()
             if changed and (now - last >= self.update_interval_s or not live):
                 last = now
                 yield views, "running…" if live else status_line(views)
         yield views, status_line(views)
-
-
-def _timed_next(stream):
-    t0 = time.perf_counter()
-    resp = next(stream, None)
-    return resp, time.perf_counter() - t0
 
 
 def status_line(views: list[WalkView]) -> str:

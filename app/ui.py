@@ -506,6 +506,7 @@ def build_app(
                 "finished_runs": runner.registry.finished,
                 "cancelled_runs": runner.registry.cancelled,
                 "models_loaded": runner.models.loaded(),
+                "engine": dict(vars(runner.worker.engine.stats)),
             }
 
         gr.Button("status", visible=False).click(

@@ -26,6 +26,7 @@ served one request at a time.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
@@ -46,6 +47,7 @@ class _Request:
     lm: object  # the MLXLanguageModel asking
     tokens: mx.array  # (B, S)
     cache: list  # per layer, B rows of one length
+    job: int = -1  # the asking job
     result: tuple | None = None
 
 
@@ -100,20 +102,36 @@ class Engine:
         self._next = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._seconds: dict[int, float] = {}  # each job's own time (see job_seconds)
+        self._turn_t0 = 0.0
 
     # -- the jobs' side ----------------------------------------------------------------------
     def forward(self, lm, tokens: mx.array, cache: list) -> tuple:
         """Called by a job's model: wait for the engine to serve this forward."""
         # MLX streams are per thread: what crosses to the engine's thread must be evaluated
         mx.eval(tokens, *_arrays(cache))
-        req = _Request(lm, tokens, cache)
         me = _local.job
+        req = _Request(lm, tokens, cache, me)
         with self._cv:
             self._pending[me] = req
             self._turn = None
             self._cv.notify_all()
             self._cv.wait_for(lambda: self._turn == me)
         return req.result
+
+    def job_seconds(self) -> float:
+        """The calling job's own time so far: its turns on the host plus its share (by rows x
+        new tokens) of every batched forward that served it. Jobs batched together are timed
+        apart this way (the app's compare mode)."""
+        me = getattr(_local, "job", -1)
+        now = time.perf_counter() - self._turn_t0 if self._turn == me else 0.0  # this turn
+        return self._seconds.get(me, 0.0) + now
+
+    def _charge(self, reqs: list[_Request], seconds: float) -> None:
+        w = [r.tokens.shape[0] * r.tokens.shape[1] for r in reqs]
+        total = sum(w) or 1
+        for r, x in zip(reqs, w):
+            self._seconds[r.job] = self._seconds.get(r.job, 0.0) + seconds * x / total
 
     def _worker(self, i: int, fn: Callable, h: Handle) -> None:
         _local.engine, _local.job = self, i
@@ -190,10 +208,15 @@ class Engine:
                 runnable += self._incoming
                 self._incoming.clear()
             for i in runnable:
+                t0 = self._turn_t0 = time.perf_counter()
                 with self._cv:
                     self._turn = i
                     self._cv.notify_all()
                     self._cv.wait_for(lambda: self._turn is None)
+                    if i in self._handles:  # a finished job's time is no longer asked for
+                        self._seconds[i] = self._seconds.get(i, 0.0) + time.perf_counter() - t0
+                    else:
+                        self._seconds.pop(i, None)
             if any(h.error is not None for h in abort):
                 # the other jobs stay parked (daemon threads); run() reports the error
                 with self._cv:
@@ -223,8 +246,10 @@ class Engine:
         for key, group in groups.items():
             if key[0] == "alone":
                 for r in group:
+                    t0 = time.perf_counter()
                     r.result = r.lm._forward_local(r.tokens, r.cache)
                     mx.eval(*_arrays(r.cache))
+                    self._charge([r], time.perf_counter() - t0)
                     self._count(1, r.tokens.shape[0])
                 continue
             chunk: list[_Request] = []
@@ -246,6 +271,13 @@ class Engine:
         """One forward for requests on one model. Rows of S_i < S new tokens are padded on the
         right (causal attention: the padding never reaches the first S_i positions; its keys
         are dropped and the state read at position S_i - 1)."""
+        t0 = time.perf_counter()
+        try:
+            self._batched_forward(reqs)
+        finally:
+            self._charge(reqs, time.perf_counter() - t0)
+
+    def _batched_forward(self, reqs: list[_Request]) -> None:
         self.stats.requests += len(reqs)
         if len(reqs) == 1:
             r = reqs[0]

@@ -177,6 +177,7 @@ def test_concurrent_sessions_each_get_their_own_run(app_url):
         for s in seeds
     }
     assert len(set(alone.values())) > 1
+    shared = client(app_url).predict(api_name="/status")["engine"]["shared"]
     got = {}
 
     def run(seed):
@@ -188,6 +189,8 @@ def test_concurrent_sessions_each_get_their_own_run(app_url):
     for t in threads:
         t.join(60)
     assert {s: got[s][FINAL] for s in seeds} == alone
+    # the sessions' walks went through one batched engine and shared forwards
+    assert client(app_url).predict(api_name="/status")["engine"]["shared"] > shared
 
 
 @pytest.mark.parametrize(

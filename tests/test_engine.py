@@ -188,3 +188,24 @@ def test_cli_generate_n(folder):
     assert out.stdout.count("=== response") == 2
     bad = subprocess.run(cmd + ["-n", "0"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "-n" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_each_job_is_timed_apart(model):
+    # a job's own time: its turns plus its share of the forwards it was served in. A job that
+    # sleeps 0.2 s in each of its 3 turns is charged >= 0.6 s; its batch-mate that does not
+    # sleep is charged far less, though both ran in the same wall time
+    from mlx_vgb.engine import current
+
+    lm_a, lm_b = MLXLanguageModel(model), MLXLanguageModel(model)
+
+    def job(lm, nap):
+        import time
+
+        lm.begin((1, 2, 3))
+        for t in range(3):
+            time.sleep(nap)
+            lm.logprobs([(4,) * t])
+        return current().job_seconds()
+
+    slow, fast = Engine().run([lambda: job(lm_a, 0.2), lambda: job(lm_b, 0.0)])
+    assert slow >= 0.6 and fast < 0.5 * slow
