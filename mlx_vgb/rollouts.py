@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from .errors import ConfigError
 from .resume import settings_diff
@@ -107,18 +107,24 @@ def sample_batch(
     eos: frozenset[int],
     temp: float = 1.0,
 ) -> list[list[int]]:
-    """Batched ancestral sampling; every prompt must have the same length. Each distinct
-    prompt is prefilled once (its rows share the cache), and rows that have stopped leave the
-    batch (their cache rows are dropped once a quarter of the batch has stopped), so the cost
-    follows the tokens drawn, not the longest row."""
+    """Batched ancestral sampling. Each distinct prompt is prefilled once (its rows share the
+    cache); prompts of other lengths are left-padded into a ``BatchKVCache`` (per-row positions,
+    padding masked); rows that have stopped leave the batch (their cache rows are dropped once
+    a quarter of the batch has stopped), so the cost follows the tokens drawn, not the longest
+    row. Row r's tokens are those it draws alone, up to float rounding between batch shapes."""
     B = len(prompts)
-    if len({len(p) for p in prompts}) != 1:
-        raise ConfigError("sample_batch needs prompts of one length")
     first: dict[tuple[int, ...], int] = {}
     rows = [first.setdefault(tuple(p), len(first)) for p in prompts]
-    cache = make_prompt_cache(model)
-    unique = np.asarray(list(first), dtype=np.int32)
-    logits = model(mx.array(unique), cache=cache)[:, -1, :]
+    unique = list(first)
+    longest = max(len(p) for p in unique)
+    pads = [longest - len(p) for p in unique]
+    if any(pads):
+        cache = [BatchKVCache(pads) for _ in range(len(make_prompt_cache(model)))]
+        tokens = np.asarray([[0] * k + list(p) for p, k in zip(unique, pads)], dtype=np.int32)
+    else:
+        cache = make_prompt_cache(model)
+        tokens = np.asarray(unique, dtype=np.int32)
+    logits = model(mx.array(tokens), cache=cache)[:, -1, :]
     if len(first) < B:
         idx = mx.array(rows)
         logits = logits[idx]
@@ -151,9 +157,12 @@ def sample_batch(
 def _take_rows(cache: list, idx: mx.array) -> None:
     """Keep (or repeat) batch rows ``idx`` of every layer's KV cache, in place."""
     for c in cache:
-        if not isinstance(c, KVCache):
+        if isinstance(c, BatchKVCache):
+            c.filter(idx)
+        elif isinstance(c, KVCache):
+            c.keys, c.values = c.keys[idx], c.values[idx]
+        else:
             raise ConfigError(f"rollouts need plain KV caches; this model has {type(c).__name__}")
-        c.keys, c.values = c.keys[idx], c.values[idx]
     mx.eval(*[a for c in cache for a in (c.keys, c.values)])
 
 
@@ -230,13 +239,13 @@ def collect_rollouts(
     done = {(r.prompt_id, r.index) for r in read_rollouts(path, repair=True)}
     done |= set(done_elsewhere)
     skipped = sum(1 for p in prompts for k in range(n) if (p.id, k) in done)
-    jobs: dict[int, list[tuple[PromptRecord, list[int], int]]] = {}
+    # batches over prompts sorted by length (little padding); a prompt's rollouts stay together
+    queue: list[tuple[PromptRecord, list[int], int]] = []
     for p in prompts:
         ids = encode(p.prompt)
-        for k in range(n):
-            if (p.id, k) not in done:
-                jobs.setdefault(len(ids), []).append((p, ids, k))
-    todo = sum(len(v) for v in jobs.values())
+        queue += [(p, ids, k) for k in range(n) if (p.id, k) not in done]
+    queue.sort(key=lambda job: len(job[1]))
+    todo = len(queue)
     bar = None
     if progress and todo:
         try:
@@ -247,36 +256,34 @@ def collect_rollouts(
             bar = None
     computed = 0
     with open(path, "a") as f:
-        for length in sorted(jobs):
-            group = jobs[length]
-            for s in range(0, len(group), batch_size):
-                chunk = group[s : s + batch_size]
-                horizon = max(p.max_tokens or max_tokens for p, _, _ in chunk)
-                u = np.stack([rollout_rng(seed, p.id, k).random(horizon) for p, _, k in chunk])
-                outs = sample_batch(model, [ids for _, ids, _ in chunk], u, horizon, eos, temp)
-                lines = []
-                for (p, ids, k), toks in zip(chunk, outs):
-                    toks = toks[: p.max_tokens or max_tokens]
-                    stop = bool(toks) and toks[-1] in eos
-                    text = decode(toks[:-1] if stop else toks)
-                    r = Rollout(
-                        p.id,
-                        k,
-                        list(ids),
-                        toks,
-                        text,
-                        float(reward(p.prompt, text)),
-                        "stop" if stop else "length",
-                    )
-                    lines.append(r.to_json() + "\n")
-                f.write("".join(lines))
-                f.flush()
-                os.fsync(f.fileno())
-                computed += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-                if on_batch is not None:
-                    on_batch(skipped + computed)
+        for s in range(0, len(queue), batch_size):
+            chunk = queue[s : s + batch_size]
+            horizon = max(p.max_tokens or max_tokens for p, _, _ in chunk)
+            u = np.stack([rollout_rng(seed, p.id, k).random(horizon) for p, _, k in chunk])
+            outs = sample_batch(model, [ids for _, ids, _ in chunk], u, horizon, eos, temp)
+            lines = []
+            for (p, ids, k), toks in zip(chunk, outs):
+                toks = toks[: p.max_tokens or max_tokens]
+                stop = bool(toks) and toks[-1] in eos
+                text = decode(toks[:-1] if stop else toks)
+                r = Rollout(
+                    p.id,
+                    k,
+                    list(ids),
+                    toks,
+                    text,
+                    float(reward(p.prompt, text)),
+                    "stop" if stop else "length",
+                )
+                lines.append(r.to_json() + "\n")
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            computed += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(skipped + computed)
     if bar is not None:
         bar.close()
     return RolloutRun(path, skipped + computed, computed, skipped)

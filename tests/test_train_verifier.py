@@ -349,3 +349,16 @@ def test_two_mlx_launch_ranks_train_what_one_rank_trains(tiny_lm, tmp_path):
     # the same rollouts in the same order, the same seed: the same training, to the bit
     assert m2["train"] == m1["train"] and m2["final_loss"] == m1["final_loss"]
     assert m1["train"]["n_prefixes"] > 0
+
+
+def test_prompts_of_other_lengths_share_a_left_padded_batch(tiny_lm):
+    from mlx_vgb.rollouts import sample_batch
+
+    ps = [encode(p.prompt) for p in PROMPTS]
+    ps = [ps[0], ps[0], ps[0][:-3], ps[1], ps[1][:-7], ps[1][:-7]]
+    assert len({len(p) for p in ps}) >= 3
+    u = np.random.default_rng(5).random((len(ps), 40))
+    eos = frozenset([dyck.EOS])
+    batched = sample_batch(tiny_lm, ps, u, 40, eos)
+    alone = [sample_batch(tiny_lm, [p], u[i : i + 1], 40, eos)[0] for i, p in enumerate(ps)]
+    assert batched == alone and len({len(r) for r in batched}) > 2
