@@ -571,10 +571,39 @@ def part_d(args, cfg) -> tuple[list[EngineRow], int]:
         )
         print(f"[perf] engine: {mode} {wall:.1f} s", flush=True)
     same = sum(a.tokens == b.tokens for a, b in zip(*results.values()))
-    return rows, same
+    # the headroom batching has on this machine: rows per second of one forward at the engine's
+    # mean batch vs at one walk's (what the forwards alone allow the engine to gain)
+    ctx = len(prompt) + H // 2
+    b_one = max(1, round(rows[1].mean_positions))
+    b_eng = max(b_one, round(rows[2].mean_positions))
+    t_one, t_eng = _forward_s(model, ctx, b_one), _forward_s(model, ctx, b_eng)
+    headroom = dict(
+        rows_one_walk=b_one,
+        rows_engine=b_eng,
+        forward_s_one_walk=t_one,
+        forward_s_engine=t_eng,
+        rows_per_s_gain=(b_eng / t_eng) / (b_one / t_one),
+    )
+    print(f"[perf] engine: forward headroom {headroom}", flush=True)
+    return rows, same, headroom
 
 
-def write_engine(args, cfg, rows: list[EngineRow], same: int) -> None:
+def _forward_s(model, context: int, rows: int, repeats: int = 5) -> float:
+    """Seconds of one single-token forward of ``rows`` rows after ``context`` cached tokens."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.zeros((rows, context), dtype=mx.int32), cache=cache))
+    tok = mx.zeros((rows, 1), dtype=mx.int32)
+    mx.eval(model(tok, cache=cache))  # warm-up at this shape
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        mx.eval(model(tok, cache=cache))
+    return (time.perf_counter() - t0) / repeats
+
+
+def write_engine(args, cfg, rows: list[EngineRow], same: int, headroom: dict) -> None:
     rep = Report(task="perf", command=args.command, config=cfg)
     rep.rows = [asdict(r) for r in rows]
     plain, seq, eng = rows
@@ -586,6 +615,7 @@ def write_engine(args, cfg, rows: list[EngineRow], same: int) -> None:
         "peak_memory_engine_over_one_walk": eng.peak_mb / max(seq.peak_mb, 1e-9),
         "same_tokens_alone_and_batched": f"{same} of {eng.responses}",
         "backtracks_per_step": eng.backtracks / max(1, eng.steps),
+        "forward_rows_per_s_at_engine_batch_over_one_walk_batch": headroom["rows_per_s_gain"],
     }
     rep.summary = summary
     table = [
@@ -615,7 +645,13 @@ def write_engine(args, cfg, rows: list[EngineRow], same: int) -> None:
         f"{ENGINE_PROMPT!r}. One after another: each walk alone (its own batched K-row "
         "forwards). Engine: all walks' forwards of a step in one batched forward. Peak memory: "
         "MLX's peak allocation (one after another: the largest of one walk's; engine: all "
-        f"{cfg['engine_walks']} walks' model state at once).",
+        f"{cfg['engine_walks']} walks' model state at once).\n\n"
+        f"Headroom: one single-token forward of {headroom['rows_engine']} rows (the engine's "
+        f"mean batch) takes {headroom['forward_s_engine'] * 1e3:.1f} ms here, of "
+        f"{headroom['rows_one_walk']} rows (one walk's) {headroom['forward_s_one_walk'] * 1e3:.1f}"
+        f" ms: batching raises rows per second by {headroom['rows_per_s_gain']:.2f}x on this "
+        "machine, which bounds what the engine can gain over walks one after another (their "
+        "forwards are already K-row batches).",
     )
     rep.write(Path(args.out))
 
