@@ -117,7 +117,7 @@ def bench_args(t, out, configs="plain,greedy,bon-visible,action-rs,vgb,vgb-visib
 def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     t, ids, work = trained, trained["ids"], trained["pool"].parent
     out = tmp_path / "bench"
-    args = bench_args(t, out)
+    args = bench_args(t, out) + ["--head-eval"]
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
@@ -128,6 +128,9 @@ def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     names = [x["config"] for x in res["summary"]]
     assert "bon-visible@n1" in names and "bon-visible@n2" in names and "plain (pool)" in names
     assert all(0.0 <= x["pass1"] <= 1.0 for x in res["summary"])
+    # the head scored on the pool's rollouts at line starts and leaves
+    assert res["head"]["rollouts"] == 4 and res["head"]["n_prefixes"] >= 4
+    assert res["head"]["calibration"] and "V^ bin" in (out / "results.md").read_text()
     walks = [x for x in rows if x["config"].startswith(("vgb", "action"))]
     # each walk stayed within its budget (4 x plain's mean tokens on the problem, from the pool)
     pool = [json.loads(x) for x in (work / "rollouts.jsonl").read_text().splitlines()]

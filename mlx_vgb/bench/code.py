@@ -79,6 +79,11 @@ def add_args(p) -> None:
     p.add_argument("--temp", type=float, default=0.7, help="pi_ref temperature")
     p.add_argument("--split", default="report", help="problems: report (default) or train")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from rows")
+    p.add_argument(
+        "--head-eval",
+        action="store_true",
+        help="also score --head on the --pool rollouts at line starts: AUC and calibration",
+    )
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -213,7 +218,8 @@ def run(args):
     barrier(size)
     if rank != 0:
         return False  # rank 0 writes the report from every rank's rows
-    write_report(args, cfg, configs, pool, read_rows(out))
+    head = head_metrics(args, cfg) if args.head_eval else None
+    write_report(args, cfg, configs, pool, read_rows(out), head)
 
 
 def _problem_ids(args, cfg) -> list[str]:
@@ -332,6 +338,29 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     eng.close()
 
 
+def head_metrics(args, cfg) -> dict:
+    """The head as a predictor of success on the pool's rollouts (the report split: problems
+    the head never saw), at every line start and at the leaves: AUC, Brier, calibration."""
+    from ..generate import load
+    from ..registry import HeadSpec
+    from ..rollouts import read_rollouts
+    from ..value_training import evaluate, predict_values, target_features, value_targets
+    from ..vocab import newline_tokens, vocab_size_of
+
+    if not (args.head and args.pool):
+        raise ConfigError("--head-eval needs --head and --pool (rollouts of the report split)")
+    model, tok = load(args.model)
+    head = HeadSpec(args.head).load_head(model)
+    wanted = set(_problem_ids(args, cfg))
+    rollouts = [r for r in read_rollouts(args.pool) if r.prompt_id in wanted]
+    if not rollouts:
+        raise ConfigError(f"{args.pool} holds no rollouts of these problems")
+    targets = value_targets(rollouts, boundaries=newline_tokens(tok, vocab_size_of(tok)).line)
+    feats = target_features(model, rollouts, targets, pad_id=tok.pad_token_id or 0)
+    m = evaluate(predict_values(head, feats), targets)
+    return dict(m.as_dict(), table=m.calibration_table(), rollouts=len(rollouts))
+
+
 def _bootstrap(per_problem: np.ndarray, seed: int = 0, reps: int = 2000) -> tuple[float, float]:
     if len(per_problem) < 2:
         return float("nan"), float("nan")
@@ -444,7 +473,7 @@ def _fmt(x, spec=".3f"):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def write_report(args, cfg, configs, pool, rows) -> None:
+def write_report(args, cfg, configs, pool, rows, head: dict | None = None) -> None:
     ids = _problem_ids(args, cfg)
     lines = summarize(configs, pool, rows, ids)
     cols = [
@@ -492,6 +521,17 @@ def write_report(args, cfg, configs, pool, rows) -> None:
         table,
         "",
     ]
+    if head is not None:
+        md += [
+            f"## The head on the pool's rollouts ({head['rollouts']} rollouts, "
+            f"{head['n_prefixes']} prefixes at line starts and leaves)",
+            "",
+            f"AUC {_fmt(head['auc'])}, Brier {head['brier']:.4f}, "
+            f"success rate {head['base_rate']:.3f}",
+            "",
+            head["table"],
+            "",
+        ]
     atomic_write(out / "results.md", "\n".join(md) + "\n")
     atomic_write(
         out / "results.json",
@@ -501,6 +541,7 @@ def write_report(args, cfg, configs, pool, rows) -> None:
                 "config": cfg,
                 "configs": configs,
                 "summary": lines,
+                "head": {k: v for k, v in head.items() if k != "table"} if head else None,
                 "environment": environment(),
             },
             indent=1,
