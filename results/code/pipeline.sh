@@ -1,0 +1,24 @@
+#!/bin/bash
+# The whole #15 run on this CPU, resumable step by step (rerun to continue; a step whose output
+# exists is skipped, and the rollouts and the bench rows resume where they stopped):
+#   1. rollouts of both splits (rollouts.sh)
+#   2. the value head on the generator's hidden states, value targets at line starts
+#   3. the head on a separate copy of the model (the seed's "verifier of the same size")
+#   4. bench code on the report split: every config, the head's AUC / calibration
+# Under mlx.launch (-n R --backend ring) steps 1 and 4 shard across the ranks.
+set -e
+cd "$(dirname "$0")/../.."
+results/code/rollouts.sh
+train() {  # $1: out folder, then extra flags
+  local out=$1; shift
+  [ -f "$out/verifier_config.json" ] && return 0
+  .venv/bin/python -m mlx_vgb.cli train-verifier --model qwen2.5-coder-0.5b \
+    --prompts results/code/prompts-train.jsonl --reward humaneval --out "$out" \
+    --work-dir results/code/rollouts-train --num-rollouts 16 --temp 0.7 --max-tokens 384 \
+    --batch-size 64 --seed 0 --block lines --holdout 0.2 --epochs 30 --no-progress --force "$@"
+}
+train results/code/head
+train results/code/head-separate --backbone qwen2.5-coder-0.5b
+.venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
+  --pool results/code/rollouts-report/rollouts.jsonl --out results/code/bench --head-eval \
+  --configs plain,greedy,bon-visible,action-rs,vgb,vgb-visible --drifts 0.5,1 --budgets 2,4,8
