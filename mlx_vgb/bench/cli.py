@@ -19,6 +19,7 @@ from .report import command_line, default_out
 TASKS = {
     "abc": "mlx_vgb.bench.abc",
     "dyck": "mlx_vgb.bench.dyck",
+    "dyck_fig1": "mlx_vgb.bench.dyck_fig1",
     "letters": "mlx_vgb.bench.letters",
     "testcases": "mlx_vgb.bench.testcases",
     "humaneval": "mlx_vgb.bench.humaneval",
