@@ -20,6 +20,7 @@ TASKS = {
     "abc": "mlx_vgb.bench.abc",
     "dyck": "mlx_vgb.bench.dyck",
     "dyck_fig1": "mlx_vgb.bench.dyck_fig1",
+    "dyck_fidelity": "mlx_vgb.bench.dyck_fidelity",
     "letters": "mlx_vgb.bench.letters",
     "testcases": "mlx_vgb.bench.testcases",
     "humaneval": "mlx_vgb.bench.humaneval",

@@ -1,0 +1,489 @@
+"""Dyck fidelity ablation: are VGB's samples closer to pi* than ActionLevelRS's as the head trains?
+
+Prompts: out-of-distribution (bracket types 0.8 / 0.2) with completion length H in 9..13 (20 to
+24 prompt brackets), chosen from a pool by plain success (estimated from ``--screen`` plain
+samples each): ``--hard`` of them with success in [2%, 20%) (a few valid samples are needed
+for pi*), the rest spread evenly over the prompts with success >= 20%.
+pi*: ``--pi-samples`` plain samples per prompt (batched ancestral sampling), kept if valid.
+Heads: ``value_training.train_head`` (the code behind ``mlx-vgb train-verifier``) for each of
+``--epochs`` on Monte Carlo rollouts of ``--train-prompts`` OOD prompts x ``--train-rollouts``
+(other seeds than the eval prompts: disjoint), plus the shipped head.
+Methods: VGB (``Enumerate()``, lambda = 1, the practical walk) and ActionLevelRS
+(``Enumerate()``), ``--samples`` each per prompt and head; leaves valued by the exact check
+(default) or the head.
+Distances to pi* (the whole pi* sample), per prompt, on whole completions and on summaries (first
+3 tokens, count of '(', depth profile = the open / close skeleton): TV = l1 / 2. Noise floors:
+the two halves of the pi* sample against each other, and a matched floor (as many pi* samples
+as the method has, from one half, against the other half).
+Rows (prompt, head, method) go to ``rows.jsonl`` as they finish; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_write
+from ..children import Enumerate
+from ..errors import ConfigError
+from ..model_verifier import ValueHeadVerifier
+from ..tasks import dyck
+from ..vgb import VGB, ActionLevelRS
+from .dyck import DEFAULT_LM, DEFAULT_VERIFIER
+from .dyck_fig1 import open_rows, parse_list
+from .dyck_treelm import DyckTreeLM
+from .report import Report, markdown_table
+
+POOL_SEED = 20_251_016  # candidate eval prompts
+TRAIN_SEED = 16_016  # the heads' training prompts (the shipped head used seed 1)
+PROMPT_LENGTHS = (20, 24)  # H = 33 - k = 9..13
+HARD = (0.02, 0.2)
+SUMMARIES = ("whole", "first3", "opens", "depth")
+METHODS = ("vgb", "action-rs")
+
+
+def summary(c: str, kind: str):
+    """A completion (bracket text, without <eos>) reduced to one summary."""
+    if kind == "whole":
+        return c
+    if kind == "first3":
+        return c[:3]
+    if kind == "opens":
+        return c.count("(")
+    return "".join("+" if ch in "([" else "-" for ch in c)  # depth profile
+
+
+def tv(a: Counter, b: Counter) -> float:
+    """Total variation between the empirical laws of two samples (l1 = 2 TV)."""
+    na, nb = sum(a.values()), sum(b.values())
+    if not na or not nb:
+        return float("nan")
+    return 0.5 * sum(abs(a[k] / na - b[k] / nb) for k in set(a) | set(b))
+
+
+def reduce(samples: Counter, kind: str) -> Counter:
+    out: Counter = Counter()
+    for c, n in samples.items():
+        out[summary(c, kind)] += n
+    return out
+
+
+def plain_samples(model, prompt: dict, n: int, seed: int, chunk: int = 2000) -> list[str]:
+    """``n`` plain completions in chunks: the text without <eos> of a valid one, else None."""
+    from ..rollouts import rollout_rng, sample_completions
+
+    ids = [dyck.BOS] + dyck.encode(prompt["prompt"])
+    H = prompt["max_tokens"]
+    out = []
+    for s in range(0, n, chunk):
+        u = np.stack(
+            [rollout_rng(seed, prompt["id"], k).random(H) for k in range(s, min(n, s + chunk))]
+        )
+        for c in sample_completions(model, ids, u, H, [dyck.EOS]):
+            ok = dyck.is_valid_completion(ids, c)
+            out.append(dyck.decode(c[:-1]) if ok else None)
+    return out
+
+
+def choose_prompts(model, st: dict) -> tuple[list[dict], dict]:
+    pool = dyck.make_prompts(
+        st["pool"],
+        POOL_SEED + st["seed"],
+        dyck.OOD_TYPE_PROBS,
+        prompt_lengths=PROMPT_LENGTHS,
+        id_prefix="fid",
+    )
+    rate = {}
+    for p in pool:
+        s = plain_samples(model, p, st["screen"], seed=1)
+        rate[p["id"]] = sum(x is not None for x in s) / len(s)
+    hard = [p for p in pool if HARD[0] <= rate[p["id"]] < HARD[1]][: st["hard"]]
+    easy = sorted((p for p in pool if rate[p["id"]] >= HARD[1]), key=lambda p: rate[p["id"]])
+    k = st["prompts"] - st["hard"]
+    if len(hard) < st["hard"] or len(easy) < k:
+        raise ConfigError(
+            f"the pool of {st['pool']} prompts has {len(hard)} with plain success in "
+            f"[{HARD[0]}, {HARD[1]}) and {len(easy)} above; need {st['hard']} and {k}: "
+            "raise --pool"
+        )
+    pick = [easy[int(i)] for i in np.linspace(0, len(easy) - 1, k).round()] if k else []
+    return hard + pick, rate
+
+
+def train_heads(model, st: dict, log=print) -> dict:
+    """{name: (head, held-out AUC)}: one head per epoch count, all from the same rollouts."""
+    from ..rollouts import Rollout, rollout_rng, sample_completions
+    from ..value_training import split_by_prompt, target_features, train_head, value_targets
+
+    prompts = dyck.make_prompts(
+        st["train_prompts"], TRAIN_SEED + st["seed"], dyck.OOD_TYPE_PROBS, id_prefix="fidtrain"
+    )
+    rolls = []
+    for p in prompts:
+        ids = [dyck.BOS] + dyck.encode(p["prompt"])
+        n, H = st["train_rollouts"], p["max_tokens"]
+        u = np.stack([rollout_rng(TRAIN_SEED, p["id"], k).random(H) for k in range(n)])
+        for k, c in enumerate(sample_completions(model, ids, u, H, [dyck.EOS])):
+            ok = float(dyck.is_valid_completion(ids, c))
+            rolls.append(Rollout(p["id"], k, ids, c, "", ok, "stop"))
+    t = value_targets(rolls)
+    feats = target_features(model, rolls, t, pad_id=dyck.PAD)
+    tr, held = split_by_prompt(t, 0.2, seed=0)
+    log(
+        f"[dyck_fidelity] {len(rolls)} rollouts, success {np.mean([r.reward for r in rolls]):.3f}, "
+        f"{len(t)} prefixes"
+    )
+    heads = {}
+    for e in st["_epochs"]:
+        h = train_head(feats, t, train_idx=tr, held_idx=held, epochs=e, seed=0, log=None)
+        heads[f"epochs={e}"] = (h.head, h.held_out.auc if h.held_out else None)
+        log(f"[dyck_fidelity] head {e} epochs: held-out AUC {heads[f'epochs={e}'][1]:.3f}")
+    return heads
+
+
+def add_args(p) -> None:
+    p.add_argument("--lm", default=str(DEFAULT_LM), help="Dyck LM folder (mlx-lm)")
+    p.add_argument("--verifier", default=str(DEFAULT_VERIFIER), help="shipped head (reference)")
+    p.add_argument("--prompts", type=int, default=None, help="eval prompts (default 24; quick 2)")
+    p.add_argument(
+        "--hard",
+        type=int,
+        default=None,
+        help="of them with plain success in [2%%, 20%%) (default 12; quick 1)",
+    )
+    p.add_argument(
+        "--pool", type=int, default=None, help="candidate prompts (default 400; quick 40)"
+    )
+    p.add_argument(
+        "--screen",
+        type=int,
+        default=None,
+        help="plain samples per candidate to estimate success (default 200; quick 80)",
+    )
+    p.add_argument(
+        "--pi-samples",
+        type=int,
+        default=None,
+        help="plain samples per prompt for pi* (default 5000; quick 800)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="samples per method, prompt and head (default 1000; quick 20)",
+    )
+    p.add_argument(
+        "--epochs", default=None, help="head training epochs (default 1,2,5,10,30; quick 2)"
+    )
+    p.add_argument(
+        "--train-prompts",
+        type=int,
+        default=None,
+        help="training prompts for the heads (default 300; quick 24)",
+    )
+    p.add_argument(
+        "--train-rollouts",
+        type=int,
+        default=None,
+        help="rollouts per training prompt (default 8; quick 4)",
+    )
+    p.add_argument("--leaf", choices=("exact", "head"), default="exact", help="value at leaves")
+
+
+def _settings(args) -> dict:
+    q = args.quick
+    st = {
+        "lm": str(args.lm),
+        "verifier": str(args.verifier),
+        "seed": args.seed,
+        "leaf": args.leaf,
+        "prompts": args.prompts or (2 if q else 24),
+        "hard": args.hard or (1 if q else 12),
+        "pool": args.pool or (40 if q else 400),
+        "screen": args.screen or (80 if q else 200),
+        "pi_samples": args.pi_samples or (800 if q else 5000),
+        "samples": args.samples or (20 if q else 1000),
+        "epochs": args.epochs or ("2" if q else "1,2,5,10,30"),
+        "train_prompts": args.train_prompts or (24 if q else 300),
+        "train_rollouts": args.train_rollouts or (4 if q else 8),
+        "quick": q,
+    }
+    st["_epochs"] = parse_list(st["epochs"], "epochs")
+    if st["hard"] > st["prompts"]:
+        raise ConfigError(f"--hard ({st['hard']}) must be <= --prompts ({st['prompts']})")
+    for k in (
+        "prompts",
+        "pool",
+        "screen",
+        "pi_samples",
+        "samples",
+        "train_prompts",
+        "train_rollouts",
+    ):
+        if st[k] < 1:
+            raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {st[k]}")
+    return st
+
+
+def draw(method: str, lm, ver, ids, H: int, n: int) -> tuple[Counter, int]:
+    """``n`` samples: the counts of the valid completions' texts, and the invalid / unfinished."""
+    s = (
+        VGB(horizon=H, choice=Enumerate())
+        if method == "vgb"
+        else ActionLevelRS(horizon=H, choice=Enumerate())
+    )
+    got, bad = Counter(), 0
+    for i in range(n):
+        r = s.sample(lm, ver, prompt=ids, seed=i)
+        if r.reached_leaf and dyck.is_valid_completion(ids, r.tokens):
+            got[dyck.decode(r.tokens[:-1])] += 1
+        else:
+            bad += 1
+    return got, bad
+
+
+def distances(got: Counter, pi: list[str], rng) -> dict:
+    """TV to the pi* sample per summary, with the half-vs-half and the matched floors."""
+    A, B = Counter(pi[0::2]), Counter(pi[1::2])
+    full = Counter(pi)
+    n = sum(got.values())
+    sub = (
+        Counter(rng.choice(pi[0::2], size=min(n, len(pi[0::2])), replace=False).tolist())
+        if n
+        else Counter()
+    )
+    out = {}
+    for k in SUMMARIES:
+        out[k] = {
+            "tv": tv(reduce(got, k), reduce(full, k)),
+            "floor_half": tv(reduce(A, k), reduce(B, k)),
+            "floor_matched": tv(reduce(sub, k), reduce(B, k)),
+        }
+    return out
+
+
+def run(args) -> None:
+    from mlx_lm import load
+
+    from ..verifier_format import load_verifier
+
+    t0 = time.perf_counter()
+    st = _settings(args)
+    out = Path(args.out)
+    path, rows = open_rows(out, st)
+    model, _ = load(args.lm)
+    _, shipped, _ = load_verifier(args.verifier)
+    prompts, rate = choose_prompts(model, st)
+    heads = train_heads(model, st)
+    heads["shipped"] = (shipped, None)
+    pis = {
+        p["id"]: [c for c in plain_samples(model, p, st["pi_samples"], seed=2) if c is not None]
+        for p in prompts
+    }
+    lm = DyckTreeLM(model, shipped)
+    ver = ValueHeadVerifier(lm, tilt=dyck.completion_tilt if st["leaf"] == "exact" else None)
+    todo = [
+        (p, h, m)
+        for p in prompts
+        for h in heads
+        for m in METHODS
+        if (st["leaf"], p["id"], f"{h}|{m}") not in rows
+    ]
+    print(
+        f"[dyck_fidelity] {len(todo)} (prompt, head, method) to sample ({len(rows)} resumed)",
+        flush=True,
+    )
+    with open(path, "a") as f:
+        for j, (p, h, m) in enumerate(todo):
+            ids = [dyck.BOS] + dyck.encode(p["prompt"])
+            lm.set_head(heads[h][0])
+            t = time.perf_counter()
+            got, bad = draw(m, lm, ver, ids, p["max_tokens"], st["samples"])
+            row = {
+                "leaf": st["leaf"],
+                "prompt_id": p["id"],
+                "method": f"{h}|{m}",
+                "head": h,
+                "sampler": m,
+                "counts": dict(got),
+                "invalid_or_unfinished": bad,
+                "wall_s": round(time.perf_counter() - t, 2),
+            }
+            rows[(st["leaf"], p["id"], row["method"])] = row
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+            f.flush()
+            print(
+                f"[dyck_fidelity] {j + 1}/{len(todo)} {p['id']} {h} {m} "
+                f"({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
+    report(args, st, prompts, rate, heads, pis, rows, out, time.perf_counter() - t0)
+
+
+def report(args, st, prompts, rate, heads, pis, rows, out: Path, wall: float) -> None:
+    rng = np.random.default_rng(0)
+    per = []
+    for p in prompts:
+        for h in heads:
+            for m in METHODS:
+                r = rows[(st["leaf"], p["id"], f"{h}|{m}")]
+                d = distances(Counter(r["counts"]), pis[p["id"]], rng)
+                per.append(
+                    {
+                        "prompt_id": p["id"],
+                        "H": p["max_tokens"],
+                        "plain_success": rate[p["id"]],
+                        "hard": rate[p["id"]] < HARD[1],
+                        "pi_valid": len(pis[p["id"]]),
+                        "head": h,
+                        "method": m,
+                        "valid_samples": sum(r["counts"].values()),
+                        **{f"{k}_{x}": d[k][x] for k in SUMMARIES for x in d[k]},
+                    }
+                )
+    table = []
+    for h in heads:
+        for m in METHODS:
+            for grp, sel in (
+                ("all", lambda r: True),
+                ("hard", lambda r: r["hard"]),
+                ("easy", lambda r: not r["hard"]),
+            ):
+                rs = [r for r in per if r["head"] == h and r["method"] == m and sel(r)]
+                if not rs:
+                    continue
+                row = {"head": h, "held_out_auc": heads[h][1], "method": m, "prompts": grp}
+                for k in SUMMARIES:
+                    row[f"tv_{k}"] = float(np.mean([r[f"{k}_tv"] for r in rs]))
+                    row[f"floor_{k}"] = float(np.mean([r[f"{k}_floor_matched"] for r in rs]))
+                row["l1_whole"] = 2 * row["tv_whole"]
+                table.append(row)
+    wins = {}
+    for h in heads:
+        for k in SUMMARIES:
+            a = {
+                r["prompt_id"]: r[f"{k}_tv"] for r in per if r["head"] == h and r["method"] == "vgb"
+            }
+            b = {
+                r["prompt_id"]: r[f"{k}_tv"]
+                for r in per
+                if r["head"] == h and r["method"] == "action-rs"
+            }
+            wins[f"{h} {k}"] = sum(a[i] < b[i] for i in a) / len(a)
+    rep = Report(
+        task="dyck_fidelity",
+        command=args.command,
+        config={k: v for k, v in st.items() if not k.startswith("_")},
+    )
+    rep.rows = per
+    rep.summary = {
+        "table": table,
+        "vgb_closer_share": wins,
+        "wall_s": wall,
+        "half_floor": {
+            k: float(
+                np.mean(
+                    [
+                        r[f"{k}_floor_half"]
+                        for r in per
+                        if r["head"] == "shipped" and r["method"] == "vgb"
+                    ]
+                )
+            )
+            for k in SUMMARIES
+        },
+    }
+    rep.add_section(
+        "Prompts",
+        markdown_table(
+            [
+                {
+                    "prompt": p["prompt"],
+                    "H": p["max_tokens"],
+                    "plain_success": rate[p["id"]],
+                    "pi_valid_samples": len(pis[p["id"]]),
+                }
+                for p in prompts
+            ]
+        ),
+    )
+    cols = [
+        "head",
+        "held_out_auc",
+        "method",
+        "prompts",
+        *[f"tv_{k}" for k in SUMMARIES],
+        "l1_whole",
+        *[f"floor_{k}" for k in SUMMARIES],
+    ]
+    rep.add_section(
+        "Mean TV to pi* (floor: matched-size pi* sample vs the other half; l1 = 2 TV)",
+        markdown_table(table, cols),
+    )
+    rep.add_section(
+        "Half-vs-half noise floor (mean TV over prompts)",
+        markdown_table([{"summary": k, "tv": v} for k, v in rep.summary["half_floor"].items()]),
+    )
+    rep.add_section(
+        "Share of prompts where VGB is closer to pi* than ActionLevelRS",
+        markdown_table([{"head / summary": k, "share": v} for k, v in wins.items()]),
+    )
+    plot(out / "tv_vs_epochs.png", table, st)
+    rep.plots = ["tv_vs_epochs.png"]
+    rep.write(out)
+
+
+def plot(path: Path, table: list[dict], st: dict) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = list(st["_epochs"])
+    fig, axes = plt.subplots(1, len(SUMMARIES), figsize=(3.2 * len(SUMMARIES), 3.0), dpi=100)
+    for ax, k in zip(axes, SUMMARIES):
+        for m, c in (("vgb", "tab:red"), ("action-rs", "tab:green")):
+            for grp, ls in (("all", "-"), ("hard", "--")):
+                ys = [
+                    next(
+                        (
+                            r[f"tv_{k}"]
+                            for r in table
+                            if r["head"] == f"epochs={e}"
+                            and r["method"] == m
+                            and r["prompts"] == grp
+                        ),
+                        np.nan,
+                    )
+                    for e in eps
+                ]
+                ax.plot(eps, ys, ls, color=c, marker="o", label=f"{m} ({grp})")
+        fl = [
+            next(
+                (
+                    r[f"floor_{k}"]
+                    for r in table
+                    if r["head"] == f"epochs={e}" and r["method"] == "vgb" and r["prompts"] == "all"
+                ),
+                np.nan,
+            )
+            for e in eps
+        ]
+        ax.plot(eps, fl, ":", color="gray", label="noise floor")
+        ax.set_xscale("log")
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("head training epochs", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("TV to pi*", fontsize=8)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())

@@ -1,0 +1,86 @@
+"""bench dyck_fidelity: the distances and summaries, the noise floor, and the quick mode end to
+end (a report per head and method, resume)."""
+
+import json
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mlx_vgb.bench import dyck_fidelity as fid
+from mlx_vgb.errors import ConfigError
+
+
+def sample(p, n, seed):
+    rng = np.random.default_rng(seed)
+    return Counter(rng.choice(len(p), size=n, p=p).tolist())
+
+
+def test_tv_of_two_halves_of_one_sample_is_small_and_of_two_laws_is_their_tv():
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    q = np.array([0.1, 0.2, 0.3, 0.4])
+    # E TV(two samples of n) <= 1/2 sum_i sqrt(2 p_i (1 - p_i) / n) = 0.014 for n = 5000; the
+    # threshold is twice that (seeded, so not flaky)
+    a, b = sample(p, 5000, 1), sample(p, 5000, 2)
+    assert fid.tv(a, b) < 0.03
+    assert abs(fid.tv(sample(p, 5000, 3), sample(q, 5000, 4)) - 0.4) < 0.03  # TV(p, q) = 0.4
+    assert fid.tv(Counter("aab"), Counter("aab")) == 0.0
+    assert fid.tv(Counter("a"), Counter("b")) == 1.0
+    assert np.isnan(fid.tv(Counter(), Counter("a")))
+
+
+def test_summaries():
+    c = "(()[])"
+    assert fid.summary(c, "whole") == c
+    assert fid.summary(c, "first3") == "(()"
+    assert fid.summary(c, "opens") == 2
+    assert fid.summary(c, "depth") == "++-+--"
+    r = fid.reduce(Counter({"(]": 2, "([": 1, "[]": 3}), "first3")
+    assert r == Counter({"(]": 2, "([": 1, "[]": 3})
+    assert fid.reduce(Counter({"((": 2, "([": 1}), "opens") == Counter({2: 2, 1: 1})
+
+
+def test_distances_of_pi_star_itself_sit_at_the_floor():
+    rng = np.random.default_rng(0)
+    pi = [("(" if x else "[") + ")]"[y] for x, y in rng.integers(0, 2, (4000, 2))]
+    same = Counter(pi[:1000])
+    d = fid.distances(same, pi, np.random.default_rng(1))
+    for k in fid.SUMMARIES:
+        assert d[k]["tv"] < 0.05 and d[k]["floor_half"] < 0.05 and d[k]["floor_matched"] < 0.06
+    other = Counter({"((": 1000})
+    assert fid.distances(other, pi, np.random.default_rng(1))["whole"]["tv"] > 0.7
+
+
+@pytest.mark.parametrize(
+    "kw", [{"hard": 5, "prompts": 3}, {"epochs": "1,x"}, {"samples": -1}, {"epochs": "0"}]
+)
+def test_bad_settings_are_config_errors(kw):
+    a = dict(lm="x", verifier="y", seed=0, leaf="exact", quick=True, prompts=None, hard=None)
+    a |= dict(pool=None, screen=None, pi_samples=None, samples=None, epochs=None)
+    a |= dict(train_prompts=None, train_rollouts=None)
+    with pytest.raises(ConfigError):
+        fid._settings(SimpleNamespace(**(a | kw)))
+
+
+def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys):
+    from mlx_vgb.bench.cli import main
+
+    out = tmp_path / "fid"
+    main(["dyck_fidelity", "--quick", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())
+    table = res["summary"]["table"]
+    assert {(r["head"], r["method"]) for r in table if r["prompts"] == "all"} == {
+        (h, m) for h in ("epochs=2", "shipped") for m in fid.METHODS
+    }
+    for r in table:
+        for k in fid.SUMMARIES:
+            assert 0 <= r[f"tv_{k}"] <= 1 + 1e-9 and 0 <= r[f"floor_{k}"] <= 1 + 1e-9
+    # exact leaves: every sample is valid, so the distances are over the valid completions
+    assert all(r["valid_samples"] == 20 for r in res["rows"])
+    assert {r["hard"] for r in res["rows"]} == {True, False}
+    capsys.readouterr()
+    before = (out / "rows.jsonl").read_bytes()
+    main(["dyck_fidelity", "--quick", "--out", str(out)])
+    assert "0 (prompt, head, method) to sample" in capsys.readouterr().out
+    assert (out / "rows.jsonl").read_bytes() == before
