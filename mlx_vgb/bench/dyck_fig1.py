@@ -268,6 +268,11 @@ def add_args(p) -> None:
         help=f"samples per prompt in the fixed protocol (default {DEFAULT_FIXED}; quick 4)",
     )
     p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the rows so far (e.g. while a run goes on); draw nothing",
+    )
+    p.add_argument(
         "--max-samples",
         type=int,
         default=None,
@@ -358,7 +363,7 @@ def run(args) -> None:
         if (leaf, p["id"], m.label) not in rows
     ]
     print(f"[dyck_fig1] {len(todo)} sequences to draw ({len(rows)} resumed)", flush=True)
-    if todo:
+    if todo and not getattr(args, "report_only", False):
         model, _ = load(args.lm)
         _, head, _ = load_verifier(args.verifier)
         lm = DyckTreeLM(model, head)
