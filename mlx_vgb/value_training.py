@@ -154,11 +154,72 @@ def hidden_states(
 
 
 def target_features(model, rollouts: Sequence[Rollout], targets: ValueTargets, **kw) -> np.ndarray:
-    """Hidden state of each target prefix: (n, hidden) float32."""
+    """Hidden state of each target prefix: (n, hidden) float32. With ``pooling="last"`` (the
+    default) the rollouts of one prompt share its forward (``shared_prompt_states``)."""
     need = sorted({int(j) for j in targets.source[:, 0]})
+    if kw.get("pooling", "last") == "last" and kw.get("hidden_layer", -1) == -1:
+        hs = shared_prompt_states(
+            model,
+            [rollouts[j] for j in need],
+            batch_size=kw.get("batch_size", DEFAULT_FEATURE_BATCH),
+            pad_id=kw.get("pad_id", 0),
+        )
+        hs = dict(zip(need, hs))
+        return np.stack([hs[j](int(p)) for j, p in targets.source]).astype(np.float32)
     seqs = [list(rollouts[j].prompt_ids) + list(rollouts[j].completion_ids) for j in need]
-    hs = dict(zip(need, hidden_states(model, seqs, **kw)))
-    return np.stack([hs[j][p] for j, p in targets.source]).astype(np.float32)
+    full = dict(zip(need, hidden_states(model, seqs, **kw)))
+    return np.stack([full[j][p] for j, p in targets.source]).astype(np.float32)
+
+
+def shared_prompt_states(
+    model, rollouts: Sequence[Rollout], *, batch_size: int = DEFAULT_FEATURE_BATCH, pad_id: int = 0
+) -> list:
+    """The final hidden states of each rollout's positions P - 1 .. P + T - 1 (the last prompt
+    token and the completion), as functions ``position -> (hidden,)``. Each distinct prompt is
+    run once; its rollouts' completions then run in batches on copies of its KV cache (right
+    padding: causal attention keeps it from the real positions). The same states as running
+    every whole sequence, up to float rounding."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    inner = getattr(model, "model", None)
+    if inner is None:
+        raise ConfigError("the backbone has no .model (an mlx-lm model is needed)")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(rollouts):
+        groups.setdefault(tuple(r.prompt_ids), []).append(i)
+    out: list = [None] * len(rollouts)
+    for prompt, members in groups.items():
+        P = len(prompt)
+        cache = make_prompt_cache(model)
+        if not all(type(c) is KVCache for c in cache):  # rotating / SSM: whole sequences
+            seqs = [list(prompt) + list(rollouts[i].completion_ids) for i in members]
+            for i, h in zip(members, hidden_states(model, seqs, pad_id=pad_id)):
+                out[i] = lambda p, h=h: h[p]
+            continue
+        last = np.array(inner(mx.array([list(prompt)]), cache=cache)[0, -1].astype(mx.float32))
+        for s in range(0, len(members), batch_size):
+            idx = [i for i in members[s : s + batch_size] if rollouts[i].completion_ids]
+            for i in members[s : s + batch_size]:
+                if not rollouts[i].completion_ids:
+                    out[i] = lambda p, last=last: last
+            if not idx:
+                continue
+            T = max(len(rollouts[i].completion_ids) for i in idx)
+            x = np.full((len(idx), T), pad_id, dtype=np.int32)
+            for r, i in enumerate(idx):
+                x[r, : len(rollouts[i].completion_ids)] = rollouts[i].completion_ids
+            rows = []
+            for c in cache:
+                k = KVCache()
+                k.keys = mx.repeat(c.keys[..., :P, :], len(idx), axis=0)
+                k.values = mx.repeat(c.values[..., :P, :], len(idx), axis=0)
+                k.offset = P
+                rows.append(k)
+            h = np.array(inner(mx.array(x), cache=rows).astype(mx.float32))
+            for r, i in enumerate(idx):
+                hr = h[r]
+                out[i] = lambda p, hr=hr, last=last, P=P: last if p == P - 1 else hr[p - P]
+    return out
 
 
 def split_by_prompt(

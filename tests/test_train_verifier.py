@@ -362,3 +362,21 @@ def test_prompts_of_other_lengths_share_a_left_padded_batch(tiny_lm):
     batched = sample_batch(tiny_lm, ps, u, 40, eos)
     alone = [sample_batch(tiny_lm, [p], u[i : i + 1], 40, eos)[0] for i, p in enumerate(ps)]
     assert batched == alone and len({len(r) for r in batched}) > 2
+
+
+def test_features_with_a_shared_prompt_forward_match_whole_sequences(tiny_lm):
+    # the rollouts of a prompt share its forward (KV cache copies), the others run whole: the
+    # same hidden states up to float rounding, at every target position
+    from mlx_vgb.value_training import hidden_states, target_features
+
+    rs = []
+    for pi, p in enumerate(PROMPTS[:2]):
+        ids = encode(p.prompt)
+        for k, comp in enumerate([[3, 4, dyck.EOS], [5, 3, 3, 4, 4, 6], []]):
+            rs.append(Rollout(p.id, k, ids, comp, "", float(k == 0), "stop"))
+    t = value_targets(rs)
+    got = target_features(tiny_lm, rs, t)
+    seqs = [list(r.prompt_ids) + list(r.completion_ids) for r in rs]
+    full = hidden_states(tiny_lm, seqs)
+    want = np.stack([full[j][p] for j, p in t.source])
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
