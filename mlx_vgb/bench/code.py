@@ -219,7 +219,10 @@ def run(args):
     if rank != 0:
         return False  # rank 0 writes the report from every rank's rows
     head = head_metrics(args, cfg) if args.head_eval else None
-    write_report(args, cfg, configs, pool, read_rows(out), head)
+    rows = read_rows(out)
+    # every config with rows in this folder is reported (earlier commands' too)
+    configs = configs + sorted({r.config for r in rows.values()} - set(configs))
+    write_report(args, cfg, configs, pool, rows, head)
 
 
 def _problem_ids(args, cfg) -> list[str]:

@@ -19,6 +19,11 @@ train() {  # $1: out folder, then extra flags
 }
 train results/code/head
 train results/code/head-separate --backbone qwen2.5-coder-0.5b
-.venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
-  --pool results/code/rollouts-report/rollouts.jsonl --out results/code/bench --head-eval \
-  --configs plain,greedy,bon-visible,action-rs,vgb,vgb-visible --drifts 0.5,1 --budgets 2,4,8
+bench() {
+  .venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
+    --pool results/code/rollouts-report/rollouts.jsonl --out results/code/bench "$@"
+}
+# the core comparison first (one VGB setting), then the sweep; each reports every config so far
+bench --configs plain,greedy,bon-visible,action-rs,vgb --drifts 0.5 --budgets 4 --head-eval
+bench --configs vgb --drifts 0.25,1 --budgets 4
+bench --configs vgb,vgb-visible --drifts 0.5 --budgets 2,8
