@@ -141,9 +141,12 @@ def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     assert (out / "pass1_vs_tokens.png").stat().st_size > 0 and "pass@1" in (
         out / "results.md"
     ).read_text()
-    again = cli(*args)  # resumes: nothing left to sample, same rows
+    verdicts = (out / "visible.jsonl").read_text().splitlines()
+    assert len(verdicts) >= 1  # the visible-example verdicts are kept for the next run
+    again = cli(*args)  # resumes: nothing left to sample, same rows, no sandbox run again
     assert again.returncode == 0 and "to sample" not in again.stdout
     assert len((out / "rows.jsonl").read_text().splitlines()) == len(rows)
+    assert (out / "visible.jsonl").read_text().splitlines() == verdicts
 
 
 def test_two_mlx_launch_ranks_merge_to_the_one_rank_result(trained, tmp_path):

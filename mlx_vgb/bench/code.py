@@ -152,6 +152,19 @@ def read_pool(path: str | None) -> dict[str, list[dict]]:
 
 
 _VISIBLE: dict[tuple[str, str], bool] = {}
+_VISIBLE_FILE: list[Path] = []  # where verdicts are kept across runs (set by run())
+
+
+def _load_visible(path: Path) -> None:
+    """Visible-example verdicts of earlier runs in this folder (task id, body sha -> pass)."""
+    _VISIBLE_FILE[:] = [path]
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                d = json.loads(line)
+                _VISIBLE[d["task_id"], d["body_sha"]] = bool(d["passed"])
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut off by a kill
 
 
 def _visible(problem: dict, completion: str) -> bool:
@@ -160,7 +173,7 @@ def _visible(problem: dict, completion: str) -> bool:
     from ..tasks import code
 
     body = code.fenced_body(completion)
-    key = (problem["task_id"], body)
+    key = (problem["task_id"], _sha(body))
     if key not in _VISIBLE:
         tests = code.visible_tests(problem)
         program = problem["prompt"] + body
@@ -172,6 +185,10 @@ def _visible(problem: dict, completion: str) -> bool:
                 _VISIBLE[key] = False
         else:
             _VISIBLE[key] = run_tests(program, tests, timeout_s=10.0).passed
+        if _VISIBLE_FILE:
+            rec = {"task_id": key[0], "body_sha": key[1], "passed": _VISIBLE[key]}
+            with open(_VISIBLE_FILE[0], "a") as f:
+                f.write(json.dumps(rec) + "\n")
     return _VISIBLE[key]
 
 
@@ -212,6 +229,7 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank, size = world()
+    _load_visible(out / "visible.jsonl")
     pool = read_pool(args.pool)
     if not args.report_only:
         _sample(args, cfg, configs, pool, out, rank, size)
