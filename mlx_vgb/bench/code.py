@@ -130,8 +130,9 @@ def read_rows(folder: Path) -> dict[tuple, Row]:
     return out
 
 
-def read_pool(path: str | None) -> dict[str, list[dict]]:
-    """Plain responses by task id: hidden pass (the rollout's reward), visible pass, tokens."""
+def read_pool(path: str | None, visible: bool = True) -> dict[str, list[dict]]:
+    """Plain responses by task id: hidden pass (the rollout's reward), visible pass (sandboxed;
+    only with ``visible``: the report's rank needs it, the others only the costs), tokens."""
     if path is None:
         return {}
     from ..rollouts import read_rollouts
@@ -143,7 +144,7 @@ def read_pool(path: str | None) -> dict[str, list[dict]]:
         pool.setdefault(r.prompt_id, []).append(
             dict(
                 hidden=bool(r.reward),
-                visible=_visible(p, r.completion),
+                visible=_visible(p, r.completion) if visible else None,
                 tokens=len(r.completion_ids),
                 body_sha=_sha(code.fenced_body(r.completion)),
             )
@@ -155,10 +156,11 @@ _VISIBLE: dict[tuple[str, str], bool] = {}
 _VISIBLE_FILE: list[Path] = []  # where verdicts are kept across runs (set by run())
 
 
-def _load_visible(path: Path) -> None:
-    """Visible-example verdicts of earlier runs in this folder (task id, body sha -> pass)."""
-    _VISIBLE_FILE[:] = [path]
-    if path.exists():
+def _load_visible(folder: Path, mine_path: Path) -> None:
+    """Visible-example verdicts of earlier runs in this folder, every rank's (task id, body
+    sha -> pass); new ones go to this rank's file."""
+    _VISIBLE_FILE[:] = [mine_path]
+    for path in all_rows_paths(folder, "visible"):
         for line in path.read_text().splitlines():
             try:
                 d = json.loads(line)
@@ -229,8 +231,8 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rank, size = world()
-    _load_visible(out / "visible.jsonl")
-    pool = read_pool(args.pool)
+    _load_visible(out, rows_path(out, "visible", rank, size))
+    pool = read_pool(args.pool, visible=rank == 0)
     if not args.report_only:
         _sample(args, cfg, configs, pool, out, rank, size)
     barrier(size)
