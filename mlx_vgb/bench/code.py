@@ -169,24 +169,24 @@ def _load_visible(folder: Path, mine_path: Path) -> None:
                 continue  # a line cut off by a kill
 
 
+_EXAMPLES: dict[str, object] = {}
+
+
 def _visible(problem: dict, completion: str) -> bool:
-    """The docstring's visible examples pass against the response (sandboxed; memoized)."""
-    from ..sandbox import run_tests
+    """The docstring's visible examples pass against the response (sandboxed; kept in the
+    folder's visible files across runs): ``DocstringExamples``' tau on the body."""
     from ..tasks import code
+    from ..tasks.humaneval import DocstringExamples
 
     body = code.fenced_body(completion)
     key = (problem["task_id"], _sha(body))
     if key not in _VISIBLE:
-        tests = code.visible_tests(problem)
-        program = problem["prompt"] + body
-        if not tests:
-            try:
-                compile(program, "<response>", "exec")
-                _VISIBLE[key] = True
-            except (SyntaxError, ValueError):
-                _VISIBLE[key] = False
-        else:
-            _VISIBLE[key] = run_tests(program, tests, timeout_s=10.0).passed
+        tid = problem["task_id"]
+        if tid not in _EXAMPLES:
+            _EXAMPLES[tid] = DocstringExamples(problem["prompt"])
+        # DocstringExamples reads SmolLM2's format (the prompt without its final newline, the
+        # first body line continuing it): the newline goes in front of the body
+        _VISIBLE[key] = bool(_EXAMPLES[tid].tilt_text("\n" + body))
         if _VISIBLE_FILE:
             rec = {"task_id": key[0], "body_sha": key[1], "passed": _VISIBLE[key]}
             with open(_VISIBLE_FILE[0], "a") as f:
@@ -393,6 +393,24 @@ def _bootstrap(per_problem: np.ndarray, seed: int = 0, reps: int = 2000) -> tupl
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def _outcome_metrics(outcomes: dict[str, list[tuple[bool, str]]], ks) -> dict:
+    """pass@1 (mean over problems of c/n, bootstrap interval), distinct correct bodies and
+    pass@k from each problem's n (hidden pass, body sha) pairs."""
+    n = min(len(v) for v in outcomes.values())
+    per = np.array([np.mean([h for h, _ in v]) for v in outcomes.values()])
+    lo, hi = _bootstrap(per)
+    correct = [sum(h for h, _ in v) for v in outcomes.values()]
+    return dict(
+        problems=len(outcomes),
+        n=n,
+        pass1=float(per.mean()),
+        lo=lo,
+        hi=hi,
+        distinct_correct=float(np.mean([len({b for h, b in v if h}) for v in outcomes.values()])),
+        pass_at_k={k: float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in ks},
+    )
+
+
 def summarize(configs, pool, rows: dict, ids: list[str]) -> list[dict]:
     """One line per config over the problems that have rows (bon-visible: the pool)."""
     by: dict[str, dict[str, list[Row]]] = {}
@@ -430,63 +448,30 @@ def summarize(configs, pool, rows: dict, ids: list[str]) -> list[dict]:
         if not tids:
             continue
         n = min(len(got[t]) for t in tids)
-        per = np.array([np.mean([r.hidden_pass for r in got[t][:n]]) for t in tids])
         flat = [r for t in tids for r in got[t][:n]]
-        lo, hi = _bootstrap(per)
         fwd = np.mean([r.forward_tokens for r in flat])
         wall = np.mean([r.wall_s for r in flat])
-        line = dict(
-            config=config,
-            problems=len(tids),
-            n=n,
-            pass1=float(per.mean()),
-            lo=lo,
-            hi=hi,
-            fwd_ratio=float(fwd / plain_fwd) if plain_fwd else None,
-            wall_ratio=float(wall / plain_wall) if plain_wall else None,
-            backtracks=float(np.mean([r.backtracks for r in flat])),
-            unfinished=float(np.mean([r.unfinished for r in flat])),
-            distinct_correct=float(
-                np.mean([len({r.body_sha for r in got[t][:n] if r.hidden_pass}) for t in tids])
-            ),
-            pass_at_k={
-                k: float(
-                    np.mean([pass_at_k(n, sum(r.hidden_pass for r in got[t][:n]), k) for t in tids])
-                )
-                for k in range(1, n + 1)
-            },
+        outcomes = {t: [(r.hidden_pass, r.body_sha) for r in got[t][:n]] for t in tids}
+        out.append(
+            dict(
+                config=config,
+                **_outcome_metrics(outcomes, range(1, n + 1)),
+                fwd_ratio=float(fwd / plain_fwd) if plain_fwd else None,
+                wall_ratio=float(wall / plain_wall) if plain_wall else None,
+                backtracks=float(np.mean([r.backtracks for r in flat])),
+                unfinished=float(np.mean([r.unfinished for r in flat])),
+            )
         )
-        out.append(line)
     if pool:  # the pool itself: plain responses, pass@k from all of them
         tids = [t for t in ids if t in pool]
         n = min(len(pool[t]) for t in tids)
-        per = np.array([np.mean([x["hidden"] for x in pool[t][:n]]) for t in tids])
-        lo, hi = _bootstrap(per)
+        tokens = np.mean([x["tokens"] for t in tids for x in pool[t]])
+        outcomes = {t: [(x["hidden"], x["body_sha"]) for x in pool[t][:n]] for t in tids}
         out.append(
             dict(
                 config="plain (pool)",
-                problems=len(tids),
-                n=n,
-                pass1=float(per.mean()),
-                lo=lo,
-                hi=hi,
-                fwd_ratio=float(np.mean([x["tokens"] for t in tids for x in pool[t]]) / plain_fwd)
-                if plain_fwd
-                else None,
-                distinct_correct=float(
-                    np.mean(
-                        [len({x["body_sha"] for x in pool[t][:n] if x["hidden"]}) for t in tids]
-                    )
-                ),
-                pass_at_k={
-                    k: float(
-                        np.mean(
-                            [pass_at_k(n, sum(x["hidden"] for x in pool[t][:n]), k) for t in tids]
-                        )
-                    )
-                    for k in (1, 2, 4, 8, 16)
-                    if k <= n
-                },
+                **_outcome_metrics(outcomes, [k for k in (1, 2, 4, 8, 16) if k <= n]),
+                fwd_ratio=float(tokens / plain_fwd) if plain_fwd else None,
             )
         )
     return out

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from ..errors import ConfigError
 from ..vocab import tokens_containing
-from .humaneval import body_of, hidden_pass, visible_examples
+from .humaneval import body_of, hidden_pass
 
 FENCE = "```"
 SPLITS = {"train": (0, 2), "report": (1,), "heldout": (3,)}
@@ -106,11 +106,6 @@ def reward(prompt: str, completion: str) -> float:
 
 
 reward.stop_text = FENCE  # train-verifier ends the rollouts at the closing fence
-
-
-def visible_tests(problem: dict) -> str:
-    """Asserts from the docstring's examples (Best-of-N by visible examples); '' if none."""
-    return visible_examples(problem["prompt"])
 
 
 def prompts_jsonl(tokenizer, split: str) -> str:
