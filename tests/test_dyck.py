@@ -98,19 +98,6 @@ def test_tokenizer_round_trip(tmp_path):
     assert tok.eos_token_id == dyck.EOS and tok.pad_token_id == dyck.PAD
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    if not (ASSETS / "lm" / "model.safetensors").exists():
-        pytest.skip("shipped Dyck assets not built (python -m mlx_vgb.tasks.train_dyck_lm)")
-    from mlx_lm import load
-
-    from mlx_vgb.verifier_format import load_verifier
-
-    model, tok = load(str(ASSETS / "lm"))
-    cfg, head, backbone = load_verifier(ASSETS / "verifier")
-    return model, tok, cfg, head, backbone
-
-
 def test_shipped_lm_is_a_normal_mlx_lm_folder(shipped):
     model, tok, cfg, _head, backbone = shipped
     assert tok.encode("(()") == [dyck.BOS, 0, 0, 2]

@@ -2,7 +2,6 @@
 engine's head switching, and the quick mode end to end (report, resume, refusals)."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +10,6 @@ import pytest
 from mlx_vgb.bench import dyck_fig1 as f1
 from mlx_vgb.errors import ConfigError
 from mlx_vgb.tasks import dyck
-
-ASSETS = Path(dyck.__file__).resolve().parent.parent / "assets" / "dyck"
 
 
 def pt(name, acc, dc):
@@ -73,25 +70,12 @@ def test_bad_settings_are_config_errors(kw):
         f1._settings(SimpleNamespace(**(a | kw)), quick=False)
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    if not (ASSETS / "lm" / "model.safetensors").exists():
-        pytest.skip("shipped Dyck assets not built")
-    from mlx_lm import load
-
-    from mlx_vgb.verifier_format import load_verifier
-
-    model, _ = load(str(ASSETS / "lm"))
-    _, head, _ = load_verifier(ASSETS / "verifier")
-    return model, head
-
-
 def test_engine_matches_memo_lm_and_switches_heads(shipped):
     from mlx_vgb.bench.dyck_treelm import DyckTreeLM
     from mlx_vgb.bench.memo_lm import MemoTreeLM
     from mlx_vgb.verifier_format import HeadConfig, ValueHead
 
-    model, head = shipped
+    model, _, _, head, _ = shipped
     other = ValueHead(HeadConfig(dims=[64, 8, 1], activation="relu", output="sigmoid"))
     prompt = [dyck.BOS] + dyck.encode("(([]")
     pre = [(), (0,), (0, 2), (1, 3, 2), (2, 5)]
@@ -116,7 +100,7 @@ def test_plain_costs_one_query_token_and_step_per_action(shipped):
     from mlx_vgb.bench.dyck_treelm import DyckTreeLM
     from mlx_vgb.model_verifier import ValueHeadVerifier
 
-    model, head = shipped
+    model, _, _, head, _ = shipped
     lm = DyckTreeLM(model, head)
     p = dyck.make_prompts(1, 7)[0]
     ids = [dyck.BOS] + dyck.encode(p["prompt"])
