@@ -312,7 +312,8 @@ def train_verifier(
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     m = res.held_out or res.train
     log(
-        f"{'held-out' if res.held_out else 'train'}: AUC {m.auc:.3f}  Brier {m.brier:.4f}  "
+        f"{'held-out' if res.held_out else 'train'}: AUC {m.auc:.3f} (within a prompt "
+        f"{m.within_auc:.3f})  Brier {m.brier:.4f}  "
         f"MSE vs MC mean {m.mse_mc:.4f}  ({m.n_prefixes} prefixes, {m.n_outcomes} outcomes)"
     )
     log(m.calibration_table())
@@ -324,7 +325,13 @@ def _summary(m) -> dict | None:
     if m is None:
         return None
     d = m.as_dict()
-    return {"auc": d["auc"], "brier": m.brier, "mse_mc": m.mse_mc, "n_prefixes": m.n_prefixes}
+    return {
+        "auc": d["auc"],
+        "within_auc": d["within_auc"],
+        "brier": m.brier,
+        "mse_mc": m.mse_mc,
+        "n_prefixes": m.n_prefixes,
+    }
 
 
 def main(argv=None) -> None:

@@ -257,11 +257,16 @@ class ValueMetrics:
     n_outcomes: int
     base_rate: float  # mean outcome
     calibration: list[CalibrationBin] = field(default_factory=list)
+    # the AUC within each prompt (its success and failure prefixes only), pooled over prompts
+    # with both, weighted by their pairs: how well V^ ranks prefixes of one problem -- what a
+    # walk compares -- apart from telling easy problems from hard ones
+    within_auc: float = float("nan")
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        if np.isnan(self.auc):
-            d["auc"] = None  # one class only: AUC undefined (JSON has no NaN)
+        for k in ("auc", "within_auc"):
+            if np.isnan(d[k]):
+                d[k] = None  # one class only: AUC undefined (JSON has no NaN)
         return d
 
     def calibration_table(self) -> str:
@@ -311,8 +316,31 @@ def evaluate(values: np.ndarray, targets: ValueTargets, bins: int = 10) -> Value
                 )
             )
     return ValueMetrics(
-        brier, mse_mc, weighted_auc(v, s, f), len(v), int(w), float(s.sum() / w), cal
+        brier,
+        mse_mc,
+        weighted_auc(v, s, f),
+        len(v),
+        int(w),
+        float(s.sum() / w),
+        cal,
+        within_prompt_auc(v, s, f, targets.prompt_ids),
     )
+
+
+def within_prompt_auc(scores, pos, neg, prompt_ids) -> float:
+    """Per-prompt AUCs averaged with weights (positives x negatives of the prompt): the pooled
+    AUC restricted to pairs of one prompt. NaN when no prompt has both outcomes."""
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(prompt_ids):
+        groups.setdefault(pid, []).append(i)
+    num = den = 0.0
+    for idx in groups.values():
+        idx = np.asarray(idx)
+        pairs = pos[idx].sum() * neg[idx].sum()
+        if pairs > 0:
+            num += pairs * weighted_auc(scores[idx], pos[idx], neg[idx])
+            den += pairs
+    return float(num / den) if den > 0 else float("nan")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from mlx_vgb.value_training import (
     train_head,
     value_targets,
     weighted_auc,
+    within_prompt_auc,
 )
 
 
@@ -177,6 +178,19 @@ def test_weighted_auc_matches_pairwise_count():
         for j in range(30)
     )
     assert weighted_auc(s, pos, neg) == pytest.approx(num / (pos.sum() * neg.sum()))
+
+
+def test_within_prompt_auc_counts_only_pairs_of_one_prompt():
+    # prompt a: its success (weight 2) scores above its failure: AUC 1 over 2 pairs; prompt b:
+    # its success below its failure: AUC 0 over 1 pair; prompt c has one class only
+    s = np.array([0.9, 0.8, 0.95, 0.1, 0.5])
+    pos = np.array([2.0, 0.0, 0.0, 1.0, 1.0])
+    neg = np.array([0.0, 1.0, 1.0, 0.0, 0.0])
+    pids = ["a", "a", "b", "b", "c"]
+    assert within_prompt_auc(s, pos, neg, pids) == pytest.approx((2 * 1 + 1 * 0) / 3)
+    # pooled, all 4 x 2 pairs count: only a's success over a's failure is ordered right
+    assert weighted_auc(s, pos, neg) == pytest.approx(2 / 8)
+    assert np.isnan(within_prompt_auc(s, pos, neg, ["a", "b", "c", "d", "e"]))
 
 
 def test_metrics_and_calibration():

@@ -534,7 +534,8 @@ def write_report(args, cfg, configs, pool, rows, head: dict | None = None) -> No
             f"## The head on the pool's rollouts ({head['rollouts']} rollouts, "
             f"{head['n_prefixes']} prefixes at line starts and leaves)",
             "",
-            f"AUC {_fmt(head['auc'])}, Brier {head['brier']:.4f}, "
+            f"AUC {_fmt(head['auc'])} (within a problem: {_fmt(head.get('within_auc'))}), "
+            f"Brier {head['brier']:.4f}, "
             f"success rate {head['base_rate']:.3f}",
             "",
             head["table"],

@@ -1,14 +1,14 @@
 #!/bin/bash
 # The whole #15 run on this CPU, resumable step by step (rerun to continue; a step whose output
 # exists is skipped, and the rollouts and the bench rows resume where they stopped):
-#   1. rollouts of both splits (rollouts.sh)
-#   2. the value head on the generator's hidden states, value targets at line starts
+#   1. the train split's rollouts (rollouts.sh train), then the value head on the generator's
+#      hidden states, value targets at line starts (its held-out AUC comes early)
+#   2. the report split's rollouts (rollouts.sh report): plain sampling's pool
 #   3. the head on a separate copy of the model (the seed's "verifier of the same size")
 #   4. bench code on the report split: every config, the head's AUC / calibration
 # Under mlx.launch (-n R --backend ring) steps 1 and 4 shard across the ranks.
 set -e
 cd "$(dirname "$0")/../.."
-results/code/rollouts.sh
 train() {  # $1: out folder, then extra flags
   local out=$1; shift
   [ -f "$out/verifier_config.json" ] && return 0
@@ -17,7 +17,9 @@ train() {  # $1: out folder, then extra flags
     --work-dir results/code/rollouts-train --num-rollouts 16 --temp 0.7 --max-tokens 384 \
     --batch-size 64 --seed 0 --block lines --holdout 0.2 --epochs 30 --no-progress --force "$@"
 }
+results/code/rollouts.sh train
 train results/code/head
+results/code/rollouts.sh report
 train results/code/head-separate --backbone qwen2.5-coder-0.5b
 bench() {
   .venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \

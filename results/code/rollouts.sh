@@ -7,7 +7,7 @@
 # and the head's AUC/calibration set.
 set -e
 cd "$(dirname "$0")/../.."
-for split in train report; do
+for split in ${@:-train report}; do  # the splits named as arguments, or both
   .venv/bin/python -m mlx_vgb.cli train-verifier --model qwen2.5-coder-0.5b \
     --prompts results/code/prompts-$split.jsonl --reward humaneval \
     --out results/code/unused-$split --work-dir results/code/rollouts-$split \
