@@ -84,16 +84,27 @@ def load(path_or_hf_repo: str | None = None):
 
 
 def encode_prompt(
-    tokenizer, prompt: str, system_prompt: str | None = None, chat_template: bool = True
+    tokenizer,
+    prompt: str,
+    system_prompt: str | None = None,
+    chat_template: bool = True,
+    prefill_response: str | None = None,
 ) -> list[int]:
+    """The prompt's token ids: through the chat template when the tokenizer has one; with
+    ``prefill_response`` the answer starts with that text (the model continues it; as
+    mlx-lm's ``--prefill-response``), encoded with the template's text in one piece so the
+    tokens at the seam are the ones the model would see in a whole conversation."""
     if not prompt or not prompt.strip():
         raise ConfigError("the prompt is empty: give the text to complete")
     _quiet_transformers()  # its "sequence length is longer than" warning precedes our message
     if chat_template and getattr(tokenizer, "chat_template", None):
         msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
         msgs.append({"role": "user", "content": prompt})
-        return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
-    text = (system_prompt + "\n" if system_prompt else "") + prompt
+        if not prefill_response:
+            return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True))
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer.encode(text + prefill_response, add_special_tokens=False))
+    text = (system_prompt + "\n" if system_prompt else "") + prompt + (prefill_response or "")
     return list(tokenizer.encode(text))
 
 
@@ -143,6 +154,7 @@ def stream_generate(
     choice=None,
     system_prompt: str | None = None,
     chat_template: bool = True,
+    prefill_response: str | None = None,
     trace=None,
 ) -> Iterator[GenerationResponse]:
     """Run one sampler on ``prompt`` (text or token ids); yield a response per walk event.
@@ -152,7 +164,7 @@ def stream_generate(
     spec = parse_verifier(verifier)
     lm = make_language_model(model, tokenizer, spec)
     if isinstance(prompt, str):
-        ids = encode_prompt(tokenizer, prompt, system_prompt, chat_template)
+        ids = encode_prompt(tokenizer, prompt, system_prompt, chat_template, prefill_response)
         prompt_text = prompt
     else:
         ids, prompt_text = [int(t) for t in prompt], None
@@ -334,6 +346,11 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prompt", "-p", default=DEFAULT_PROMPT, help="prompt text, '-' for stdin")
     p.add_argument("--system-prompt", default=None)
+    p.add_argument(
+        "--prefill-response",
+        default=None,
+        help="text the answer starts with (the model continues it; not printed)",
+    )
     p.add_argument("--ignore-chat-template", action="store_true")
     p.add_argument(
         "--max-tokens",
@@ -450,6 +467,7 @@ def _generation_kwargs(args, block, verifier) -> dict:
         max_forward_tokens=args.max_forward_tokens,
         system_prompt=args.system_prompt,
         chat_template=not args.ignore_chat_template,
+        prefill_response=args.prefill_response,
     )
 
 

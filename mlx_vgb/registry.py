@@ -190,6 +190,8 @@ VERIFIER_HELP = """verifier spec:
   python-syntax              every finished line parses as the start of a Python program
   unit-tests:FILE            python-syntax inside; at the end FILE's asserts run in the sandbox
   head:PATH                  a value-head verifier folder on the generator's hidden states
+  code-head                  the shipped head of qwen2.5-coder-0.5b for Python functions
+                             (HumanEval-style; answers end at the closing fence)
   model:PATH                 a verifier folder with its own backbone (bridged through text)
   package.module:function    fn(text, complete) -> float, your own"""
 
@@ -342,6 +344,41 @@ class HeadSpec(VerifierSpec):
         return ValueHeadVerifier(lm)
 
 
+CODE_HEAD = Path(__file__).resolve().parent / "assets" / "heads" / "code-head"
+
+
+@dataclass(frozen=True)
+class CodeHeadSpec(HeadSpec):
+    """``code-head``: the value head shipped for Qwen2.5-Coder-0.5B-Instruct, trained by
+    ``results/code/pipeline.sh`` on the model's own HumanEval rollouts (train split; card in
+    its folder). Its prompt is ``mlx_vgb.tasks.code``'s: the chat template asking for the whole
+    function, the answer prefilled with a python fence and the function's signature and
+    docstring (``--prefill-response``); the answer ends at the closing fence, so the fence's
+    tokens end a response here too. V^ is floored at 1e-3 (as in ``bench code``)."""
+
+    path: str = str(CODE_HEAD)
+    kind = "code-head"
+    stop_text = "```"
+    floor = 1e-3
+
+    def to_string(self):
+        return "code-head"
+
+    def load_head(self, model):
+        if not (Path(self.path) / "verifier_config.json").is_file():
+            raise ConfigError(
+                f"code-head: this install has no shipped head at {self.path}; train one with "
+                "results/code/pipeline.sh and pass it as head:results/code/head"
+            )
+        return super().load_head(model)
+
+    def build(self, lm, *, max_tokens, prompt_text):
+        from .model_verifier import ValueHeadVerifier
+
+        super().build(lm, max_tokens=max_tokens, prompt_text=prompt_text)  # checks the head
+        return ValueHeadVerifier(lm, floor=self.floor)
+
+
 @dataclass(frozen=True)
 class ModelSpec(VerifierSpec):
     """A verifier folder with its own backbone, bridged through text."""
@@ -429,6 +466,8 @@ def parse_verifier(spec) -> VerifierSpec | Verifier:
         return NoVerifierSpec()
     if spec == "python-syntax":
         return PythonSyntaxSpec()
+    if spec == "code-head":
+        return CodeHeadSpec()
     kind, colon, arg = spec.partition(":")
     if kind == "no-letter":
         return _letter_spec(arg)
@@ -454,6 +493,12 @@ def make_language_model(model, tokenizer, verifier=None, **lm_kwargs) -> MLXLang
     here, through the constructor (which checks that the model exposes hidden states)."""
     spec = parse_verifier(verifier) if verifier is not None else None
     head = spec.load_head(model) if isinstance(spec, HeadSpec) else None
+    stop_text = getattr(spec, "stop_text", None)
+    if stop_text and "eos_token_ids" not in lm_kwargs:  # the verifier's answers end there
+        from .vocab import tokens_containing
+
+        base = MLXLanguageModel(model, tokenizer)
+        lm_kwargs["eos_token_ids"] = base.eos_token_ids | tokens_containing(tokenizer, stop_text)
     return MLXLanguageModel(model, tokenizer, value_head=head, **lm_kwargs)
 
 

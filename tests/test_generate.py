@@ -162,3 +162,95 @@ def test_walks_use_the_exact_rule_unless_the_verifier_asks_for_the_fast_one(load
         )
     )[-1]
     assert last.choice == "rejection"
+
+
+def test_prefill_response_starts_the_answer(loaded):
+    from mlx_vgb.generate import encode_prompt
+
+    model, tok = loaded
+    plain = encode_prompt(tok, "Hi")
+    pre = encode_prompt(tok, "Hi", prefill_response="```python\n")
+    # the template's ids, then the prefill's bytes (byte-level vocab: one token per byte)
+    assert pre[: len(plain)] == plain and tok.decode(pre[len(plain) :]) == "```python\n"
+    a = list(stream_generate(model, tok, "Hi", max_tokens=6, seed=3, prefill_response="def"))[-1]
+    b = list(
+        stream_generate(
+            model, tok, encode_prompt(tok, "Hi") + tok.encode("def"), max_tokens=6, seed=3
+        )
+    )[-1]
+    assert a.text == b.text and a.result.tokens == b.result.tokens
+
+
+def test_cli_prefill_response(folder, loaded):
+    model, tok = loaded
+    cmd = [sys.executable, "-m", "mlx_vgb.cli", "generate", "--model", str(folder), "-p", "Hi"]
+    cmd += ["--max-tokens", "6", "--sampler", "plain", "--temp", "0", "--prefill-response", "xyz"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    want = generate(
+        model, tok, "Hi", max_tokens=6, sampler="plain", temp=0.0, prefill_response="xyz"
+    )
+    assert want != generate(model, tok, "Hi", max_tokens=6, sampler="plain", temp=0.0)
+    assert out.stdout.rstrip("\n") == want  # the continuation only, as mlx-lm prints it
+
+
+def _random_head(path, hidden: int):
+    import mlx.core as mx
+
+    from mlx_vgb.verifier_format import HeadConfig, ValueHead, VerifierConfig, save_verifier
+
+    mx.random.seed(0)
+    cfg = VerifierConfig(head=HeadConfig(dims=[hidden, 8, 1]))
+    save_verifier(path, cfg, ValueHead(cfg.head))
+    return str(path)
+
+
+def test_code_head_is_a_named_verifier_with_clear_errors(loaded, tmp_path):
+    from mlx_vgb.registry import CODE_HEAD, CodeHeadSpec, parse_verifier
+
+    model, tok = loaded
+    spec = parse_verifier("code-head")
+    assert isinstance(spec, CodeHeadSpec) and spec.path == str(CODE_HEAD)
+    assert spec.to_string() == "code-head" and spec.stop_text == "```"
+    with pytest.raises(ConfigError, match="no shipped head.*pipeline.sh"):
+        CodeHeadSpec(path=str(tmp_path / "absent")).load_head(model)
+    other = CodeHeadSpec(path=_random_head(tmp_path / "h64", hidden=64))
+    with pytest.raises(ConfigError, match="trained for another model"):
+        list(stream_generate(model, tok, "Hi", verifier=other, max_tokens=4))
+
+
+def test_code_head_ends_answers_at_its_stop_text(loaded, tmp_path):
+    from collections import Counter
+
+    from mlx_vgb.registry import CodeHeadSpec, make_language_model
+    from mlx_vgb.vocab import tokens_containing
+
+    model, tok = loaded
+    head = _random_head(tmp_path / "h", hidden=32)
+    free = [
+        list(
+            stream_generate(
+                model, tok, "Hi", verifier=CodeHeadSpec(path=head), max_tokens=24, seed=s
+            )
+        )[-1].result.tokens
+        for s in range(3)
+    ]
+    # the byte vocabulary has no token holding a whole fence: stop at the ASCII byte written
+    # most (other bytes decode to the same replacement character)
+    ascii_ = [t for toks in free for t in toks[:-1] if tok.decode([t]).isascii()]
+    e, _ = Counter(ascii_).most_common(1)[0]
+    assert {e} <= tokens_containing(tok, tok.decode([e])) <= {e, 256, 257}  # + the specials
+
+    class StopAt(CodeHeadSpec):
+        stop_text = tok.decode([e])
+
+    spec = StopAt(path=head)
+    assert e in make_language_model(model, tok, spec).eos_token_ids
+    assert e not in make_language_model(model, tok, CodeHeadSpec(path=head)).eos_token_ids
+    stopped = 0
+    for seed in range(6):
+        r = list(stream_generate(model, tok, "Hi", verifier=spec, max_tokens=24, seed=seed))[-1]
+        toks = r.result.tokens
+        assert e not in toks[:-1]  # the stop ends the answer where it first comes
+        stopped += toks[-1] == e
+    assert stopped >= 3
