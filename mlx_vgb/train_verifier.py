@@ -264,10 +264,19 @@ def train_verifier(
         if btok.vocab_size != tok.vocab_size or btok.encode("a b") != tok.encode("a b"):
             raise ConfigError("--backbone must share the generator's tokenizer")
     t1 = time.perf_counter()
-    feats = target_features(
-        backbone, rollouts, targets, pooling=a.pooling, pad_id=tok.pad_token_id or 0
-    )
-    log(f"features: {feats.shape[0]} prefixes x {feats.shape[1]} ({time.perf_counter() - t1:.0f}s)")
+    cache = _features_path(work, a, rollouts, targets)
+    if cache.is_file():
+        feats = np.load(cache)
+        log(f"features: {feats.shape[0]} prefixes x {feats.shape[1]} (kept in {cache.name})")
+    else:
+        feats = target_features(
+            backbone, rollouts, targets, pooling=a.pooling, pad_id=tok.pad_token_id or 0
+        )
+        _save_features(cache, feats)
+        log(
+            f"features: {feats.shape[0]} prefixes x {feats.shape[1]} "
+            f"({time.perf_counter() - t1:.0f}s; kept in {cache.name})"
+        )
     tr, ho = split_by_prompt(targets, a.holdout, a.seed)
     dims = [int(d) for d in a.hidden_dims.split(",") if d.strip()]
     res = train_head(
@@ -319,6 +328,32 @@ def train_verifier(
     log(m.calibration_table())
     log(f"saved verifier to {out}")
     return metrics
+
+
+def _features_path(work: Path, a, rollouts, targets) -> Path:
+    """Where the hidden-state features of these targets are kept between runs: a later run on
+    the same rollouts with the same backbone and pooling (another head size, epochs, learning
+    rate) skips the forwards. The name hashes everything the features depend on."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    h.update(json.dumps([a.model, a.backbone or "generator", a.pooling, -1]).encode())
+    for r in rollouts:
+        ids = [r.prompt_id, r.index, list(r.prompt_ids), list(r.completion_ids)]
+        h.update(json.dumps(ids).encode())
+    h.update(np.ascontiguousarray(targets.source).tobytes())
+    return work / f"features-{h.hexdigest()[:16]}.npy"
+
+
+def _save_features(path: Path, feats) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)  # whole or absent: a killed run leaves no half file
 
 
 def _summary(m) -> dict | None:

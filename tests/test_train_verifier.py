@@ -241,7 +241,8 @@ def test_lm_training_is_deterministic_under_a_seed():
     assert all(np.array_equal(np.array(wa[k]), np.array(wb[k])) for k in wa)
 
 
-def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
+def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path, monkeypatch):
+    from mlx_vgb import value_training
     from mlx_vgb.train_verifier import main
     from mlx_vgb.verifier_format import load_verifier
 
@@ -272,6 +273,18 @@ def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path):
     assert metrics["rollouts"] == 30 and metrics["held_out"]["n_prefixes"] > 0
     with pytest.raises(SystemExit):
         main(argv)  # out exists, no --force
+    # the features are kept: a second head on the same rollouts does no forward
+    (feats,) = (tmp_path / "verifier.work").glob("features-*.npy")
+
+    def no_forwards(*a, **k):
+        raise AssertionError("the kept features should be read, not recomputed")
+
+    monkeypatch.setattr(value_training, "target_features", no_forwards)
+    main(argv + ["--force", "--hidden-dims", "8"])
+    assert load_verifier(out)[0].head.dims == [16, 8, 1]
+    again = json.loads((tmp_path / "verifier.work" / "metrics.json").read_text())
+    assert again["prefixes"] == metrics["prefixes"]
+    monkeypatch.undo()
     # a user reward given as module:function
     (tmp_path / "myreward.py").write_text("def score(prompt, completion):\n    return 1.0\n")
     import sys
