@@ -5,10 +5,19 @@
 #      hidden states, value targets at line starts (its held-out AUC comes early)
 #   2. the report split's rollouts (rollouts.sh report): plain sampling's pool
 #   3. the head on a separate copy of the model (the seed's "verifier of the same size")
-#   4. bench code on the report split: every config, the head's AUC / calibration
+#   4. bench code on the report split (bench.sh): every config, the head's AUC / calibration
 # Under mlx.launch (-n R --backend ring) steps 1 and 4 shard across the ranks.
-set -e
-cd "$(dirname "$0")/../.."
+# (The body is one function: bash reads it whole before running, so editing this file while it
+# runs cannot change what the running copy does.)
+main() {
+  set -e
+  cd "$(dirname "$0")/../.."
+  results/code/rollouts.sh train
+  train results/code/head
+  results/code/rollouts.sh report
+  train results/code/head-separate --backbone qwen2.5-coder-0.5b
+  results/code/bench.sh
+}
 train() {  # $1: out folder, then extra flags
   local out=$1; shift
   [ -f "$out/verifier_config.json" ] && return 0
@@ -17,15 +26,4 @@ train() {  # $1: out folder, then extra flags
     --work-dir results/code/rollouts-train --num-rollouts 16 --temp 0.7 --max-tokens 384 \
     --batch-size 64 --seed 0 --block lines --holdout 0.2 --epochs 30 --no-progress --force "$@"
 }
-results/code/rollouts.sh train
-train results/code/head
-results/code/rollouts.sh report
-train results/code/head-separate --backbone qwen2.5-coder-0.5b
-bench() {
-  .venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
-    --pool results/code/rollouts-report/rollouts.jsonl --out results/code/bench "$@"
-}
-# the core comparison first (one VGB setting), then the sweep; each reports every config so far
-bench --configs plain,greedy,bon-visible,action-rs,vgb --drifts 0.5 --budgets 4 --head-eval
-bench --configs vgb --drifts 0.25,1 --budgets 4
-bench --configs vgb,vgb-visible --drifts 0.5 --budgets 2,8
+main "$@"
