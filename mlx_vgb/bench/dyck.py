@@ -10,6 +10,15 @@ distinct prefixes whose next-token distribution or value V^ it asked for (with a
 the generator's hidden states, each needs one token forward; revisits are free). A sample that
 would overrun the budget is not counted. Metrics per method: accuracy (valid samples / samples)
 and diversity (distinct valid completions per prompt, averaged over prompts).
+
+Not through the batched engine (``mlx_vgb.engine``): the walks run on ``MemoTreeLM``, not
+``MLXLanguageModel``; it batches its own way (a prefix's expansion is one forward over all the
+vocabulary's children) and memoizes every prefix across all runs and methods on a prompt, so a
+run after the first mostly reads the memo and asks for no forward at all; what a run would cost
+is counted apart (``run_cost``). The engine serves ``MLXLanguageModel`` forwards only; and the
+runs of a method on a prompt are sequential by design (each gets the budget the earlier ones
+left, and ``run_cost`` is read between runs). The LM-alone accuracy and the head's check are
+batched ancestral rollouts (``rollouts.sample_completions``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,18 @@
 """The skeleton every benchmark run shares: settings (quick / full sizes, flags override), a
-warm-up so the first sampler is not charged for kernel compilation, timed samples."""
+warm-up so the first sampler is not charged for kernel compilation, timed samples, and samples
+run as jobs of the batched engine (``mlx_vgb.engine``), a window of ``--concurrency`` at once."""
 
 from __future__ import annotations
 
+import queue
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from typing import TypeVar
+
+from ..errors import ConfigError
+
+T = TypeVar("T")
 
 
 def settings(args, full: dict, quick: dict, keys: Iterable[str]) -> dict:
@@ -26,7 +34,72 @@ def warm_up(lm, actions=None, prompt: Sequence[int] = (1, 2, 3)) -> None:
 
 
 def timed_sample(sampler, lm, verifier, prompt, seed: int):
-    """(result, wall seconds) of one sample."""
-    t0 = time.perf_counter()
+    """(result, seconds) of one sample: its wall time, or inside an engine job the job's own
+    time (``Engine.job_seconds``: its turns plus its row-share of the batched forwards)."""
+    from ..engine import current
+
+    eng = current()
+    clock = eng.job_seconds if eng is not None else time.perf_counter
+    t0 = clock()
     r = sampler.sample(lm, verifier, prompt=prompt, seed=seed)
-    return r, time.perf_counter() - t0
+    return r, clock() - t0
+
+
+def check_concurrency(n: int) -> int:
+    """``--concurrency``: walks in the engine at once, at least 1."""
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(
+            f"--concurrency must be a whole number >= 1 (1: one walk at a time), got {n!r}"
+        )
+    return n
+
+
+def wall_note(concurrency) -> str:
+    """What a sample's wall time is, for a report: its job's own time in the engine."""
+    if concurrency in (None, 1):
+        return "a response's wall time is its own (one walk at a time)"
+    return (
+        f"a response's wall time is its job's own time in the batched engine ({concurrency} "
+        "walks at once: its turns plus its row-share of the batched forwards), not the elapsed "
+        "time"
+    )
+
+
+def engine_samples(
+    jobs: Sequence[Callable[[], T]],
+    concurrency: int,
+    on_done: Callable[[int, T], None] | None = None,
+) -> tuple[list[T], dict]:
+    """Run ``jobs`` (callables, one sample each, each with its own language model object) as
+    jobs of one batched engine: submitted in order, at most ``concurrency`` in the engine at
+    once, their forwards of a step served as one batched forward. ``on_done(i, value)`` runs in
+    the calling thread as job i finishes (rows written as they come). Returns the values in
+    job order and the engine's stats (``EngineStats`` as a dict, with the concurrency)."""
+    from ..engine import Engine
+
+    check_concurrency(concurrency)
+    eng = Engine()
+    finished: queue.Queue[int] = queue.Queue()
+    values: list = [None] * len(jobs)
+    live: dict = {}
+    nxt = 0
+
+    def wrapped(i: int, fn: Callable[[], T]) -> Callable[[], T]:
+        def job() -> T:
+            try:
+                return fn()
+            finally:
+                finished.put(i)
+
+        return job
+
+    while nxt < len(jobs) or live:
+        while nxt < len(jobs) and len(live) < concurrency:
+            live[nxt] = eng.submit(wrapped(nxt, jobs[nxt]))
+            nxt += 1
+        i = finished.get()
+        values[i] = live.pop(i).result()  # a job's error is raised here
+        if on_done is not None:
+            on_done(i, values[i])
+    eng.close()
+    return values, dict(asdict(eng.stats), concurrency=concurrency)

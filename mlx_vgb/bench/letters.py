@@ -9,6 +9,13 @@ Metrics per sampler: constraint satisfied (tau = 1 and the response finished), c
 log-prob per response token under the unconstrained model (the same SmolLM2: no larger model
 runs here in reasonable time), distinct outputs, cost (forward tokens, walk steps, backtracks)
 per output token and wall time relative to plain sampling in the same run.
+
+Every response is a job of the batched engine (``mlx_vgb.engine``; ``--concurrency`` walks at
+once, 1: one at a time): the forwards of the walks in flight are served as one batched forward,
+and a response's seed is the one it has alone, so it is the response it is alone up to float
+rounding between a batched and a single-row matmul. Its wall time is the job's own time inside
+the batch (``Engine.job_seconds``: its turns plus its row-share of the batched forwards), not
+the elapsed time. Coherence is scored after the walks, one response at a time.
 """
 
 from __future__ import annotations
@@ -19,12 +26,19 @@ from pathlib import Path
 import numpy as np
 
 from ..models import MODEL_HELP
-from .harness import settings, timed_sample, warm_up
+from .harness import (
+    check_concurrency,
+    engine_samples,
+    settings,
+    timed_sample,
+    wall_note,
+    warm_up,
+)
 from .report import Report, markdown_table, mean_se, plot_bars
 
 PROMPT = "Write a one-sentence story without the letter e."
-FULL = dict(horizon=32, alphas=[0.1, 0.3], samples=5, candidates=8, max_steps=300)
-QUICK = dict(horizon=8, alphas=[0.1], samples=1, candidates=4, max_steps=40)
+FULL = dict(horizon=32, alphas=[0.1, 0.3], samples=5, candidates=8, max_steps=300, concurrency=8)
+QUICK = dict(horizon=8, alphas=[0.1], samples=1, candidates=4, max_steps=40, concurrency=4)
 
 
 def add_args(p) -> None:
@@ -34,6 +48,12 @@ def add_args(p) -> None:
     p.add_argument("--samples", type=int, default=None, help="responses per sampler")
     p.add_argument("--candidates", type=int, default=None, help="K candidates per step")
     p.add_argument("--max-steps", type=int, default=None, help="walk-step budget per response")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="walks in the batched engine at once (8; quick 4; 1: one at a time)",
+    )
     p.add_argument("--prompt", default=PROMPT)
 
 
@@ -83,7 +103,13 @@ def run(args) -> None:
     from ..lm import MLXLanguageModel
     from ..registry import NoLetterSpec, make_sampler, make_verifier
 
-    cfg = settings(args, FULL, QUICK, ("horizon", "alphas", "samples", "candidates", "max_steps"))
+    cfg = settings(
+        args,
+        FULL,
+        QUICK,
+        ("horizon", "alphas", "samples", "candidates", "max_steps", "concurrency"),
+    )
+    check_concurrency(cfg["concurrency"])
     cfg.update(
         prompt=args.prompt,
         model=args.model or "embedded SmolLM2",
@@ -96,10 +122,13 @@ def run(args) -> None:
     H = cfg["horizon"]
     runs = [("plain", None), ("action-rs", cfg["alphas"][0])]
     runs += [("vgb", a) for a in cfg["alphas"]]
-    samples: list[LetterSample] = []
+    plan = [(name, alpha, i) for name, alpha in runs for i in range(cfg["samples"])]
     warm_up(lm, prompt=prompt)
-    for name, alpha in runs:
-        ver = make_verifier(NoLetterSpec("e", alpha or 0.1), lm, max_tokens=H)
+
+    def job(name, alpha, i):
+        # one engine job: its own language model object (per-run caches), verifier, sampler
+        run_lm = MLXLanguageModel(model, tok)
+        ver = make_verifier(NoLetterSpec("e", alpha or 0.1), run_lm, max_tokens=H)
         smp = make_sampler(
             name,
             max_tokens=H,
@@ -107,38 +136,43 @@ def run(args) -> None:
             choice=NoLetterSpec.default_choice,
             max_steps=cfg["max_steps"],
         )
-        for i in range(cfg["samples"]):
-            seed = 1000 * args.seed + i
-            r, wall = timed_sample(smp, lm, ver, prompt, seed)
-            text = r.text or ""
-            toks = [t for t in r.tokens if t not in lm.eos_token_ids]
-            samples.append(
-                LetterSample(
-                    sampler=name,
-                    alpha=alpha if name == "vgb" else None,
-                    seed=seed,
-                    text=text,
-                    tokens=len(r.tokens),
-                    finished=r.reached_leaf,
-                    satisfied=bool(r.reached_leaf and "e" not in text.lower()),
-                    coherence=coherence(model, prompt, [toks])[0],
-                    steps=r.stats.steps,
-                    backtracks=r.stats.backtracks,
-                    forward_tokens=r.stats.forward_tokens,
-                    wall_s=wall,
-                )
+        return timed_sample(smp, run_lm, ver, prompt, 1000 * args.seed + i)
+
+    def done(k, value):
+        name, alpha, i = plan[k]
+        print(f"[letters] {name} alpha={alpha} #{i}: {value[0].text or ''!r}", flush=True)
+
+    results, engine = engine_samples([lambda p=p: job(*p) for p in plan], cfg["concurrency"], done)
+    samples: list[LetterSample] = []
+    for (name, alpha, i), (r, wall) in zip(plan, results):
+        text = r.text or ""
+        toks = [t for t in r.tokens if t not in lm.eos_token_ids]
+        samples.append(
+            LetterSample(
+                sampler=name,
+                alpha=alpha if name == "vgb" else None,
+                seed=1000 * args.seed + i,
+                text=text,
+                tokens=len(r.tokens),
+                finished=r.reached_leaf,
+                satisfied=bool(r.reached_leaf and "e" not in text.lower()),
+                coherence=coherence(model, prompt, [toks])[0],
+                steps=r.stats.steps,
+                backtracks=r.stats.backtracks,
+                forward_tokens=r.stats.forward_tokens,
+                wall_s=wall,
             )
-            print(f"[letters] {name} alpha={alpha} #{i}: {text!r}", flush=True)
-    write(args, cfg, samples)
+        )
+    write(args, cfg, samples, engine)
 
 
 def _label(s: LetterSample) -> str:
     return s.sampler if s.alpha is None else f"{s.sampler} a={s.alpha:g}"
 
 
-def write(args, cfg, samples: list[LetterSample]) -> None:
+def write(args, cfg, samples: list[LetterSample], engine: dict | None = None) -> None:
     out = Path(args.out)
-    rep = Report(task="letters", command=args.command, config=cfg)
+    rep = Report(task="letters", command=args.command, config=cfg, engine=engine)
     rep.rows = [asdict(s) for s in samples]
     labels = list(dict.fromkeys(_label(s) for s in samples))
     plain_wall = np.mean([s.wall_s / max(1, s.tokens) for s in samples if s.sampler == "plain"])
@@ -188,7 +222,7 @@ def write(args, cfg, samples: list[LetterSample]) -> None:
         )
         + "\nCoherence: mean log-prob per token under the "
         "unconstrained model (higher is better), mean ± s.e. over the satisfied responses. "
-        "Ratios are measured in this one run.",
+        f"Ratios are measured in this one run; {wall_note(cfg.get('concurrency'))}.",
     )
     ex = []
     for lab in labels:

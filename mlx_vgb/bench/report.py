@@ -118,7 +118,8 @@ def mean_se(xs: Sequence[float]) -> tuple[float, float]:
 @dataclass
 class Report:
     """One task's results. ``rows``: the table rows (flat dicts); ``sections``: markdown
-    paragraphs/tables, in order; ``plots``: PNG file names written next to results.md."""
+    paragraphs/tables, in order; ``plots``: PNG file names written next to results.md;
+    ``engine``: the batched engine's stats of a bench that ran its samples through it."""
 
     task: str
     command: str
@@ -129,23 +130,25 @@ class Report:
     sections: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     environment: dict = field(default_factory=environment)
+    engine: dict | None = None
 
     def add_section(self, title: str, body: str) -> None:
         self.sections.append(f"## {title}\n\n{body.rstrip()}\n")
 
     def to_json(self) -> dict:
-        return _jsonable(
-            {
-                "task": self.task,
-                "command": self.command,
-                "date": self.date,
-                "config": self.config,
-                "environment": self.environment,
-                "summary": self.summary,
-                "rows": self.rows,
-                "plots": self.plots,
-            }
-        )
+        out = {
+            "task": self.task,
+            "command": self.command,
+            "date": self.date,
+            "config": self.config,
+            "environment": self.environment,
+            "summary": self.summary,
+            "rows": self.rows,
+            "plots": self.plots,
+        }
+        if self.engine is not None:
+            out["engine"] = self.engine
+        return _jsonable(out)
 
     def markdown(self) -> str:
         head = (

@@ -9,6 +9,16 @@ Metrics per sampler: correct rate (tau = 1), distinct correct asserts per respon
 (number of finished asserts) distribution, compared with pi* = pi_ref(. | tau = 1) estimated by
 rejection from pi_ref samples (``--pistar-samples N`` batched per problem, else the plain
 responses); forward tokens per response (cost).
+
+Every response is a job of the batched engine (``mlx_vgb.engine``; ``--concurrency`` walks at
+once, 1: one at a time), all problems' responses in one window: the forwards of the walks in
+flight are served as one batched forward, and a response's seed is the one it has alone, so it
+is the response it is alone up to float rounding between a batched and a single-row matmul.
+Its wall time is the job's own time inside the batch (``Engine.job_seconds``: its turns, the
+verifier's sandbox calls included, plus its row-share of the batched forwards), not the elapsed
+time. The pi* estimate (``--pistar-samples``) does not go through the engine: it is batched
+ancestral sampling already (``rollouts.sample_completions``, one forward for all its rows), run
+before the walks.
 """
 
 from __future__ import annotations
@@ -25,14 +35,35 @@ from ..models import MODEL_HELP
 from ..registry import make_sampler
 from ..resume import settings_diff
 from ..tasks.testcases import AssertLines, analyse, make_problem, stop_tokens, training_prompts
-from .harness import settings, timed_sample, warm_up
+from .harness import (
+    check_concurrency,
+    engine_samples,
+    settings,
+    timed_sample,
+    wall_note,
+    warm_up,
+)
 from .report import Report, markdown_table, mean_se, plot_bars, plot_hist
 
 FULL = dict(
-    horizon=64, problems=2, samples=2, plain_samples=8, candidates=4, drift=0.25, max_steps=60
+    horizon=64,
+    problems=2,
+    samples=2,
+    plain_samples=8,
+    candidates=4,
+    drift=0.25,
+    max_steps=60,
+    concurrency=8,
 )
 QUICK = dict(
-    horizon=32, problems=1, samples=1, plain_samples=1, candidates=2, drift=0.25, max_steps=12
+    horizon=32,
+    problems=1,
+    samples=1,
+    plain_samples=1,
+    candidates=2,
+    drift=0.25,
+    max_steps=12,
+    concurrency=4,
 )
 SAMPLERS = ("plain", "action-rs", "block-bon", "vgb", "vgb-head")
 
@@ -59,6 +90,12 @@ def add_args(p) -> None:
     p.add_argument("--candidates", type=int, default=None, help="K (VGB, ActionLevelRS), n (BoN)")
     p.add_argument("--drift", type=float, default=None, help="VGB lambda")
     p.add_argument("--max-steps", type=int, default=None, help="walk-step budget per response")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="walks in the batched engine at once (8; quick 4; 1: one at a time)",
+    )
     p.add_argument(
         "--samplers",
         nargs="+",
@@ -137,8 +174,18 @@ def run(args) -> None:
         args,
         FULL,
         QUICK,
-        ("horizon", "problems", "samples", "plain_samples", "candidates", "drift", "max_steps"),
+        (
+            "horizon",
+            "problems",
+            "samples",
+            "plain_samples",
+            "candidates",
+            "drift",
+            "max_steps",
+            "concurrency",
+        ),
     )
+    check_concurrency(cfg["concurrency"])
     samplers = args.samplers or [n for n in SAMPLERS if n != "vgb-head" or args.head]
     if "vgb-head" in samplers and not args.head:
         raise ConfigError(
@@ -183,69 +230,82 @@ def run(args) -> None:
             max_steps=None if name == "plain" else cfg["max_steps"],
         )
 
-    samples: list[TestcaseSample] = []
     pistar: list[tuple[str, bool, int]] = []  # (target name, correct, #asserts) of pi_ref samples
     problems = [make_problem(i, args.seed) for i in range(cfg["problems"])]
     cfg["problem_list"] = [{"name": p["name"], "reference": p["body"]} for p in problems]
     warm_up(lm, actions)
+    prompts, vers = [], []
     for pi, prob in enumerate(problems):
-        prompt = list(tok.encode(prob["prompt"]))
-        ver = AssertLines(prob["name"], prob["reference"], stop).bind(lm.decode, base.eos_token_ids)
-        if cfg["pistar_samples"]:
+        prompts.append(list(tok.encode(prob["prompt"])))
+        vers.append(
+            AssertLines(prob["name"], prob["reference"], stop).bind(lm.decode, base.eos_token_ids)
+        )
+        if cfg["pistar_samples"]:  # batched already: before the walks, outside the engine
             pistar.extend(
                 pistar_lengths(
                     model,
-                    prompt,
-                    ver,
+                    prompts[pi],
+                    vers[pi],
                     lm.eos_token_ids,
                     cfg["pistar_samples"],
                     H,
                     seed=1000 * args.seed + pi,
                 )
             )
-        for name in cfg["samplers"]:
-            n = cfg["plain_samples"] if name == "plain" else cfg["samples"]
-            smp = make(name)
-            run_lm, run_ver = lm, ver
-            if name == "vgb-head":  # V^ from the learned head, tau still the exact check
-                run_lm = head_lm
-                run_ver = ValueHeadVerifier(head_lm, tilt=lambda p, r, ver=ver: ver.tilt([r])[0])
-            for i in range(n):
-                seed = 100_000 * args.seed + 1000 * pi + i
-                r, wall = timed_sample(smp, run_lm, run_ver, prompt, seed)
-                stopped = r.finish_reason == "stop"
-                text = ver._text(r.tokens)  # keeps the text of a stop token
-                tau = float(ver.tilt([r.tokens])[0]) if r.reached_leaf else 0.0
-                n_as, n_dc = analyse(text, ver, stopped)
-                samples.append(
-                    TestcaseSample(
-                        sampler=name,
-                        problem=pi,
-                        name=prob["name"],
-                        seed=seed,
-                        text=text,
-                        correct=bool(r.reached_leaf and tau > 0),
-                        n_asserts=n_as,
-                        distinct_correct=n_dc,
-                        finish=r.finish_reason,
-                        tokens=len(r.tokens),
-                        forward_tokens=r.stats.forward_tokens,
-                        steps=r.stats.steps,
-                        backtracks=r.stats.backtracks,
-                        wall_s=wall,
-                    )
-                )
-                print(
-                    f"[testcases] p{pi} {name} #{i}: correct={samples[-1].correct} "
-                    f"asserts={n_as} fwd={r.stats.forward_tokens} {wall:.0f}s {text!r}",
-                    flush=True,
-                )
-        cfg.setdefault("sandbox_calls", 0)
-        cfg["sandbox_calls"] += ver.sandbox_calls
+    plan = [
+        (pi, name, i)
+        for pi in range(len(problems))
+        for name in cfg["samplers"]
+        for i in range(cfg["plain_samples"] if name == "plain" else cfg["samples"])
+    ]
+
+    def job(pi: int, name: str, i: int) -> TestcaseSample:
+        # one engine job: its own language model object (per-run caches) and sampler; the
+        # problem's verifier is shared (its memo of line verdicts; jobs take turns)
+        prob, ver = problems[pi], vers[pi]
+        if name == "vgb-head":  # V^ from the learned head, tau still the exact check
+            run_lm = MLXLanguageModel(
+                model, tok, eos_token_ids=lm.eos_token_ids, value_head=head_lm.value_head
+            )
+            run_ver = ValueHeadVerifier(run_lm, tilt=lambda p, r, ver=ver: ver.tilt([r])[0])
+        else:
+            run_lm, run_ver = MLXLanguageModel(model, tok, eos_token_ids=lm.eos_token_ids), ver
+        seed = 100_000 * args.seed + 1000 * pi + i
+        r, wall = timed_sample(make(name), run_lm, run_ver, prompts[pi], seed)
+        stopped = r.finish_reason == "stop"
+        text = ver._text(r.tokens)  # keeps the text of a stop token
+        tau = float(ver.tilt([r.tokens])[0]) if r.reached_leaf else 0.0
+        n_as, n_dc = analyse(text, ver, stopped)
+        return TestcaseSample(
+            sampler=name,
+            problem=pi,
+            name=prob["name"],
+            seed=seed,
+            text=text,
+            correct=bool(r.reached_leaf and tau > 0),
+            n_asserts=n_as,
+            distinct_correct=n_dc,
+            finish=r.finish_reason,
+            tokens=len(r.tokens),
+            forward_tokens=r.stats.forward_tokens,
+            steps=r.stats.steps,
+            backtracks=r.stats.backtracks,
+            wall_s=wall,
+        )
+
+    def done(k: int, s: TestcaseSample) -> None:
+        print(
+            f"[testcases] p{s.problem} {s.sampler} #{plan[k][2]}: correct={s.correct} "
+            f"asserts={s.n_asserts} fwd={s.forward_tokens} {s.wall_s:.0f}s {s.text!r}",
+            flush=True,
+        )
+
+    samples, engine = engine_samples([lambda p=p: job(*p) for p in plan], cfg["concurrency"], done)
+    cfg["sandbox_calls"] = sum(v.sandbox_calls for v in vers)
     if reused:
         cfg["samplers"] = [n for n in SAMPLERS if n in set(samplers) | {s.sampler for s in reused}]
         samples = reused + samples
-    write(args, cfg, samples, pistar)
+    write(args, cfg, samples, pistar, engine)
 
 
 SAME = (
@@ -312,9 +372,11 @@ def pistar_lengths(
     return out
 
 
-def write(args, cfg, samples: list[TestcaseSample], pistar_rows=()) -> None:
+def write(
+    args, cfg, samples: list[TestcaseSample], pistar_rows=(), engine: dict | None = None
+) -> None:
     out = Path(args.out)
-    rep = Report(task="testcases", command=args.command, config=cfg)
+    rep = Report(task="testcases", command=args.command, config=cfg, engine=engine)
     rep.rows = [asdict(s) for s in samples]
     names = [n for n in cfg["samplers"] if any(s.sampler == n for s in samples)]
     plain = [s for s in samples if s.sampler == "plain"]
@@ -378,7 +440,7 @@ def write(args, cfg, samples: list[TestcaseSample], pistar_rows=()) -> None:
         )
         + f"\npi* length law: estimated by rejection from {source}: "
         f"{len(pistar)} of {n_proposed} accepted (tau = 1), lengths {sorted(pistar)}. "
-        "s.e. = standard error over responses."
+        f"s.e. = standard error over responses; {wall_note(cfg.get('concurrency'))}."
         + (
             f"\n\nRows of {', '.join(cfg['reused']['samplers'])} reused from the earlier run "
             f"`{cfg['reused']['command']}` ({cfg['reused']['date']}, same settings and seeds; "
