@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..registry import (
     SAMPLERS,
+    CodeHeadSpec,
     ForbidSpec,
     FunctionSpec,
     HeadSpec,
@@ -42,6 +43,7 @@ VERIFIERS = (
     "python-syntax",
     "unit-tests",
     "head",
+    "code-head",
     "model",
     "python function",
 )
@@ -77,6 +79,7 @@ class RunSettings:
     top_p: float = 1.0
     top_k: int = 0
     system_prompt: str = ""
+    prefill: str = ""  # the answer starts with this text (the model continues it)
     compare: bool = False
     baseline: str = "action-rs"
 
@@ -126,6 +129,8 @@ class RunSettings:
             return ForbidSpec(tuple(words))
         if kind == "python-syntax":
             return PythonSyntaxSpec()
+        if kind == "code-head":
+            return CodeHeadSpec()
         if kind == "unit-tests":
             if not (self.tests or "").strip():
                 raise ConfigError(
@@ -212,6 +217,7 @@ class RunSettings:
             drift=float(self.drift),
             choice=None if self.choice in ("", "default") else self.choice,
             system_prompt=(self.system_prompt or None),
+            prefill_response=(self.prefill or None),
         )
 
 
@@ -311,4 +317,6 @@ def command_line(s: RunSettings, default_model: str | None) -> str:
         parts += ["--top-k", str(s.top_k)]
     if s.system_prompt:
         parts += ["--system-prompt", s.system_prompt]
+    if s.prefill:
+        parts += ["--prefill-response", s.prefill]
     return " ".join(shlex.quote(p) for p in parts) + " --verbose"

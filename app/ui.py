@@ -252,6 +252,12 @@ def build_app(
                         value=0, precision=0, label="top-k (0: off)", elem_id="top-k"
                     )
                     c["system_prompt"] = gr.Textbox(label="System prompt", value="")
+                    c["prefill"] = gr.Textbox(
+                        label="Answer starts with (the model continues it)",
+                        value="",
+                        lines=2,
+                        elem_id="prefill",
+                    )
                 with gr.Row():
                     c["compare"] = gr.Checkbox(
                         label="Compare with a baseline", value=False, elem_id="compare"

@@ -308,3 +308,36 @@ def test_an_uploaded_verifier_module_is_used_and_reloaded_when_edited(tmp_path, 
     assert CallableVerifier.from_spec(spec).value_text("x", 1) == 0.75
     with pytest.raises(ConfigError, match="Verifier module"):
         save_verifier_module("x = 1\n", "none.py")
+
+
+def test_the_command_line_of_a_run_sets_what_the_run_sets():
+    import shlex
+
+    from mlx_vgb.app.settings import command_line
+    from mlx_vgb.generate import _generation_kwargs, setup_arg_parser
+    from mlx_vgb.registry import CodeHeadSpec, parse_block, parse_verifier
+
+    s = RunSettings(
+        prompt="Write f.",
+        verifier="regex",
+        pattern="[a-z]+",
+        block="line",
+        drift=0.5,
+        temp=0.7,
+        top_p=0.9,
+        candidates=2,
+        max_steps=40,
+        system_prompt="Be brief.",
+        prefill="```python\ndef f():\n",
+    )
+    cmd = shlex.split(command_line(s, "/models/m"))
+    assert cmd[:4] == ["mlx-vgb", "generate", "--model", "/models/m"]
+    a = setup_arg_parser().parse_args(cmd[2:])
+    kw = _generation_kwargs(a, parse_block(a.block), parse_verifier(a.verifier))
+    want = s.stream_kwargs(s.sampler, s.verifier_settings())
+    for k in ("verifier", "max_tokens", "temp", "top_p", "seed", "block", "candidates"):
+        assert kw[k] == want[k], k
+    for k in ("max_steps", "drift", "system_prompt", "prefill_response"):
+        assert kw[k] == want[k], k
+    assert want["prefill_response"] == "```python\ndef f():\n" and a.prompt == "Write f."
+    assert isinstance(RunSettings(verifier="code-head").verifier_settings(), CodeHeadSpec)
