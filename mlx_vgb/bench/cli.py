@@ -23,6 +23,7 @@ TASKS = {
     "dyck_fidelity": "mlx_vgb.bench.dyck_fidelity",
     "letters": "mlx_vgb.bench.letters",
     "testcases": "mlx_vgb.bench.testcases",
+    "testcase_law": "mlx_vgb.bench.testcase_law",
     "humaneval": "mlx_vgb.bench.humaneval",
     "code": "mlx_vgb.bench.code",
     "perf": "mlx_vgb.bench.perf",
