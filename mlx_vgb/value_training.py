@@ -197,13 +197,14 @@ def shared_prompt_states(
                 out[i] = lambda p, h=h: h[p]
             continue
         last = np.array(inner(mx.array([list(prompt)]), cache=cache)[0, -1].astype(mx.float32))
-        for s in range(0, len(members), batch_size):
-            idx = [i for i in members[s : s + batch_size] if rollouts[i].completion_ids]
-            for i in members[s : s + batch_size]:
-                if not rollouts[i].completion_ids:
-                    out[i] = lambda p, last=last: last
-            if not idx:
-                continue
+        for i in members:
+            if not rollouts[i].completion_ids:
+                out[i] = lambda p, last=last: last
+        for idx in _length_batches(
+            [i for i in members if rollouts[i].completion_ids],
+            [len(r.completion_ids) for r in rollouts],
+            batch_size,
+        ):
             T = max(len(rollouts[i].completion_ids) for i in idx)
             x = np.full((len(idx), T), pad_id, dtype=np.int32)
             for r, i in enumerate(idx):
@@ -220,6 +221,21 @@ def shared_prompt_states(
                 hr = h[r]
                 out[i] = lambda p, hr=hr, last=last, P=P: last if p == P - 1 else hr[p - P]
     return out
+
+
+def _length_batches(members: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
+    """``members`` in batches of <= ``batch_size``, shortest first, a new batch whenever the
+    next one would pad the batch past 1.5x its real tokens: a forward's cost is rows x the
+    longest row, and a few long rollouts would otherwise set it for all their prompt's rows."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in sorted(members, key=lambda i: lengths[i]):
+        real = sum(lengths[j] for j in cur) + lengths[i]
+        if cur and (len(cur) >= batch_size or (len(cur) + 1) * lengths[i] > 1.5 * real):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])
 
 
 def split_by_prompt(

@@ -399,7 +399,9 @@ def test_features_with_a_shared_prompt_forward_match_whole_sequences(tiny_lm):
     rs = []
     for pi, p in enumerate(PROMPTS[:2]):
         ids = encode(p.prompt)
-        for k, comp in enumerate([[3, 4, dyck.EOS], [5, 3, 3, 4, 4, 6], []]):
+        # lengths 3, 6, 0, 1 and 14: two batches by length (_length_batches), one empty row
+        comps = [[3, 4, dyck.EOS], [5, 3, 3, 4, 4, 6], [], [4], [3, 4] * 7]
+        for k, comp in enumerate(comps):
             rs.append(Rollout(p.id, k, ids, comp, "", float(k == 0), "stop"))
     t = value_targets(rs)
     got = target_features(tiny_lm, rs, t)
@@ -407,3 +409,19 @@ def test_features_with_a_shared_prompt_forward_match_whole_sequences(tiny_lm):
     full = hidden_states(tiny_lm, seqs)
     want = np.stack([full[j][p] for j, p in t.source])
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
+def test_length_batches_bound_the_padding():
+    from mlx_vgb.value_training import _length_batches
+
+    lengths = [3, 6, 0, 1, 14, 5, 5, 100]
+    got = _length_batches([0, 1, 3, 4, 5, 6, 7], lengths, batch_size=3)
+    assert sorted(i for b in got for i in b) == [0, 1, 3, 4, 5, 6, 7]
+    for b in got:
+        assert len(b) <= 3
+        # padded tokens within 1.5x the real ones, unless the batch is a single row
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 1.5 * sum(
+            lengths[i] for i in b
+        )
+    assert [7] in got and [4] in got  # the long ones alone
+    assert _length_batches([], lengths, 4) == []
