@@ -269,10 +269,16 @@ def train_verifier(
         feats = np.load(cache)
         log(f"features: {feats.shape[0]} prefixes x {feats.shape[1]} (kept in {cache.name})")
     else:
-        feats = target_features(
-            backbone, rollouts, targets, pooling=a.pooling, pad_id=tok.pad_token_id or 0
+        feats = _chunked_features(
+            cache,
+            lambda sub: target_features(
+                backbone, rollouts, sub, pooling=a.pooling, pad_id=tok.pad_token_id or 0
+            ),
+            targets,
+            log=log if not a.no_progress else None,
         )
         _save_features(cache, feats)
+        _drop_chunks(cache)
         log(
             f"features: {feats.shape[0]} prefixes x {feats.shape[1]} "
             f"({time.perf_counter() - t1:.0f}s; kept in {cache.name})"
@@ -345,6 +351,56 @@ def _features_path(work: Path, a, rollouts, targets) -> Path:
         h.update(json.dumps(ids).encode())
     h.update(np.ascontiguousarray(targets.source).tobytes())
     return work / f"features-{h.hexdigest()[:16]}.npy"
+
+
+def _chunked_features(cache: Path, compute, targets, log=None):
+    """The features of ``targets``, one prompt at a time, each prompt's rows kept in
+    ``CACHE.parts/`` as it finishes: a killed run resumes at the first prompt it had not
+    finished (the forwards of a 0.5B model over a thousand rollouts take hours on a CPU).
+    ``compute(sub_targets) -> (len(sub), hidden)``; the assembled array is in target order."""
+    import numpy as np
+
+    parts = _chunks_dir(cache)
+    groups: dict[str, list[int]] = {}
+    for i, pid in enumerate(targets.prompt_ids):
+        groups.setdefault(pid, []).append(i)
+    out = None
+    t0 = time.perf_counter()
+    done = 0
+    for k, (pid, idx) in enumerate(groups.items()):
+        idx = np.asarray(idx)
+        part = parts / f"{k:05d}.npy"
+        f = None
+        if part.is_file():
+            f = np.load(part)
+            if f.shape[0] != len(idx):
+                f = None  # not this run's part: recompute it
+        if f is None:
+            f = np.asarray(compute(targets.subset(idx)), dtype=np.float32)
+            _save_features(part, f)
+            done += 1
+            if log:
+                el = time.perf_counter() - t0
+                log(
+                    f"features: prompt {k + 1}/{len(groups)} ({pid}, {len(idx)} prefixes) "
+                    f"{el:.0f}s for {done} computed"
+                )
+        if out is None:
+            out = np.zeros((len(targets), f.shape[1]), dtype=np.float32)
+        out[idx] = f
+    if out is None:
+        raise ConfigError("no value targets: the rollouts have no responses")
+    return out
+
+
+def _chunks_dir(cache: Path) -> Path:
+    return cache.with_name(cache.stem + ".parts")
+
+
+def _drop_chunks(cache: Path) -> None:
+    import shutil
+
+    shutil.rmtree(_chunks_dir(cache), ignore_errors=True)
 
 
 def _save_features(path: Path, feats) -> None:

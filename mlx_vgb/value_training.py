@@ -9,7 +9,9 @@ V*(prefix) = E_{pi_ref}[tau | prefix], weighted by its number of rollouts.
 Features: the frozen backbone's final normed hidden state at the prefix's last token (the
 verifier format's ``hidden_layer = -1``, ``pooling = "last"``; ``"mean"`` is supported too).
 Head: ``mlx_vgb.verifier_format.ValueHead`` (Linear-ReLU-...-Linear, sigmoid), trained with
-weighted binary cross-entropy on soft targets, Adam. The split is by prompt.
+weighted binary cross-entropy on soft targets, Adam, on standardized features (per-dimension
+mean and scale of the training rows, folded into the first layer afterwards, so the saved head
+reads raw hidden states). The split is by prompt.
 Metrics (``evaluate``): Brier / MSE against the observed outcomes, MSE against the pooled
 Monte Carlo means, AUC of the value as a predictor of the outcome, and a calibration table.
 """
@@ -396,7 +398,8 @@ def train_head(
     )
     mx.eval(head.parameters())
     opt = optim.AdamW(learning_rate=lr, weight_decay=weight_decay)
-    X = mx.array(features[train_idx])
+    mu, sd = feature_scale(features[train_idx])
+    X = mx.array(((features[train_idx] - mu) / sd).astype(np.float32))
     Y = mx.array(targets.means[train_idx].astype(np.float32))
     W = targets.counts[train_idx].astype(np.float32)
     W = mx.array(W / W.mean())
@@ -421,6 +424,8 @@ def train_head(
         if log and (ep + 1) % max(1, epochs // 5) == 0:
             log(f"head epoch {ep + 1}/{epochs}  loss {losses[-1]:.4f}")
 
+    fold_scale(head, mu, sd)  # the saved head reads raw hidden states
+
     def predict(idx):
         return np.array(head(mx.array(features[idx])), dtype=np.float64)
 
@@ -429,6 +434,29 @@ def train_head(
     if held_idx is not None and len(held_idx):
         held_m = evaluate(predict(held_idx), targets.subset(held_idx))
     return HeadTraining(head, train_m, held_m, losses, time.perf_counter() - t0)
+
+
+def feature_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of training features (float64). Hidden states
+    of real models have a few dimensions hundreds of times larger than the rest (Qwen2.5's
+    final normed state among them); unscaled, those dimensions saturate the first layer and
+    the head learns only the base rate. A dimension that is (nearly) constant gets scale 1."""
+    x = np.asarray(x, dtype=np.float64)
+    mu = x.mean(axis=0)
+    sd = x.std(axis=0)
+    tiny = 1e-6 * max(float(sd.max(initial=0.0)), 1e-12)
+    return mu, np.where(sd > tiny, sd, 1.0)
+
+
+def fold_scale(head: ValueHead, mu: np.ndarray, sd: np.ndarray) -> None:
+    """Fold the input standardization (h - mu) / sd into the first layer, so the head takes raw
+    hidden states: W' = W / sd, b' = b - W' mu (exact up to float rounding)."""
+    first = head.layers[0]
+    w = np.array(first.weight, dtype=np.float64) / sd[None, :]
+    b = np.array(first.bias, dtype=np.float64) - w @ mu
+    first.weight = mx.array(w.astype(np.float32))
+    first.bias = mx.array(b.astype(np.float32))
+    mx.eval(head.parameters())
 
 
 def predict_values(head: ValueHead, features: np.ndarray) -> np.ndarray:

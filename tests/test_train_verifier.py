@@ -232,6 +232,39 @@ def test_head_training_is_deterministic_and_learns():
     assert not np.array_equal(np.array(c.head.layers[0].weight), np.array(wa["layers.0.weight"]))
 
 
+def test_head_learns_through_a_few_huge_feature_dimensions():
+    """Real hidden states (Qwen2.5's final normed state) carry a few dimensions hundreds of
+    times larger than the rest, with large means: the head standardizes its inputs, so the
+    signal in a small dimension is still learned, and the saved head reads raw features."""
+    x, t = synthetic_targets(n=800, d=16, seed=1)
+    x = x * 0.05  # the informative dimension 0 is small...
+    x[:, 1:4] = x[:, 1:4] * 800.0 + 3000.0  # ...next to huge, offset ones
+    tr, ho = split_by_prompt(t, 0.25, seed=0)
+    r = train_head(x, t, train_idx=tr, held_idx=ho, epochs=15, seed=0, log=None)
+    assert r.held_out.auc > 0.8
+    assert r.losses[-1] < r.losses[0] - 0.05  # it learned more than the base rate
+
+
+def test_folded_scale_gives_the_same_values_on_raw_features():
+    from mlx_vgb.value_training import feature_scale, fold_scale
+    from mlx_vgb.verifier_format import HeadConfig, ValueHead
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)) * np.array([1, 2, 500, 0.01, 3, 1]) + np.array(
+        [0, 9, 1e3, 0, 0, 5]
+    )
+    x[:, 5] = 5.0  # a constant dimension keeps scale 1
+    mu, sd = feature_scale(x)
+    assert sd[5] == 1.0 and np.allclose(mu[5], 5.0)
+    mx.random.seed(0)
+    h = ValueHead(HeadConfig(dims=[6, 8, 1], activation="relu", output="sigmoid"))
+    mx.eval(h.parameters())
+    before = np.array(h(mx.array(((x - mu) / sd).astype(np.float32))))
+    fold_scale(h, mu, sd)
+    after = np.array(h(mx.array(x.astype(np.float32))))
+    np.testing.assert_allclose(after, before, atol=2e-5)
+
+
 def test_lm_training_is_deterministic_under_a_seed():
     args = model_args(hidden=16, layers=1, heads=2, intermediate=32)
     a, la = train_lm(args, steps=3, batch=8, seed=1, log=None)
@@ -425,3 +458,33 @@ def test_length_batches_bound_the_padding():
         )
     assert [7] in got and [4] in got  # the long ones alone
     assert _length_batches([], lengths, 4) == []
+
+
+def test_features_resume_prompt_by_prompt(tmp_path):
+    """A run killed while computing features keeps the prompts it finished; the rerun computes
+    only the rest and assembles the same array, in target order."""
+    from mlx_vgb.train_verifier import _chunked_features, _chunks_dir, _drop_chunks
+    from mlx_vgb.value_training import ValueTargets
+
+    pids = ["a", "b", "a", "c", "b", "c", "c"]
+    n = len(pids)
+    t = ValueTargets([(i,) for i in range(n)], np.zeros(n), np.ones(n), np.zeros((n, 2), int), pids)
+    seen = []
+
+    def compute(sub, fail_on=None):
+        if sub.prompt_ids[0] == fail_on:
+            raise KeyboardInterrupt
+        seen.append(sub.prompt_ids[0])
+        return np.array([[p[0], 2.0 * p[0]] for p in sub.prefixes], dtype=np.float32)
+
+    cache = tmp_path / "features-x.npy"
+    with pytest.raises(KeyboardInterrupt):
+        _chunked_features(cache, lambda s: compute(s, fail_on="c"), t)
+    assert seen == ["a", "b"] and len(list(_chunks_dir(cache).glob("*.npy"))) == 2
+    seen.clear()
+    f = _chunked_features(cache, compute, t)
+    assert seen == ["c"]
+    np.testing.assert_array_equal(f[:, 0], np.arange(n))
+    np.testing.assert_array_equal(f[:, 1], 2 * np.arange(n))
+    _drop_chunks(cache)
+    assert not _chunks_dir(cache).exists()
