@@ -145,6 +145,14 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         default=DEFAULT_HOLDOUT,
         help="fraction of prompts held out for the metrics",
     )
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also report K-fold cross-validated metrics by prompt (out-of-fold AUC, "
+        "within-prompt AUC, Brier) of these head settings, on the training prompts",
+    )
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true")
@@ -285,6 +293,24 @@ def train_verifier(
         )
     tr, ho = split_by_prompt(targets, a.holdout, a.seed)
     dims = [int(d) for d in a.hidden_dims.split(",") if d.strip()]
+    cv = None
+    if a.cv:
+        from .value_training import cross_validate
+
+        # on the training prompts only: the held-out ones stay unseen by every choice
+        cv = cross_validate(
+            feats[tr],
+            targets.subset(tr),
+            folds=a.cv,
+            seed=a.seed,
+            hidden_dims=dims,
+            epochs=a.epochs,
+            lr=a.lr,
+        )
+        log(
+            f"{a.cv}-fold cross-validation on the training prompts: AUC {cv.auc:.3f} (within a "
+            f"prompt {cv.within_auc:.3f})  Brier {cv.brier:.4f} (base rate {cv.base_rate:.3f})"
+        )
     res = train_head(
         feats,
         targets,
@@ -302,6 +328,7 @@ def train_verifier(
         "prefixes": len(targets),
         "train": res.train.as_dict(),
         "held_out": res.held_out.as_dict() if res.held_out else None,
+        "cv": cv.as_dict() | {"folds": a.cv} if cv else None,
         "final_loss": res.losses[-1],
         "command": command or "mlx-vgb train-verifier " + " ".join(sys.argv[1:]),
     }

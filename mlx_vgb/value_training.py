@@ -436,6 +436,28 @@ def train_head(
     return HeadTraining(head, train_m, held_m, losses, time.perf_counter() - t0)
 
 
+def cross_validate(
+    features: np.ndarray, targets: ValueTargets, *, folds: int = 5, seed: int = 0, **kw
+) -> ValueMetrics:
+    """Out-of-fold metrics: the prompts split into ``folds`` seeded groups, a head trained on
+    the others predicts each group's prefixes (``train_head`` keywords in ``kw``). How a head
+    of these settings does on problems it never saw, measured on the training split alone (the
+    report split stays untouched for the final numbers)."""
+    ids = sorted(set(targets.prompt_ids))
+    if not 2 <= folds <= len(ids):
+        raise ConfigError(f"--cv needs 2 <= folds <= prompts ({len(ids)}), got {folds}")
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    pids = np.asarray(targets.prompt_ids)
+    values = np.zeros(len(targets))
+    for k in range(folds):
+        held = np.isin(pids, [ids[j] for j in perm[k::folds]])
+        r = train_head(
+            features, targets, train_idx=np.flatnonzero(~held), seed=seed, log=None, **kw
+        )
+        values[held] = predict_values(r.head, features[held])
+    return evaluate(values, targets)
+
+
 def feature_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation of training features (float64). Hidden states
     of real models have a few dimensions hundreds of times larger than the rest (Qwen2.5's

@@ -265,6 +265,24 @@ def test_folded_scale_gives_the_same_values_on_raw_features():
     np.testing.assert_allclose(after, before, atol=2e-5)
 
 
+def test_cross_validation_predicts_unseen_prompts_only():
+    """Out-of-fold metrics find the signal the synthetic features carry, and find none (AUC
+    near 1/2) once the outcomes are shuffled: each fold's head never saw its prompts."""
+    from mlx_vgb.value_training import ValueTargets, cross_validate
+
+    x, t = synthetic_targets(n=800, d=8, seed=2)
+    m = cross_validate(x, t, folds=4, seed=0, epochs=10)
+    assert m.n_prefixes == 800 and m.auc > 0.8
+    rng = np.random.default_rng(5)
+    shuffled = ValueTargets(
+        t.prefixes, rng.permutation(t.successes), t.counts, t.source, t.prompt_ids
+    )
+    # 800 outcomes: the AUC of an uninformative score has sd ~0.02; 0.1 is five of them
+    assert abs(cross_validate(x, shuffled, folds=4, seed=0, epochs=10).auc - 0.5) < 0.1
+    with pytest.raises(ConfigError, match="folds"):
+        cross_validate(x, t, folds=1)
+
+
 def test_lm_training_is_deterministic_under_a_seed():
     args = model_args(hidden=16, layers=1, heads=2, intermediate=32)
     a, la = train_lm(args, steps=3, batch=8, seed=1, log=None)
@@ -313,9 +331,10 @@ def test_train_verifier_cli_end_to_end(tiny_lm, tmp_path, monkeypatch):
         raise AssertionError("the kept features should be read, not recomputed")
 
     monkeypatch.setattr(value_training, "target_features", no_forwards)
-    main(argv + ["--force", "--hidden-dims", "8"])
+    main(argv + ["--force", "--hidden-dims", "8", "--cv", "3"])
     assert load_verifier(out)[0].head.dims == [16, 8, 1]
     again = json.loads((tmp_path / "verifier.work" / "metrics.json").read_text())
+    assert again["cv"]["folds"] == 3 and 0 < again["cv"]["n_prefixes"] < again["prefixes"]
     assert again["prefixes"] == metrics["prefixes"]
     monkeypatch.undo()
     # a user reward given as module:function
