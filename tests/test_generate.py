@@ -219,6 +219,25 @@ def test_code_head_is_a_named_verifier_with_clear_errors(loaded, tmp_path):
         list(stream_generate(model, tok, "Hi", verifier=other, max_tokens=4))
 
 
+def test_the_shipped_code_head_reads_qwen_hidden_states_and_has_its_card():
+    """The package ships the head trained by results/code/pipeline.sh: a head for
+    Qwen2.5-Coder-0.5B's 896-wide hidden state, with the card naming its command and metrics,
+    and V^ values that vary with the hidden state (not one constant)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_vgb.registry import CODE_HEAD
+    from mlx_vgb.verifier_format import load_verifier
+
+    cfg, head, backbone = load_verifier(CODE_HEAD)
+    assert cfg.head.dims[0] == 896 and cfg.head.output == "sigmoid" and backbone is None
+    card = (CODE_HEAD / "README.md").read_text()
+    assert "mlx-vgb train-verifier" in card and "within-prompt AUC" in card
+    h = mx.array(np.random.default_rng(0).normal(size=(64, 896)).astype(np.float32) * 4)
+    v = np.array(head(h))
+    assert ((v > 0) & (v < 1)).all() and v.std() > 1e-3
+
+
 def test_code_head_ends_answers_at_its_stop_text(loaded, tmp_path):
     from collections import Counter
 

@@ -24,6 +24,7 @@ train() {  # $1: out folder, then extra flags
   .venv/bin/python -m mlx_vgb.cli train-verifier --model qwen2.5-coder-0.5b \
     --prompts results/code/prompts-train.jsonl --reward humaneval --out "$out" \
     --work-dir results/code/rollouts-train --num-rollouts 16 --temp 0.7 --max-tokens 384 \
-    --batch-size 64 --seed 0 --block lines --holdout 0.2 --epochs 30 --no-progress --force "$@"
+    --batch-size 64 --seed 0 --block lines --holdout 0.2 --hidden-dims "" --epochs 3 --lr 3e-4 \
+    --cv 5 --no-progress --force "$@"
 }
 main "$@"
