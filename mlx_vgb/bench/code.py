@@ -241,8 +241,9 @@ def run(args):
     head = head_metrics(args, cfg) if args.head_eval else None
     rows = read_rows(out)
     # every config with rows in this folder is reported (earlier commands' too)
+    core = configs
     configs = configs + sorted({r.config for r in rows.values()} - set(configs))
-    write_report(args, cfg, configs, pool, rows, head)
+    write_report(args, cfg, configs, pool, rows, head, core)
 
 
 def _problem_ids(args, cfg) -> list[str]:
@@ -329,12 +330,15 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
             wall_s=wall,
         )
 
-    todo = []
-    for config in configs:
-        if _parse(config)[0] == "bon-visible":
-            continue  # from the pool
-        n = 1 if config == "greedy" else cfg["samples"]
-        todo += [(config, t, j) for t in ids for j in range(n) if (config, t, j) not in done]
+    # problem-major: a run stopped part-way has every config's rows on the same problems
+    todo = [
+        (config, t, j)
+        for t in ids
+        for config in configs
+        if _parse(config)[0] != "bon-visible"  # from the pool
+        for j in range(_needed(config, cfg["samples"]))
+        if (config, t, j) not in done
+    ]
     if not todo:
         return
     eng = Engine()
@@ -411,11 +415,35 @@ def _outcome_metrics(outcomes: dict[str, list[tuple[bool, str]]], ks) -> dict:
     )
 
 
-def summarize(configs, pool, rows: dict, ids: list[str]) -> list[dict]:
-    """One line per config over the problems that have rows (bon-visible: the pool)."""
+def _needed(config: str, samples: int) -> int:
+    return 1 if config == "greedy" else samples
+
+
+def common_problems(core, rows: dict, ids: list[str], samples: int) -> list[str]:
+    """The problems on which every sampled config of ``core`` (this command's) that has rows
+    has all its responses: the table compares configs on the same problems, so a run stopped
+    part-way reports a smaller set, not each config over its own."""
+    count: dict[tuple[str, str], int] = {}
+    for r in rows.values():
+        count[r.config, r.task_id] = count.get((r.config, r.task_id), 0) + 1
+    sampled = [c for c in core if any(k[0] == c for k in count)]
+    return [
+        t for t in ids if all(count.get((c, t), 0) >= _needed(c, samples) for c in sampled)
+    ]
+
+
+def summarize(configs, pool, rows: dict, ids: list[str], samples: int | None = None) -> list[dict]:
+    """One line per config over the problems ``ids`` (bon-visible: the pool); with
+    ``samples``, a config missing responses on some of them is reported over those it has
+    all of (its ``problems`` column says how many)."""
     by: dict[str, dict[str, list[Row]]] = {}
     for r in rows.values():
         by.setdefault(r.config, {}).setdefault(r.task_id, []).append(r)
+    if samples is not None:
+        by = {
+            c: {t: rs for t, rs in got.items() if len(rs) >= _needed(c, samples)}
+            for c, got in by.items()
+        }
     plain_rows = [r for t in ids for r in by.get("plain", {}).get(t, [])]
     plain_fwd = np.mean([r.forward_tokens for r in plain_rows]) if plain_rows else None
     plain_wall = np.mean([r.wall_s for r in plain_rows]) if plain_rows else None
@@ -481,9 +509,12 @@ def _fmt(x, spec=".3f"):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def write_report(args, cfg, configs, pool, rows, head: dict | None = None) -> None:
-    ids = _problem_ids(args, cfg)
-    lines = summarize(configs, pool, rows, ids)
+def write_report(
+    args, cfg, configs, pool, rows, head: dict | None = None, core: list[str] | None = None
+) -> None:
+    all_ids = _problem_ids(args, cfg)
+    ids = common_problems(core or configs, rows, all_ids, cfg["samples"])
+    lines = summarize(configs, pool, rows, ids, cfg["samples"])
     cols = [
         "config",
         "problems",
@@ -526,6 +557,10 @@ def write_report(args, cfg, configs, pool, rows, head: dict | None = None) -> No
         f"Command: `{args.command}`",
         f"Date: {time.strftime('%Y-%m-%d')}",
         "",
+        f"Over {len(ids)} of {len(all_ids)} problems: those on which every config of the "
+        "command has all its responses"
+        + ("." if len(ids) == len(all_ids) else " (UNFINISHED: rerun the command to continue)."),
+        "",
         table,
         "",
     ]
@@ -549,6 +584,8 @@ def write_report(args, cfg, configs, pool, rows, head: dict | None = None) -> No
                 "command": args.command,
                 "config": cfg,
                 "configs": configs,
+                "problems": ids,
+                "unfinished": len(ids) < len(all_ids),
                 "summary": lines,
                 "head": {k: v for k, v in head.items() if k != "table"} if head else None,
                 "environment": environment(),
