@@ -427,9 +427,7 @@ def common_problems(core, rows: dict, ids: list[str], samples: int) -> list[str]
     for r in rows.values():
         count[r.config, r.task_id] = count.get((r.config, r.task_id), 0) + 1
     sampled = [c for c in core if any(k[0] == c for k in count)]
-    return [
-        t for t in ids if all(count.get((c, t), 0) >= _needed(c, samples) for c in sampled)
-    ]
+    return [t for t in ids if all(count.get((c, t), 0) >= _needed(c, samples) for c in sampled)]
 
 
 def summarize(configs, pool, rows: dict, ids: list[str], samples: int | None = None) -> list[dict]:
