@@ -8,10 +8,10 @@
 main() {
   set -e
   cd "$(dirname "$0")/../.."
-  # the core comparison first (one VGB setting), then the sweep
-  bench --configs plain,greedy,bon-visible,action-rs,vgb --drifts 0.5 --budgets 4 --head-eval
-  bench --configs vgb --drifts 0.5 --budgets 2,8
-  bench --configs vgb-visible --drifts 0.5 --budgets 4
+  # the core comparison first (every sampler, one budget: 4x plain), then the sweep
+  bench --configs plain,greedy,bon-visible,action-rs,vgb,vgb-visible --drifts 0.5 --budgets 4 \
+    --head-eval
+  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 2,8
   bench --configs vgb --drifts 0.25,1 --budgets 4
 }
 bench() {
