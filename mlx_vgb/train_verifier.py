@@ -154,6 +154,23 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         help="also report K-fold cross-validated metrics by prompt (out-of-fold AUC, "
         "within-prompt AUC, Brier) of these head settings, on the training prompts",
     )
+    p.add_argument(
+        "--finetune-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a verifier of its own: train the top N layers of a copy of the generator (or "
+        "of --backbone) with the head; saved as a separate model in OUT/backbone "
+        "(use as --verifier model:OUT). Default 0: a head on the frozen states",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=2,
+        help="epochs of the joint training (after the "
+        "head's --epochs on the frozen states, its warm start)",
+    )
+    p.add_argument("--finetune-lr", type=float, default=1e-5, help="learning rate of the layers")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--no-progress", action="store_true")
@@ -312,17 +329,22 @@ def train_verifier(
             f"{a.cv}-fold cross-validation on the training prompts: AUC {cv.auc:.3f} (within a "
             f"prompt {cv.within_auc:.3f})  Brier {cv.brier:.4f} (base rate {cv.base_rate:.3f})"
         )
-    res = train_head(
-        feats,
-        targets,
-        train_idx=tr,
-        held_idx=ho,
-        hidden_dims=dims,
-        epochs=a.epochs,
-        lr=a.lr,
-        seed=a.seed,
-        log=log,
-    )
+    tuned = None
+    if a.finetune_layers:
+        tuned = _finetune(a, backbone, rollouts, targets, feats, tr, ho, dims, work, tok, log)
+        res = tuned.result
+    else:
+        res = train_head(
+            feats,
+            targets,
+            train_idx=tr,
+            held_idx=ho,
+            hidden_dims=dims,
+            epochs=a.epochs,
+            lr=a.lr,
+            seed=a.seed,
+            log=log,
+        )
     metrics = {
         "rollouts": len(rollouts),
         "success_rate": float(np.mean([r.reward for r in rollouts])),
@@ -331,11 +353,12 @@ def train_verifier(
         "held_out": res.held_out.as_dict() if res.held_out else None,
         "cv": cv.as_dict() | {"folds": a.cv} if cv else None,
         "final_loss": res.losses[-1],
+        "finetune": tuned.summary if tuned else None,
         "command": command or "mlx-vgb train-verifier " + shlex.join(sys.argv[1:]),
     }
     cfg = VerifierConfig(
         head=res.head.config,
-        backbone=DEFAULT_BACKBONE_DIR if a.backbone else GENERATOR_BACKBONE,
+        backbone=DEFAULT_BACKBONE_DIR if (a.backbone or tuned) else GENERATOR_BACKBONE,
         hidden_layer=-1,
         pooling=a.pooling,
         read_at="every_token",
@@ -350,7 +373,13 @@ def train_verifier(
             "train": _summary(res.train),
         },
     )
-    save_verifier(out, cfg, res.head, backbone_src=a.backbone, force=a.force)
+    if tuned:
+        cfg.metadata["finetune"] = {k: tuned.summary[k] for k in ("layers", "epochs", "lr")}
+        save_verifier(
+            out, cfg, res.head, backbone_src=tuned.folder, move_backbone=True, force=a.force
+        )
+    else:
+        save_verifier(out, cfg, res.head, backbone_src=a.backbone, force=a.force)
     work.mkdir(parents=True, exist_ok=True)
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     m = res.held_out or res.train
@@ -362,6 +391,75 @@ def train_verifier(
     log(m.calibration_table())
     log(f"saved verifier to {out}")
     return metrics
+
+
+class _Tuned:
+    def __init__(self, result, summary, folder):
+        self.result, self.summary, self.folder = result, summary, folder
+
+
+def _finetune(a, backbone, rollouts, targets, feats, tr, ho, dims, work, tok, log):
+    """``--finetune-layers``: the top layers of a copy (never the generator itself) trained
+    with the head; the copy written as an mlx-lm folder in WORK, moved into OUT on save."""
+    import shutil
+
+    from .finetune_verifier import cache_dir_for, finetune_verifier, save_backbone
+    from .models import resolve
+
+    if a.cv:
+        raise ConfigError(
+            "--cv with --finetune-layers is not supported (each fold would fine-tune a copy); "
+            "choose the head settings with --cv on the frozen states, then fine-tune"
+        )
+    spec = a.backbone or a.model
+    src = Path(resolve(spec)).expanduser()
+    if not (src / "config.json").is_file():
+        raise ConfigError(
+            f"--finetune-layers needs a local model folder to copy ({spec!r} is not one): "
+            "pass --model (or --backbone) as a folder or a registry name"
+        )
+    copy = backbone
+    if not a.backbone:  # the generator stays as it is: a fresh copy of it
+        copy, _ = _load(a.model)
+    n = len(copy.model.layers)
+    res = finetune_verifier(
+        copy,
+        rollouts,
+        targets,
+        feats,
+        layers=a.finetune_layers,
+        train_idx=tr,
+        held_idx=ho,
+        hidden_dims=dims,
+        head_epochs=a.epochs,
+        head_lr=a.lr,
+        epochs=a.finetune_epochs,
+        lr=a.finetune_lr,
+        seed=a.seed,
+        cache_dir=cache_dir_for(work, rollouts, str(spec), n - a.finetune_layers),
+        pad_id=tok.pad_token_id or 0,
+        log=log if not a.no_progress else None,
+    )
+    m, f = res.held_out or res.train, res.frozen_held_out or res.frozen_train
+    log(
+        f"fine-tuned top {a.finetune_layers} of {n} layers: {'held-out' if res.held_out else 'train'}"
+        f" AUC {m.auc:.3f} (within {m.within_auc:.3f}) Brier {m.brier:.4f}; the frozen head: "
+        f"AUC {f.auc:.3f} (within {f.within_auc:.3f}) Brier {f.brier:.4f}"
+    )
+    folder = work / "finetuned-backbone.tmp"
+    shutil.rmtree(folder, ignore_errors=True)
+    save_backbone(copy, src, folder)
+    summary = {
+        "layers": a.finetune_layers,
+        "of_layers": n,
+        "epochs": a.finetune_epochs,
+        "lr": a.finetune_lr,
+        "losses": res.losses,
+        "wall_s": res.wall_s,
+        "frozen_train": res.frozen_train.as_dict(),
+        "frozen_held_out": res.frozen_held_out.as_dict() if res.frozen_held_out else None,
+    }
+    return _Tuned(res, summary, folder)
 
 
 def _features_path(work: Path, a, rollouts, targets) -> Path:

@@ -183,46 +183,101 @@ def shared_prompt_states(
     every whole sequence, up to float rounding."""
     from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+    out: list = [None] * len(rollouts)
+    if not all(type(c) is KVCache for c in make_prompt_cache(model)):  # rotating / SSM
+        for i, h in enumerate(
+            hidden_states(
+                model,
+                [list(r.prompt_ids) + list(r.completion_ids) for r in rollouts],
+                pad_id=pad_id,
+            )
+        ):
+            out[i] = lambda p, h=h: h[p]
+        return out
+    for _, prompt_h, comps in prompt_group_states(
+        model, rollouts, batch_size=batch_size, pad_id=pad_id
+    ):
+        P, last = len(prompt_h), prompt_h[-1]
+        for i, hr in comps.items():
+            out[i] = lambda p, hr=hr, last=last, P=P: last if p == P - 1 else hr[p - P]
+    return out
+
+
+def prompt_group_states(
+    model,
+    rollouts: Sequence[Rollout],
+    *,
+    batch_size: int = DEFAULT_FEATURE_BATCH,
+    pad_id: int = 0,
+    layers: int | None = None,
+):
+    """Per distinct prompt: ``(members, prompt states (P, d), {member: completion states (T,
+    d)})``, numpy float32, in rollout order of first appearance. The prompt runs once; its
+    rollouts' completions run in batches on copies of its KV cache. States: the final normed
+    hidden state, or with ``layers = k`` the input of transformer layer k (the output of the
+    first k layers, no final norm). Needs plain KV caches (``KVCache``)."""
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
     inner = getattr(model, "model", None)
-    if inner is None:
-        raise ConfigError("the backbone has no .model (an mlx-lm model is needed)")
+    if inner is None or not hasattr(inner, "layers"):
+        raise ConfigError("the backbone has no .model.layers (an mlx-lm model is needed)")
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(rollouts):
         groups.setdefault(tuple(r.prompt_ids), []).append(i)
-    out: list = [None] * len(rollouts)
-    for prompt, members in groups.items():
-        P = len(prompt)
-        cache = make_prompt_cache(model)
-        if not all(type(c) is KVCache for c in cache):  # rotating / SSM: whole sequences
-            seqs = [list(prompt) + list(rollouts[i].completion_ids) for i in members]
-            for i, h in zip(members, hidden_states(model, seqs, pad_id=pad_id)):
-                out[i] = lambda p, h=h: h[p]
-            continue
-        last = np.array(inner(mx.array([list(prompt)]), cache=cache)[0, -1].astype(mx.float32))
-        for i in members:
-            if not rollouts[i].completion_ids:
-                out[i] = lambda p, last=last: last
-        for idx in _length_batches(
-            [i for i in members if rollouts[i].completion_ids],
-            [len(r.completion_ids) for r in rollouts],
-            batch_size,
-        ):
-            T = max(len(rollouts[i].completion_ids) for i in idx)
-            x = np.full((len(idx), T), pad_id, dtype=np.int32)
-            for r, i in enumerate(idx):
-                x[r, : len(rollouts[i].completion_ids)] = rollouts[i].completion_ids
-            rows = []
-            for c in cache:
-                k = KVCache()
-                k.keys = mx.repeat(c.keys[..., :P, :], len(idx), axis=0)
-                k.values = mx.repeat(c.values[..., :P, :], len(idx), axis=0)
-                k.offset = P
-                rows.append(k)
-            h = np.array(inner(mx.array(x), cache=rows).astype(mx.float32))
-            for r, i in enumerate(idx):
-                hr = h[r]
-                out[i] = lambda p, hr=hr, last=last, P=P: last if p == P - 1 else hr[p - P]
-    return out
+    with bottom_layers(model, layers):
+        for prompt, members in groups.items():
+            P = len(prompt)
+            cache = make_prompt_cache(model)[: len(inner.layers)]
+            if not all(type(c) is KVCache for c in cache):
+                raise ConfigError("this backbone's caches are not plain KV caches")
+            prompt_h = np.array(inner(mx.array([list(prompt)]), cache=cache)[0].astype(mx.float32))
+            comps: dict[int, np.ndarray] = {}
+            for i in members:
+                if not rollouts[i].completion_ids:
+                    comps[i] = prompt_h[:0]
+            for idx in _length_batches(
+                [i for i in members if rollouts[i].completion_ids],
+                [len(r.completion_ids) for r in rollouts],
+                batch_size,
+            ):
+                T = max(len(rollouts[i].completion_ids) for i in idx)
+                x = np.full((len(idx), T), pad_id, dtype=np.int32)
+                for r, i in enumerate(idx):
+                    x[r, : len(rollouts[i].completion_ids)] = rollouts[i].completion_ids
+                rows = []
+                for c in cache:
+                    k = KVCache()
+                    k.keys = mx.repeat(c.keys[..., :P, :], len(idx), axis=0)
+                    k.values = mx.repeat(c.values[..., :P, :], len(idx), axis=0)
+                    k.offset = P
+                    rows.append(k)
+                h = np.array(inner(mx.array(x), cache=rows).astype(mx.float32))
+                for r, i in enumerate(idx):
+                    comps[i] = h[r, : len(rollouts[i].completion_ids)]
+            yield members, prompt_h, comps
+
+
+class bottom_layers:
+    """``with bottom_layers(model, k):`` the inner model runs its first ``k`` transformer
+    layers only and skips the final norm (its output: the input of layer k); ``k = None``:
+    unchanged. Restored on exit."""
+
+    def __init__(self, model, k: int | None):
+        self.inner, self.k = model.model, k
+
+    def __enter__(self):
+        if self.k is not None:
+            n = len(self.inner.layers)
+            if not 0 <= self.k <= n:
+                raise ConfigError(f"the backbone has {n} layers, cannot stop after {self.k}")
+            self.saved = (self.inner.layers, self.inner.norm)
+            self.inner.layers = self.inner.layers[: self.k]
+            self.inner.norm = lambda h: h
+        return self
+
+    def __exit__(self, *exc):
+        if self.k is not None:
+            self.inner.layers, self.inner.norm = self.saved
 
 
 def _length_batches(members: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -368,6 +423,7 @@ class HeadTraining:
     held_out: ValueMetrics | None
     losses: list[float]
     wall_s: float
+    scale: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) when not folded in
 
 
 def train_head(
@@ -384,9 +440,11 @@ def train_head(
     weight_decay: float = 0.0,
     seed: int = 0,
     log: Callable[[str], None] | None = print,
+    fold: bool = True,
 ) -> HeadTraining:
     """Weighted BCE of sigmoid(head(h)) against the pooled Monte Carlo means (weights: rollout
-    counts). Deterministic under ``seed`` (initialization and minibatch order)."""
+    counts). Deterministic under ``seed`` (initialization and minibatch order). ``fold=False``:
+    the head is left reading standardized features, their (mu, sd) in ``scale``."""
     if len(train_idx) == 0:
         raise ConfigError("no training prefixes: collect more rollouts or lower --holdout")
     t0 = time.perf_counter()
@@ -424,16 +482,19 @@ def train_head(
         if log and (ep + 1) % max(1, epochs // 5) == 0:
             log(f"head epoch {ep + 1}/{epochs}  loss {losses[-1]:.4f}")
 
-    fold_scale(head, mu, sd)  # the saved head reads raw hidden states
+    if fold:
+        fold_scale(head, mu, sd)  # the saved head reads raw hidden states
 
     def predict(idx):
-        return np.array(head(mx.array(features[idx])), dtype=np.float64)
+        x = features[idx] if fold else ((features[idx] - mu) / sd).astype(np.float32)
+        return np.array(head(mx.array(x)), dtype=np.float64)
 
     train_m = evaluate(predict(train_idx), targets.subset(train_idx))
     held_m = None
     if held_idx is not None and len(held_idx):
         held_m = evaluate(predict(held_idx), targets.subset(held_idx))
-    return HeadTraining(head, train_m, held_m, losses, time.perf_counter() - t0)
+    scale = None if fold else (mu, sd)
+    return HeadTraining(head, train_m, held_m, losses, time.perf_counter() - t0, scale)
 
 
 def cross_validate(
