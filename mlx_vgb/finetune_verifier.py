@@ -38,6 +38,7 @@ from .value_training import (
     DEFAULT_FEATURE_BATCH,
     ValueMetrics,
     ValueTargets,
+    _length_batches,
     evaluate,
     fold_scale,
     prompt_group_states,
@@ -125,6 +126,7 @@ def _groups(
     batch_size: int,
     pad_id: int,
     log,
+    forward_batch: int = DEFAULT_FEATURE_BATCH,
 ) -> list[_Group]:
     """The input of layer ``k`` for every target's rollout, grouped by prompt (kept in
     ``cache_dir`` prompt by prompt)."""
@@ -147,7 +149,7 @@ def _groups(
         if arrays is None:
             sub = [rollouts[j] for j in members]
             ((_, ph, comps),) = list(
-                prompt_group_states(model, sub, batch_size=batch_size, pad_id=pad_id, layers=k)
+                prompt_group_states(model, sub, batch_size=forward_batch, pad_id=pad_id, layers=k)
             )
             arrays = (ph, [comps[i] for i in range(len(members))])
             if part is not None:
@@ -173,10 +175,9 @@ def _group(prompt, members, arrays, by_rollout, targets, batch_size) -> _Group:
     ph, comps = arrays
     P, d = ph.shape
     lengths = [len(c) for c in comps]
-    order = sorted(range(len(members)), key=lambda i: lengths[i])
     batches, where, base = [], {}, P
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    # batches of similar lengths (padding bounded), an empty completion in one of its own
+    for idx in _length_batches(list(range(len(members))), [max(1, n) for n in lengths], batch_size):
         T = max(1, max(lengths[i] for i in idx))
         x = np.zeros((len(idx), T, d), dtype=np.float32)
         for r, i in enumerate(idx):
@@ -257,9 +258,7 @@ def finetune_verifier(
     )
     mu, sd = warm.scale
     mu_x, sd_x = mx.array(mu.astype(np.float32)), mx.array(sd.astype(np.float32))
-    groups = _groups(
-        backbone, rollouts, targets, n - layers, cache_dir, DEFAULT_FEATURE_BATCH, pad_id, log
-    )
+    groups = _groups(backbone, rollouts, targets, n - layers, cache_dir, batch_size, pad_id, log)
     tower = Tower(list(inner.layers[n - layers :]), inner.norm, warm.head)
     train_set = set(train_idx.tolist())
     train_groups = [g for g in groups if g.rows.size and int(g.rows[0]) in train_set]
