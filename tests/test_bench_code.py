@@ -215,3 +215,38 @@ def test_two_mlx_launch_ranks_merge_to_the_one_rank_result(trained, tmp_path):
     s2 = json.loads((two / "results.json").read_text())["summary"]
     key = ("config", "problems", "n", "pass1", "fwd_ratio", "backtracks")
     assert [[x.get(k) for k in key] for x in s2] == [[x.get(k) for k in key] for x in s1]
+
+
+def test_head_eval_reads_a_verifier_of_its_own_with_its_own_states(trained, tmp_path):
+    # a head on a fine-tuned copy (train-verifier --finetune-layers) is scored on the pool with
+    # the copy's hidden states: the same numbers as its own states give, not the generator's
+    from mlx_lm import load as mlx_load
+
+    from mlx_vgb.rollouts import read_rollouts
+    from mlx_vgb.value_training import evaluate, predict_values, target_features, value_targets
+    from mlx_vgb.verifier_format import load_verifier
+    from mlx_vgb.vocab import newline_tokens, vocab_size_of
+
+    work = trained["pool"].parent
+    prompts = work.parent / "prompts.jsonl"  # the fixture's: its rollouts resume
+    ft = tmp_path / "ft"
+    r = cli(
+        "train-verifier", "--model", str(trained["model"]), "--prompts", str(prompts),
+        "--reward", "humaneval", "--out", str(ft), "--work-dir", str(work), "--num-rollouts",
+        "2", "--max-tokens", "12", "--block", "lines", "--epochs", "2", "--holdout", "0",
+        "--hidden-dims", "", "--finetune-layers", "1", "--finetune-lr", "1e-2", "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "bench"
+    r = cli(*bench_args({**trained, "head": ft}, out, "plain"), "--report-only", "--head-eval")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((out / "results.json").read_text())["head"]
+    _, head, backbone = load_verifier(ft)
+    model, tok = mlx_load(str(backbone))
+    rs = [x for x in read_rollouts(trained["pool"]) if x.prompt_id in set(trained["ids"])]
+    t = value_targets(rs, boundaries=newline_tokens(tok, vocab_size_of(tok)).line)
+    want = evaluate(predict_values(head, target_features(model, rs, t)), t)
+    assert got["brier"] == pytest.approx(want.brier, abs=1e-6)
+    gen, _ = mlx_load(str(trained["model"]))
+    other = evaluate(predict_values(head, target_features(gen, rs, t)), t)
+    assert abs(other.brier - want.brier) > 1e-6  # the generator's states would score otherwise

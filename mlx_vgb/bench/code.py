@@ -376,8 +376,16 @@ def head_metrics(args, cfg) -> dict:
 
     if not (args.head and args.pool):
         raise ConfigError("--head-eval needs --head and --pool (rollouts of the report split)")
+    from ..verifier_format import load_verifier
+
     model, tok = load(args.model)
-    head = HeadSpec(args.head).load_head(model)
+    _, own_head, backbone = load_verifier(args.head)
+    if backbone is None:
+        head = HeadSpec(args.head).load_head(model)
+    else:  # a verifier of its own (e.g. train-verifier --finetune-layers): its states
+        from mlx_lm import load as mlx_load
+
+        head, (model, _) = own_head, mlx_load(str(backbone))
     wanted = set(_problem_ids(args, cfg))
     rollouts = [r for r in read_rollouts(args.pool) if r.prompt_id in wanted]
     if not rollouts:
