@@ -134,9 +134,9 @@ def _groups(
     for t, (j, _) in enumerate(targets.source):
         by_rollout.setdefault(int(j), []).append(t)
     need = sorted(by_rollout)
-    by_prompt: dict[tuple[int, ...], list[int]] = {}
-    for j in need:
-        by_prompt.setdefault(tuple(rollouts[j].prompt_ids), []).append(j)
+    by_prompt: dict[tuple, list[int]] = {}
+    for j in need:  # by id too: the split is by prompt id, a group never straddles it
+        by_prompt.setdefault((rollouts[j].prompt_id, tuple(rollouts[j].prompt_ids)), []).append(j)
     out = []
     t0 = time.perf_counter()
     for g, (prompt, members) in enumerate(by_prompt.items()):
@@ -176,7 +176,7 @@ def _group(prompt, members, arrays, by_rollout, targets, batch_size) -> _Group:
     P, d = ph.shape
     lengths = [len(c) for c in comps]
     batches, where, base = [], {}, P
-    # batches of similar lengths (padding bounded), an empty completion in one of its own
+    # batches of similar lengths (padding bounded)
     for idx in _length_batches(list(range(len(members))), [max(1, n) for n in lengths], batch_size):
         T = max(1, max(lengths[i] for i in idx))
         x = np.zeros((len(idx), T, d), dtype=np.float32)
@@ -239,11 +239,7 @@ def finetune_verifier(
             f"--finetune-layers must be in 1..{n - 1}: the backbone has {n} layers and at least "
             "the first stays frozen"
         )
-    if any(".scales" in k for k, _ in _flat(backbone)):
-        raise ConfigError(
-            "--finetune-layers needs unquantized weights; convert the model without "
-            "quantization (e.g. `mlx-vgb models pull NAME` gives float32)"
-        )
+    check_trainable(backbone)
     warm = train_head(
         features,
         targets,
@@ -327,6 +323,24 @@ def finetune_verifier(
         time.perf_counter() - t0,
         values,
     )
+
+
+def check_trainable(model) -> None:
+    """Fine-tuning needs float32 weights: quantized ones cannot take gradients, and in bf16 /
+    fp16 Adam's small updates round away (the run would be a frozen head trained longer)."""
+    flat = _flat(model)
+    if any(k.endswith(".scales") for k, _ in flat):
+        raise ConfigError(
+            "--finetune-layers needs unquantized float32 weights; this model is quantized. "
+            "Convert it without quantization (`mlx-vgb models pull NAME` gives float32)"
+        )
+    other = sorted({str(v.dtype).split(".")[-1] for _, v in flat if v.dtype != mx.float32})
+    if other:
+        raise ConfigError(
+            f"--finetune-layers needs float32 weights, this model has {', '.join(other)}: "
+            "small updates would round away. Convert it in float32 (`mlx-vgb convert ... "
+            "--dtype float32` or `mlx-vgb models pull NAME`)"
+        )
 
 
 def _flat(model):

@@ -205,6 +205,15 @@ def train_verifier(
         raise ConfigError(f"{out} exists; pass --force to replace it")
     work = Path(a.work_dir or f"{out}.work")
     reward = resolve_reward(a.reward)
+    if a.finetune_layers:  # before any rollout or forward: refused settings fail fast
+        if a.cv:
+            raise ConfigError(
+                "--cv with --finetune-layers is not supported (each fold would fine-tune a "
+                "copy); choose the head settings with --cv on the frozen states, then fine-tune"
+            )
+        if a.pooling != "last":
+            raise ConfigError("--finetune-layers reads the last token's state: use --pooling last")
+        _finetune_source(a)
     prompts = load_prompts(a.prompts)
     model, tok = _load(a.model)
     eos = set(getattr(tok, "eos_token_ids", None) or [tok.eos_token_id])
@@ -398,19 +407,10 @@ class _Tuned:
         self.result, self.summary, self.folder = result, summary, folder
 
 
-def _finetune(a, backbone, rollouts, targets, feats, tr, ho, dims, work, tok, log):
-    """``--finetune-layers``: the top layers of a copy (never the generator itself) trained
-    with the head; the copy written as an mlx-lm folder in WORK, moved into OUT on save."""
-    import shutil
-
-    from .finetune_verifier import cache_dir_for, finetune_verifier, save_backbone
+def _finetune_source(a) -> Path:
+    """The model folder whose copy is fine-tuned (its config and tokenizer are copied)."""
     from .models import resolve
 
-    if a.cv:
-        raise ConfigError(
-            "--cv with --finetune-layers is not supported (each fold would fine-tune a copy); "
-            "choose the head settings with --cv on the frozen states, then fine-tune"
-        )
     spec = a.backbone or a.model
     src = Path(resolve(spec)).expanduser()
     if not (src / "config.json").is_file():
@@ -418,6 +418,17 @@ def _finetune(a, backbone, rollouts, targets, feats, tr, ho, dims, work, tok, lo
             f"--finetune-layers needs a local model folder to copy ({spec!r} is not one): "
             "pass --model (or --backbone) as a folder or a registry name"
         )
+    return src
+
+
+def _finetune(a, backbone, rollouts, targets, feats, tr, ho, dims, work, tok, log):
+    """``--finetune-layers``: the top layers of a copy (never the generator itself) trained
+    with the head; the copy written as an mlx-lm folder in WORK, moved into OUT on save."""
+    import shutil
+
+    from .finetune_verifier import cache_dir_for, finetune_verifier, save_backbone
+
+    spec, src = a.backbone or a.model, _finetune_source(a)
     copy = backbone
     if not a.backbone:  # the generator stays as it is: a fresh copy of it
         copy, _ = _load(a.model)

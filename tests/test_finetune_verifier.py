@@ -138,3 +138,28 @@ def _flat(model):
     from mlx.utils import tree_flatten
 
     return tree_flatten(model.parameters())
+
+
+def test_weights_it_cannot_train_and_settings_it_cannot_honour_are_refused(lm, tmp_path, capsys):
+    import copy
+
+    from mlx.utils import tree_map
+
+    from mlx_vgb.finetune_verifier import check_trainable
+    from mlx_vgb.train_verifier import main
+
+    check_trainable(lm)  # float32: fine
+    half = copy.deepcopy(lm)
+    half.update(tree_map(lambda p: p.astype(mx.bfloat16), half.parameters()))
+    with pytest.raises(ConfigError, match="float32 weights, this model has bfloat16"):
+        check_trainable(half)
+    prompts = tmp_path / "prompts.jsonl"
+    dyck.write_prompts(prompts, dyck.make_prompts(2, seed=1))
+    model = str(save_lm(lm, tmp_path / "lm"))
+    base = ["--model", model, "--prompts", str(prompts), "--reward", "dyck", "--out",
+            str(tmp_path / "v"), "--finetune-layers", "1", "--no-progress"]  # fmt: skip
+    for extra, said in [(["--pooling", "mean"], "--pooling last"), (["--cv", "3"], "--cv with")]:
+        with pytest.raises(SystemExit):
+            main(base + extra)
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "v.work" / "rollouts.jsonl").exists()  # refused before rollouts
