@@ -11,7 +11,7 @@ mkdir -p "$work"
 for f in rollouts.jsonl rollouts.jsonl.meta.json; do  # the train split's rollouts, as collected
   [ -f "$work/$f" ] || cp "results/code/rollouts-train/$f" "$work/"
 done
-if [ ! -f results/code/head-ft2/verifier_config.json ]; then
+if [ ! -d results/code/head-ft2/backbone ]; then  # the copy (2 GB) is not committed
   .venv/bin/python -m mlx_vgb.cli train-verifier --model qwen2.5-coder-0.5b \
     --prompts results/code/prompts-train.jsonl --reward humaneval --out results/code/head-ft2 \
     --work-dir "$work" --num-rollouts 16 --temp 0.7 --max-tokens 384 --batch-size 64 --seed 0 \
