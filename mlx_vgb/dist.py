@@ -46,10 +46,15 @@ class DistBatch:
 
     @property
     def cdf(self) -> mx.array:
-        """(B, M) cumulative probabilities (lazy, computed once)."""
-        if self._cdf is None:
-            self._cdf = mx.cumsum(mx.exp(self.logp), axis=-1)
-        return self._cdf
+        """(B, M) cumulative probabilities (lazy; kept only for small rows: at M = 151,936 a
+        kept CDF would double the memory of every tree node -- ``draw`` recomputes the rows it
+        draws from instead)."""
+        if self._cdf is not None:
+            return self._cdf
+        cdf = cumulative(self.logp)
+        if self.logp.shape[1] <= HOST_DRAW_MAX:
+            self._cdf = cdf
+        return cdf
 
     def host(self) -> tuple:
         """(cdf, last, ids or None, logp) as numpy (one copy, kept)."""
@@ -83,6 +88,12 @@ class NextTokenDist:
         ids = np.arange(n) if b.ids is None else np.array(b.ids[self.row, :n]).astype(np.int64)
         keep = np.isfinite(logp)
         return ids[keep], logp[keep]
+
+
+def cumulative(logp: mx.array) -> mx.array:
+    """Cumulative probabilities of log-prob rows (row by row: a row's CDF does not depend on
+    the rows computed with it)."""
+    return mx.cumsum(mx.exp(logp), axis=-1)
 
 
 def _last_finite(x: mx.array) -> mx.array:
@@ -221,7 +232,7 @@ def draw(
         rows = np.concatenate([np.full(len(requests[j][1]), requests[j][0].row) for j in js])
         us = np.concatenate([np.asarray(requests[j][1], dtype=np.float64) for j in js])
         r = mx.array(rows.astype(np.int32))
-        cdf = batch.cdf[r]  # (n, M)
+        cdf = cumulative(batch.logp[r])  # (n, M): only the rows drawn from
         last = batch.last[r][:, None]
         target = mx.array(us.astype(np.float32))[:, None] * mx.take_along_axis(cdf, last, -1)
         idx = mx.minimum(mx.sum(cdf <= target, axis=-1, keepdims=True), last)

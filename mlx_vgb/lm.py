@@ -68,6 +68,7 @@ class MLXLanguageModel(BaseLanguageModel):
         hidden_layer: int = -1,
         max_kv_size: int | None = None,
         max_branches: int = 32,
+        max_branch_bytes: int = 128 << 20,
         max_snapshots: int = 256,
     ):
         self.model, self.tokenizer = model, tokenizer
@@ -96,6 +97,7 @@ class MLXLanguageModel(BaseLanguageModel):
             )
         self.max_kv_size = max_kv_size
         self.max_branches = max_branches  # batched caches kept for reuse (memory: K rows each)
+        self.max_branch_bytes = max_branch_bytes  # ... and the most bytes they hold (oldest go)
         self.max_snapshots = max_snapshots  # non-trimmable caches: states kept per prefix
         probe = self._new_cache()
         # plain KV caches: trimmed, and rows of a batch are cut from / repeated out of them;
@@ -146,6 +148,30 @@ class MLXLanguageModel(BaseLanguageModel):
         # prefill all but the last prompt token; the first request computes the rest
         self._extend_trunk(prompt[:-1])
         self.prefill_tokens, self.positions_computed = len(prompt) - 1, 0
+
+    def _keep_branch(self, branch: tuple) -> None:
+        """Keep a cache for reuse; the oldest go past ``max_branches`` or ``max_branch_bytes``
+        (KV rows and log-prob rows: ~12 MB per 500-token row of a 0.5B model, 0.6 MB per
+        log-prob row at V = 151,936). Dropping one costs recomputation only, never a result."""
+        size = sum(a.nbytes for c in branch[0] for a in (c.keys, c.values) if a is not None) + sum(
+            x.nbytes for x in branch[2] if x is not None
+        )
+        self._branches.append((*branch, size))
+        total = sum(b[4] for b in self._branches)
+        while len(self._branches) > 1 and total > self.max_branch_bytes:
+            total -= self._branches.popleft()[4]
+
+    def end(self) -> None:
+        """Drop the run's KV caches and kept rows (``Run.release``); still usable: a later call
+        recomputes from the prompt."""
+        if not hasattr(self, "_trunk"):
+            return
+        self._trunk = self._new_cache()
+        self._trunk_tokens = ()
+        self._trunk_logp = self._trunk_value = None
+        self._branches.clear()
+        self._pending = {}
+        self._snapshots.clear()
 
     # -- forward -------------------------------------------------------------------------
     def _forward(self, tokens: mx.array, cache: list):
@@ -235,7 +261,7 @@ class MLXLanguageModel(BaseLanguageModel):
         if best_b is not None:
             if self.batchable and c < len(self._trunk_tokens):
                 # the trunk's own path past the fork is not held anywhere else: keep it
-                self._branches.append(
+                self._keep_branch(
                     (self._trunk, [self._trunk_tokens], [self._trunk_logp], [self._trunk_value])
                 )
             n = min(best, len(target))
@@ -252,7 +278,7 @@ class MLXLanguageModel(BaseLanguageModel):
         if c < len(self._trunk_tokens):
             if self.batchable:
                 # keep the abandoned path as a branch: coming back down costs nothing
-                self._branches.append(
+                self._keep_branch(
                     (self._trunk, [self._trunk_tokens], [self._trunk_logp], [self._trunk_value])
                 )
                 self._trunk = _slice_cache(self._trunk, None, c)
@@ -378,7 +404,7 @@ class MLXLanguageModel(BaseLanguageModel):
         vals = [None] * len(rows) if val is None else [float(v) for v in val]
         rows_lp = [logp[k] for k in range(len(rows))]
         mx.eval(rows_lp)
-        self._branches.append((cache, list(rows), rows_lp, vals))
+        self._keep_branch((cache, list(rows), rows_lp, vals))
         for k, i in enumerate(idx):
             out[i] = (rows_lp[k], vals[k])
 

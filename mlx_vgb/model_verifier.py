@@ -49,6 +49,10 @@ class ValueHeadVerifier(BaseVerifier):
         if self.own_lm:
             self.lm.begin(self.prompt)
 
+    def end(self) -> None:
+        if self.own_lm:
+            self.lm.end()
+
     def value(self, prefixes):
         return np.clip(np.asarray(self.lm.values(prefixes), dtype=np.float64), self.floor, None)
 
@@ -89,6 +93,9 @@ class SeparateModelVerifier(BaseVerifier):
         text = self.prompt_text if self.prompt_text is not None else self.decode(list(prompt))
         self._prompt_ids = list(self.tokenizer.encode(text))
         self.lm.begin(self._prompt_ids)
+
+    def end(self) -> None:
+        self.lm.end()
 
     def _ids(self, tokens: Sequence[int]) -> tuple[int, ...]:
         text = self.decode([t for t in tokens if t not in self.eos])

@@ -61,6 +61,9 @@ class BaseLanguageModel:
     def begin(self, prompt: Sequence[int]) -> None:
         pass
 
+    def end(self) -> None:
+        """The run is over: drop its per-run state (the next ``begin`` starts afresh)."""
+
     def logprobs(self, prefixes: Sequence[Prefix]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -128,10 +128,14 @@ class Sampler:
         try:
             yield from run
         finally:
-            run.close()
+            run.release()
 
     def sample(self, lm, verifier=None, prompt=(), seed: int = 0, decode=None) -> SampleResult:
-        for ev in self.start(lm, verifier, prompt, seed, decode):
-            if isinstance(ev, Done):
-                return ev.result
+        run = self.start(lm, verifier, prompt, seed, decode)
+        try:
+            for ev in run:
+                if isinstance(ev, Done):
+                    return ev.result
+        finally:
+            run.release()
         raise AssertionError("run ended without Done")  # pragma: no cover

@@ -289,6 +289,11 @@ class AllOf(BaseVerifier):
         for v in self.verifiers:
             v.begin(prompt)
 
+    def end(self):
+        for v in self.verifiers:
+            if hasattr(v, "end"):
+                v.end()
+
     def value(self, prefixes):
         return np.prod([np.asarray(v.value(prefixes), float) for v in self.verifiers], axis=0)
 

@@ -209,3 +209,37 @@ def test_each_job_is_timed_apart(model):
 
     slow, fast = Engine().run([lambda: job(lm_a, 0.2), lambda: job(lm_b, 0.0)])
     assert slow >= 0.6 and fast < 0.5 * slow
+
+
+def test_finished_runs_free_their_memory_without_the_garbage_collector(model):
+    """A run's tree (a pi_ref row per node) and the model's KV caches are freed when sample()
+    returns, not when Python's cyclic collector next runs: a bench of 32 walks at a time on a
+    151,936-token vocabulary outgrew 20 GB that way. With the collector off, no pi_ref row
+    outlives its run, in the engine or alone, and the device memory returns to its level."""
+    import gc
+
+    from mlx_vgb.dist import DistBatch
+
+    lms = [MLXLanguageModel(model) for _ in range(4)]
+    smp = VGB(horizon=8, choice=Rejection(2), drift=0.7)
+    smp.sample(lms[0], verifier(), prompt=PROMPTS[0], seed=0)  # warm up: kernels, buffers
+    gc.collect()
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    gc.disable()
+    try:
+        for rep in range(3):
+            Engine().run(
+                [
+                    lambda lm=lm, i=i: smp.sample(lm, verifier(), prompt=PROMPTS[i], seed=rep)
+                    for i, lm in enumerate(lms)
+                ]
+            )
+            smp.sample(lms[0], verifier(), prompt=PROMPTS[1], seed=rep)
+        alive = sum(isinstance(o, DistBatch) for o in gc.get_objects())
+        grown = mx.get_active_memory() - before
+        assert all(not lm._branches and lm._trunk_tokens == () for lm in lms)
+    finally:
+        gc.enable()
+    assert alive == 0, f"{alive} pi_ref batches outlived their runs"
+    assert grown <= 0, f"device memory grew by {grown} bytes over finished runs"

@@ -109,6 +109,30 @@ def test_walk_with_backtracks_recomputes_no_token(model):
     assert lm.positions_computed >= r.stats.forward_tokens
 
 
+def test_branch_memory_cap_costs_recomputation_never_a_result(model):
+    """Kept branch caches are capped in bytes (oldest dropped): under a cap that holds one
+    branch the walk gives the same tokens as uncapped, only recomputing more."""
+    ver = FunctionVerifier(lambda p: 0.2 if sum(p) % 2 else 1.0)
+    smp = VGB(horizon=12, actions=Blocks(3), choice=Candidates(4))
+    outs, kept = [], []
+    for cap in (128 << 20, 1):
+        lm = MLXLanguageModel(model, eos_token_ids=[0], max_branch_bytes=cap)
+        seen = []
+        keep = lm._keep_branch
+
+        def spy(b, keep=keep, lm=lm, seen=seen):
+            keep(b)
+            seen.append(len(lm._branches))
+
+        lm._keep_branch = spy
+        r = smp.sample(lm, ver, PROMPT, seed=3)
+        outs.append((r.tokens, r.stats.forward_tokens, r.stats.backtracks))
+        kept.append((max(seen), lm.recomputed_tokens))
+    assert outs[0] == outs[1]
+    assert kept[0][0] >= 2 and kept[1][0] == 1  # the cap held; uncapped kept several
+    assert kept[1][1] > kept[0][1] == 0  # recomputed instead
+
+
 def test_value_head_gives_value_from_the_same_forward(model):
     import mlx.core as mx
 

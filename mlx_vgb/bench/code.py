@@ -255,6 +255,8 @@ def _problem_ids(args, cfg) -> list[str]:
 
 def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     """Sample this rank's share of the missing rows (problems ``rank::size``)."""
+    import mlx.core as mx
+
     from .. import Lines
     from ..engine import Engine
     from ..generate import load
@@ -359,7 +361,8 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
                 print(
                     f"[code] {row.config} {row.task_id}#{row.j}: hidden={row.hidden_pass} "
                     f"visible={row.visible_pass} fwd={row.forward_tokens} "
-                    f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s",
+                    f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s "
+                    f"(device memory {mx.get_active_memory() / 2**30:.1f} GiB, {len(live)} live)",
                     flush=True,
                 )
     eng.close()

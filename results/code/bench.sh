@@ -4,7 +4,7 @@
 # K = 1 proposal per rejection round: the exact step's draws are i.i.d., so K only sets how many
 # are drawn at once, and every proposal past the accepted one is wasted forward tokens (at
 # K = 4 a walk without a single backtrack already costs ~4x plain); the engine batches across
-# walks instead (32 at once).
+# walks instead (24 at once: each live walk holds ~0.6 MB per tree node and up to 128 MiB of KV branches).
 main() {
   set -e
   cd "$(dirname "$0")/../.."
@@ -17,6 +17,6 @@ main() {
 bench() {
   .venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
     --pool results/code/rollouts-report/rollouts.jsonl --out results/code/bench \
-    --candidates 1 --concurrency 32 "$@"
+    --candidates 1 --concurrency 24 "$@"
 }
 main "$@"
