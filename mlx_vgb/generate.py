@@ -247,7 +247,7 @@ def stream_generate(
                 lm.positions_computed / el,
             )
     finally:
-        stream.close()
+        stream.release()  # the tree's rows and the KV caches, now (not at the next gc)
 
 
 def _choice_name(sampler) -> str | None:
