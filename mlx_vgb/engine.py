@@ -327,7 +327,6 @@ class Engine:
         self._count(1, start)
         self.stats.shared += 1
 
-
     @staticmethod
     def _heads(reqs: list[_Request], h: mx.array, sizes: list[int], news: list[int]) -> None:
         """Every request's log-probs (and values) from the batch's hidden states, in one matmul
