@@ -11,6 +11,10 @@ the cache state after each prefix the trunk reached is kept (LRU, ``max_snapshot
 state is small and of fixed size), a backtrack restores the longest snapshot on the path and
 re-prefills the rest (counted in ``recomputed_tokens``).
 
+Prompts are prefilled once per model (``PromptCache``, shared by every adapter of a model):
+N responses to one prompt, a bench's configs on one problem and a chat's repeated turns copy
+the prompt's keys and values instead of running it again.
+
 With a ``value_head`` (``mlx_vgb.verifier_format.ValueHead``) the forward that gives
 pi_ref(.|s) also gives V^(s) from the same last hidden state (``model_verifier.ValueHeadVerifier``).
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import collections
 import copy
+import threading
+import weakref
 from typing import Sequence
 
 import mlx.core as mx
@@ -55,6 +61,49 @@ def _slice_cache(cache: list, rows: list[int] | None, length: int, repeat: int =
     return out
 
 
+class PromptCache:
+    """Prefilled prompts' KV caches, shared by the adapters of a model (LRU, at most
+    ``max_bytes``; a prompt bigger than that is not kept). Keyed by the model object (a weak
+    reference: a freed model's entries never serve another) and the prefilled tokens. Entries
+    are copies, and each run gets a copy: a run's cache updates never reach another's."""
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, model, tokens: tuple[int, ...]) -> list | None:
+        with self._lock:
+            e = self._entries.get((id(model), tokens))
+            if e is None or e[0]() is not model:
+                self.misses += 1
+                return None
+            self._entries.move_to_end((id(model), tokens))
+            self.hits += 1
+            return _slice_cache(e[1], None, len(tokens))
+
+    def put(self, model, tokens: tuple[int, ...], cache: list) -> None:
+        kept = _slice_cache(cache, None, len(tokens))
+        mx.eval(*[a for c in kept for a in (c.keys, c.values)])
+        size = sum(a.nbytes for c in kept for a in (c.keys, c.values))
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            self._entries[(id(model), tokens)] = (weakref.ref(model), kept, size)
+            self._entries.move_to_end((id(model), tokens))
+            total = sum(e[2] for e in self._entries.values())
+            while total > self.max_bytes:
+                total -= self._entries.popitem(last=False)[1][2]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+PROMPTS = PromptCache()  # the default, shared by every MLXLanguageModel
+
+
 class MLXLanguageModel(BaseLanguageModel):
     """``LanguageModel`` over any mlx-lm model (``mlx_lm.load(...)`` gives model, tokenizer)."""
 
@@ -70,8 +119,10 @@ class MLXLanguageModel(BaseLanguageModel):
         max_branches: int = 32,
         max_branch_bytes: int = 128 << 20,
         max_snapshots: int = 256,
+        prompt_cache: PromptCache | None = PROMPTS,
     ):
         self.model, self.tokenizer = model, tokenizer
+        self.prompt_cache = prompt_cache  # None: every run prefills its prompt
         args = getattr(model, "args", None)
         vocab = getattr(args, "vocab_size", None)
         if vocab is None:
@@ -146,7 +197,15 @@ class MLXLanguageModel(BaseLanguageModel):
         # states restored when a trim is impossible (rotating / SSM caches)
         self._snapshots: collections.OrderedDict = collections.OrderedDict()
         # prefill all but the last prompt token; the first request computes the rest
-        self._extend_trunk(prompt[:-1])
+        head = prompt[:-1]
+        shared = self.prompt_cache if self.batchable and head else None
+        kept = shared.get(self.model, head) if shared is not None else None
+        if kept is not None:
+            self._trunk, self._trunk_tokens = kept, head
+        else:
+            self._extend_trunk(head)
+            if shared is not None:
+                shared.put(self.model, head, self._trunk)
         self.prefill_tokens, self.positions_computed = len(prompt) - 1, 0
 
     def _keep_branch(self, branch: tuple) -> None:

@@ -23,7 +23,7 @@ from mlx_vgb import (
     Rejection,
     SelfNormalized,
 )
-from mlx_vgb.engine import Engine
+from mlx_vgb.engine import Engine, plan
 from mlx_vgb.lm import MLXLanguageModel
 from mlx_vgb.model_verifier import ValueHeadVerifier
 from mlx_vgb.verifier_format import HeadConfig, ValueHead
@@ -117,6 +117,74 @@ def test_batched_rows_match_a_fresh_forward(model):
         for q, row in zip(prefs + prefs, rows):
             want = np.array(fresh.logprobs([q])[0])
             assert logprob_error(row, want) < logprob_tolerance(model, [p + tuple(q)])
+
+
+def _cost(shapes, forwards, pad_cost):
+    return sum(pad_cost + max(shapes[i][1] for i in f) * sum(shapes[i][0] for i in f)
+               for f in forwards)  # fmt: skip
+
+
+def test_forwards_are_planned_to_compute_the_fewest_positions():
+    # one-token rows stay apart from a long prefill; a 2-token move joins the one-token rows
+    assert plan([(1, 1), (1, 400), (8, 1), (1, 2)], 64, 512) == [[1], [0, 2, 3]]
+    # with forwards free of fixed cost, every length runs alone; at a huge one, all in one
+    assert plan([(2, 3), (1, 5), (4, 1)], 0, 512) == [[1], [0], [2]]
+    assert plan([(2, 3), (1, 5), (4, 1)], 10**6, 512) == [[0, 1, 2]]
+    # rows per forward capped (a single request above the cap still runs)
+    assert plan([(3, 1), (3, 1), (700, 1)], 64, 512) == [[0, 1], [2]]
+    # against every partition of small random cases (brute force)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 6))
+        shapes = [(int(rng.integers(1, 9)), int(rng.integers(1, 40))) for _ in range(n)]
+        cost, cap = int(rng.integers(0, 100)), int(rng.integers(8, 30))
+        got = plan(shapes, cost, cap)
+        assert sorted(i for f in got for i in f) == list(range(n))
+        assert all(sum(shapes[i][0] for i in f) <= cap or len(f) == 1 for f in got)
+
+        def partitions(items):
+            if not items:
+                yield []
+                return
+            first, rest = items[0], items[1:]
+            for part in partitions(rest):
+                for k in range(len(part)):
+                    yield part[:k] + [[first] + part[k]] + part[k + 1 :]
+                yield [[first]] + part
+
+        ok = [
+            q for q in partitions(list(range(n)))
+            if all(sum(shapes[i][0] for i in f) <= cap or len(f) == 1 for f in q)
+        ]  # fmt: skip
+        best = min(_cost(shapes, q, cost) for q in ok)
+        if sum(r for r, _ in shapes) <= cap:  # exact when the row cap does not bind
+            assert _cost(shapes, got, cost) == best
+        else:  # with it: the best split into runs of the sorted lengths, near the optimum
+            assert best <= _cost(shapes, got, cost) <= best + cost
+
+
+def test_a_long_prefill_does_not_pad_the_one_token_rows(model):
+    # three runs step one token at a time while a fourth prefills a long prompt: the prefill
+    # gets a forward of its own, nobody is padded to its length, and the rows are still right
+    long_prompt = tuple(int(t) for t in np.random.default_rng(0).integers(1, 48, 40))
+    lms = [MLXLanguageModel(model) for _ in range(4)]
+    prompts = [(1, 2), (3,), (4, 5, 6), long_prompt]  # the same steps after
+
+    def job(lm, p):
+        lm.begin(p)
+        return [np.array(lm.logprobs([q])[0]) for q in [(), (7,), (7, 8)]]
+
+    eng = Engine(pad_cost=8)
+    got = eng.run([lambda a=a, p=p: job(a, p) for a, p in zip(lms, prompts)])
+    # padded to the prefill, each of the 3 other first rows would add >= 37 positions
+    assert eng.stats.padded - eng.stats.positions < 37
+    assert eng.stats.positions >= len(long_prompt)
+    for p, rows in zip(prompts, got):
+        fresh = MLXLanguageModel(model)
+        fresh.begin(p)
+        for q, row in zip([(), (7,), (7, 8)], rows):
+            want = np.array(fresh.logprobs([q])[0])
+            assert logprob_error(row, want) < logprob_tolerance(model, [p + q])
 
 
 def test_an_error_in_one_run_is_raised(model):

@@ -240,3 +240,48 @@ def test_ssm_cache_without_snapshot_re_prefills_and_counts_it():
     got = lm.logprobs([(8,)])[0]  # no snapshot on this path: rebuilt from the prompt
     assert logprob_error(got, full_forward_logprobs(m, prompt + (8,))) < TOL
     assert lm.recomputed_tokens == 3  # the three prompt tokens, prefilled again
+
+
+def test_a_prompt_is_prefilled_once_per_model_and_each_run_keeps_its_own_copy():
+    from mlx_vgb.lm import PromptCache
+
+    model = tiny_llama(seed=4)
+    shared = PromptCache()
+    prompt = tuple(int(t) for t in np.random.default_rng(1).integers(1, 48, 30))
+    a = MLXLanguageModel(model, prompt_cache=shared)
+    a.begin(prompt)
+    assert a.forward_calls == 1 and shared.misses == 1  # the prefill ran, and was kept
+    b = MLXLanguageModel(model, prompt_cache=shared)
+    b.begin(prompt)
+    assert b.forward_calls == 0 and shared.hits == 1  # copied, not run
+    alone = MLXLanguageModel(model, prompt_cache=None)
+    alone.begin(prompt)
+    assert alone.forward_calls == 1
+    # a walks far (its trunk's cache grows and is trimmed); b's copy is untouched by it
+    for q in [(3, 4, 5, 6), (3,), (7, 7, 7, 7, 7, 7)]:
+        a.logprobs([q])
+    for q in [(), (9,), (9, 2, 2)]:
+        got, want = np.array(b.logprobs([q])[0]), np.array(alone.logprobs([q])[0])
+        assert logprob_error(got, want) < logprob_tolerance(model, [prompt + q])
+        ref = full_forward_logprobs(model, prompt + q)
+        assert logprob_error(got, ref) < logprob_tolerance(model, [prompt + q])
+    # and the kept entry is untouched by b's walk: a later run still starts from the prompt
+    g = MLXLanguageModel(model, prompt_cache=shared)
+    g.begin(prompt)
+    got = np.array(g.logprobs([(5,)])[0])
+    assert logprob_error(got, full_forward_logprobs(model, prompt + (5,))) < logprob_tolerance(
+        model, [prompt + (5,)]
+    )
+    # another model's runs never read this model's entry; other prompts miss
+    c = MLXLanguageModel(tiny_llama(seed=5), prompt_cache=shared)
+    c.begin(prompt)
+    d = MLXLanguageModel(model, prompt_cache=shared)
+    d.begin(prompt[:-3] + (1, 2, 3))
+    assert (c.forward_calls, d.forward_calls, shared.hits) == (1, 1, 2)
+    # a size cap: a prompt bigger than the cache is not kept
+    small = PromptCache(max_bytes=1)
+    e = MLXLanguageModel(model, prompt_cache=small)
+    e.begin(prompt)
+    f = MLXLanguageModel(model, prompt_cache=small)
+    f.begin(prompt)
+    assert f.forward_calls == 1 and small.hits == 0
