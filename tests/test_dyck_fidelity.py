@@ -84,3 +84,15 @@ def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys):
     main(["dyck_fidelity", "--quick", "--out", str(out)])
     assert "0 (prompt, head, method) to sample" in capsys.readouterr().out
     assert (out / "rows.jsonl").read_bytes() == before
+    # a partial report: drop one prompt's last row; --report-only reports over the other one
+    lines = before.decode().splitlines()
+    (out / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])
+    part = json.loads((out / "results.json").read_text())
+    assert part["summary"]["unfinished"] is True and part["summary"]["prompts_reported"] == 1
+    assert len({r["prompt_id"] for r in part["rows"]}) == 1
+    assert "UNFINISHED" in (out / "results.md").read_text()
+    assert len((out / "rows.jsonl").read_text().splitlines()) == len(lines) - 1  # nothing drawn
+    (out / "rows.jsonl").write_text("")
+    with pytest.raises(SystemExit):
+        main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])

@@ -192,6 +192,12 @@ def add_args(p) -> None:
         help="rollouts per training prompt (default 8; quick 4)",
     )
     p.add_argument("--leaf", choices=("exact", "head"), default="exact", help="value at leaves")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the rows so far, over the prompts that have all of theirs "
+        "(e.g. while a run goes on); draw nothing",
+    )
 
 
 def _settings(args) -> dict:
@@ -297,6 +303,15 @@ def run(args) -> None:
         f"[dyck_fidelity] {len(todo)} (prompt, head, method) to sample ({len(rows)} resumed)",
         flush=True,
     )
+    if getattr(args, "report_only", False):
+        missing = {p["id"] for p, _, _ in todo}
+        done = [p for p in prompts if p["id"] not in missing]
+        if not done:
+            raise ConfigError(
+                f"no prompt has all its rows in {path} yet: run without --report-only first"
+            )
+        report(args, st, done, rate, heads, pis, rows, out, time.perf_counter() - t0, len(prompts))
+        return
     with open(path, "a") as f:
         for j, (p, h, m) in enumerate(todo):
             ids = [dyck.BOS] + dyck.encode(p["prompt"])
@@ -324,7 +339,11 @@ def run(args) -> None:
     report(args, st, prompts, rate, heads, pis, rows, out, time.perf_counter() - t0)
 
 
-def report(args, st, prompts, rate, heads, pis, rows, out: Path, wall: float) -> None:
+def report(
+    args, st, prompts, rate, heads, pis, rows, out: Path, wall: float, of: int | None = None
+) -> None:
+    """The report over ``prompts`` (all of them, or the ``len(prompts)`` of ``of`` that have
+    every row: marked UNFINISHED)."""
     rng = np.random.default_rng(0)
     per = []
     for p in prompts:
@@ -380,7 +399,17 @@ def report(args, st, prompts, rate, heads, pis, rows, out: Path, wall: float) ->
         config={k: v for k, v in st.items() if not k.startswith("_")},
     )
     rep.rows = per
+    unfinished = of is not None and len(prompts) < of
+    if unfinished:
+        rep.add_section(
+            "UNFINISHED",
+            f"Over {len(prompts)} of {of} prompts ({sum(rate[p['id']] < HARD[1] for p in prompts)}"
+            " of them hard): those with every head's and method's rows so far. Rerun the "
+            "command without --report-only to continue.",
+        )
     rep.summary = {
+        "unfinished": unfinished,
+        "prompts_reported": len(prompts),
         "table": table,
         "vgb_closer_share": wins,
         "wall_s": wall,
