@@ -73,15 +73,22 @@ class PromptCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, model, tokens: tuple[int, ...]) -> list | None:
+    def get(self, model, tokens: tuple[int, ...]) -> tuple[list, int] | None:
+        """(a copy of the cache, its length) of the longest kept prompt that ``tokens`` starts
+        with (a chat's next turn starts with the last one's prompt), or None."""
         with self._lock:
-            e = self._entries.get((id(model), tokens))
-            if e is None or e[0]() is not model:
+            best = None
+            for key, e in self._entries.items():
+                n = len(key[1])
+                if key[0] == id(model) and n <= len(tokens) and tokens[:n] == key[1]:
+                    if e[0]() is model and (best is None or n > len(best[1])):
+                        best = key
+            if best is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end((id(model), tokens))
+            self._entries.move_to_end(best)
             self.hits += 1
-            return _slice_cache(e[1], None, len(tokens))
+            return _slice_cache(self._entries[best][1], None, len(best[1])), len(best[1])
 
     def put(self, model, tokens: tuple[int, ...], cache: list) -> None:
         kept = _slice_cache(cache, None, len(tokens))
@@ -201,9 +208,10 @@ class MLXLanguageModel(BaseLanguageModel):
         shared = self.prompt_cache if self.batchable and head else None
         kept = shared.get(self.model, head) if shared is not None else None
         if kept is not None:
-            self._trunk, self._trunk_tokens = kept, head
-        else:
-            self._extend_trunk(head)
+            self._trunk, n = kept
+            self._trunk_tokens = head[:n]
+        if self._trunk_tokens != head:
+            self._extend_trunk(head[len(self._trunk_tokens) :])
             if shared is not None:
                 shared.put(self.model, head, self._trunk)
         self.prefill_tokens, self.positions_computed = len(prompt) - 1, 0

@@ -278,6 +278,15 @@ def test_a_prompt_is_prefilled_once_per_model_and_each_run_keeps_its_own_copy():
     d = MLXLanguageModel(model, prompt_cache=shared)
     d.begin(prompt[:-3] + (1, 2, 3))
     assert (c.forward_calls, d.forward_calls, shared.hits) == (1, 1, 2)
+    # a chat's next turn: its prompt starts with this one, so only the new tokens are run
+    turn = prompt + (3, 4, 5, 6)
+    t2 = MLXLanguageModel(model, prompt_cache=shared)
+    t2.begin(turn)
+    assert t2.forward_calls == 1 and shared.hits == 3
+    got = np.array(t2.logprobs([(8,)])[0])
+    assert logprob_error(got, full_forward_logprobs(model, turn + (8,))) < logprob_tolerance(
+        model, [turn + (8,)]
+    )
     # a size cap: a prompt bigger than the cache is not kept
     small = PromptCache(max_bytes=1)
     e = MLXLanguageModel(model, prompt_cache=small)
