@@ -6,6 +6,10 @@ batches by inverse CDF with uniforms from the run's ``KeyedRNG`` (same seed, sam
 only the chosen token ids and their log-probs cross to the host. ``support`` gives a row's whole
 truncated distribution on the host (for ``Enumerate``: small vocabularies or top-k).
 
+Rows of at most ``HOST_DRAW_MAX`` entries (small vocabularies: the Dyck LM's 7 tokens) are
+processed on the host in float32 numpy instead (``_process_host``: the same steps): for them a
+device round trip costs more than the work, and their draws and supports then need no sync.
+
 Truncation without a full sort: top-k takes ``argpartition`` then sorts k entries; top-p alone
 takes the ``nucleus_candidates`` largest entries, sorts them, and checks on the device that they
 hold at least top_p of the mass (rows normalized); the rows whose nucleus is larger are redone
@@ -83,9 +87,15 @@ class NextTokenDist:
     def support(self) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, float64 log-probs) of the tokens with positive probability."""
         b = self.batch
-        n = int(b.last[self.row].item()) + 1
-        logp = np.array(b.logp[self.row, :n]).astype(np.float64)
-        ids = np.arange(n) if b.ids is None else np.array(b.ids[self.row, :n]).astype(np.int64)
+        if b._host is not None:  # already on the host: no device sync
+            _, last, hid, hlogp = b._host
+            n = int(last[self.row]) + 1
+            logp = hlogp[self.row, :n].astype(np.float64)
+            ids = np.arange(n) if hid is None else hid[self.row, :n].astype(np.int64)
+        else:
+            n = int(b.last[self.row].item()) + 1
+            logp = np.array(b.logp[self.row, :n]).astype(np.float64)
+            ids = np.arange(n) if b.ids is None else np.array(b.ids[self.row, :n]).astype(np.int64)
         keep = np.isfinite(logp)
         return ids[keep], logp[keep]
 
@@ -168,11 +178,15 @@ def process_batch(
     *,
     normalized: bool = False,
     nucleus_candidates: int = DEFAULT_NUCLEUS_CANDIDATES,
+    host_max: int = HOST_DRAW_MAX,
 ) -> tuple[DistBatch, np.ndarray]:
     """(B, V) log-probs (mx or numpy) -> (their truncated distributions, host bool array of the
     rows with a NaN or no finite entry). ``normalized``: the rows are log-softmax outputs (skips
     one logsumexp over the vocabulary). One device sync (more only when a nucleus outgrows
-    ``nucleus_candidates``)."""
+    ``nucleus_candidates``). Rows of at most ``host_max`` entries go through ``_process_host``
+    (no sync when they come from the host)."""
+    if np.shape(logp)[-1] <= host_max and len(np.shape(logp)) == 2:
+        return _process_host(np.asarray(logp, dtype=np.float32), temp, top_k, top_p, normalized)
     x = mx.array(logp, dtype=mx.float32) if not isinstance(logp, mx.array) else logp
     if x.dtype != mx.float32:
         x = x.astype(mx.float32)
@@ -202,6 +216,60 @@ def process_batch(
         batch = DistBatch(x, _last_finite(x))
     mx.eval(bad, batch.logp, batch.last, *(() if batch.ids is None else (batch.ids,)))
     return batch, np.array(bad)
+
+
+def _lse(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0).astype(np.float32)
+    return m + np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+def _process_host(x: np.ndarray, temp: float, top_k: int, top_p: float, normalized: bool):
+    """``process_batch`` for small rows on the host, float32 numpy, step for step the device
+    path (sorted top-k / top-p prefixes, the same thresholds); the batch keeps its host copy."""
+    b, v = x.shape
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        bad = np.isnan(x).any(axis=-1) | ~(x > -np.inf).any(axis=-1)
+        if temp == 0:
+            ids = np.argmax(np.where(np.isnan(x), -np.inf, x), axis=-1)[:, None].astype(np.int32)
+            return _host_batch(np.zeros((b, 1), np.float32), np.zeros(b, np.int32), ids), bad
+        if temp != 1:
+            x = (x / np.float32(temp)).astype(np.float32)
+            normalized = False
+        ids = None
+        if top_k and top_k < v:
+            ids = np.argsort(-x, axis=-1, kind="stable")[:, :top_k].astype(np.int32)
+            vals = np.take_along_axis(x, ids, axis=-1)
+        elif top_p < 1:
+            if not normalized:
+                x = (x - _lse(x)).astype(np.float32)
+            ids = np.argsort(-x, axis=-1, kind="stable").astype(np.int32)
+            vals = np.take_along_axis(x, ids, axis=-1)
+        else:
+            if not normalized:
+                x = (x - _lse(x)).astype(np.float32)
+            fin = np.isfinite(x)
+            last = np.where(fin.any(-1), v - 1 - np.argmax(fin[:, ::-1], axis=-1), 0)
+            return _host_batch(x, last.astype(np.int32), None), bad
+        c = np.cumsum(np.exp(vals), axis=-1, dtype=np.float32)
+        m = vals.shape[-1]
+        if top_p < 1:
+            keep = np.minimum(np.sum(c < top_p * c[:, -1:], axis=-1, keepdims=True) + 1, m)
+        else:
+            keep = np.sum(np.isfinite(vals), axis=-1, keepdims=True)
+        keep = np.maximum(keep, 1)
+        kept = np.take_along_axis(c, keep - 1, axis=-1)
+        inside = np.arange(m)[None, :] < keep
+        logp = np.where(inside, vals - np.log(kept), -np.inf).astype(np.float32)
+    return _host_batch(logp, (keep[:, 0] - 1).astype(np.int32), ids), bad
+
+
+def _host_batch(logp: np.ndarray, last: np.ndarray, ids: np.ndarray | None) -> DistBatch:
+    with np.errstate(over="ignore"):
+        cdf = np.cumsum(np.exp(logp), axis=-1, dtype=np.float32)
+    batch = DistBatch(mx.array(logp), mx.array(last), None if ids is None else mx.array(ids))
+    batch._host = (cdf, last, ids, logp)
+    return batch
 
 
 def _draw_host(batch: DistBatch, row: int, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

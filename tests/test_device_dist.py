@@ -26,11 +26,13 @@ def _rows(b, v, seed, scale=3.0):
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-@pytest.mark.parametrize("v", [50, 3000])
+@pytest.mark.parametrize("v,host_max", [(50, 256), (50, 0), (3000, 256)])
 @pytest.mark.parametrize("temp,top_k,top_p", SETTINGS)
-def test_device_truncation_matches_host_reference(v, temp, top_k, top_p):
+def test_device_truncation_matches_host_reference(v, host_max, temp, top_k, top_p):
+    # small rows go through the host path by default (host_max 256), forced to the device at 0
     rows = _rows(4, v, seed=v + top_k)
-    batch, bad = process_batch(rows, temp, top_k, top_p, normalized=True)
+    batch, bad = process_batch(rows, temp, top_k, top_p, normalized=True, host_max=host_max)
+    assert (batch._host is not None) == (v <= host_max)
     assert not bad.any()
     for b, d in enumerate(batch.rows()):
         ids, logp = d.support()
@@ -92,6 +94,26 @@ def test_device_and_host_draws_give_the_same_tokens(temp, top_k, top_p):
         law = dict(zip(ids.tolist(), logp.tolist()))
         assert not np.isin(t1, np.arange(100, 110)).any()
         np.testing.assert_allclose(lp1, [law[t] for t in t1.tolist()], atol=1e-6)
+
+
+@pytest.mark.parametrize("temp,top_k,top_p", SETTINGS)
+def test_small_rows_processed_on_the_host_or_the_device_give_the_same_tokens(temp, top_k, top_p):
+    rows = _rows(3, 40, seed=9)
+    rows[:, 10:14] = -np.inf
+    rows[2, 20] = np.nan  # flagged alike
+    host, bad_h = process_batch(rows, temp, top_k, top_p)
+    dev, bad_d = process_batch(rows, temp, top_k, top_p, host_max=0)
+    assert host._host is not None and dev._host is None
+    np.testing.assert_array_equal(bad_h, bad_d)
+    u = np.random.default_rng(1).random(400)
+    for a, b in list(zip(host.rows(), dev.rows()))[:2]:
+        (ta, la), (tb, lb) = draw([(a, u)], host_draw_max=10**9) + draw([(b, u)], host_draw_max=0)
+        np.testing.assert_array_equal(ta, tb)
+        np.testing.assert_allclose(la, lb, atol=1e-6)
+        ia, pa = a.support()
+        ib, pb = b.support()
+        np.testing.assert_array_equal(np.sort(ia), np.sort(ib))
+        np.testing.assert_allclose(pa[np.argsort(ia)], pb[np.argsort(ib)], atol=1e-6)
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
