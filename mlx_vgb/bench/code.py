@@ -606,17 +606,13 @@ def passk_table(lines: list[dict], kmax: int = 8) -> str:
             dict(
                 zip(
                     cols,
-                    [x["config"]] + [_fmt(_get_k(x["pass_at_k"], k)) for k in ks],
+                    [x["config"]] + [_fmt(x["pass_at_k"].get(k)) for k in ks],
                 )
             )
             for x in rows
         ],
         cols,
     )
-
-
-def _get_k(d: dict, k: int):
-    return d.get(k, d.get(str(k)))
 
 
 def _fmt(x, spec=".3f"):
