@@ -285,14 +285,20 @@ class Engine:
                     r.result = r.lm._forward_local(r.tokens, r.cache)
                     mx.eval(*_arrays(r.cache))
                     self._charge([r], time.perf_counter() - t0)
+                    self._tally([r])
                     self._count(1, r.tokens.shape[0])
-                    n = r.tokens.shape[0] * r.tokens.shape[1]
-                    self.stats.positions += n
-                    self.stats.padded += n
                 continue
             shapes = [(r.tokens.shape[0], r.tokens.shape[1]) for r in group]
             for chunk in plan(shapes, self.pad_cost, self.max_rows):
                 self._batched([group[i] for i in chunk])
+
+    def _tally(self, reqs: list[_Request]) -> None:
+        """Count requests served together in one forward: the positions they asked for and the
+        positions computed (each row padded on the right to the longest)."""
+        self.stats.requests += len(reqs)
+        s = max(r.tokens.shape[1] for r in reqs)
+        self.stats.positions += sum(r.tokens.shape[0] * r.tokens.shape[1] for r in reqs)
+        self.stats.padded += s * sum(r.tokens.shape[0] for r in reqs)
 
     def _count(self, forwards: int, rows: int) -> None:
         self.stats.forwards += forwards
@@ -310,10 +316,7 @@ class Engine:
             self._charge(reqs, time.perf_counter() - t0)
 
     def _batched_forward(self, reqs: list[_Request]) -> None:
-        self.stats.requests += len(reqs)
-        s = max(r.tokens.shape[1] for r in reqs)
-        self.stats.positions += sum(r.tokens.shape[0] * r.tokens.shape[1] for r in reqs)
-        self.stats.padded += s * sum(r.tokens.shape[0] for r in reqs)
+        self._tally(reqs)
         if len(reqs) == 1:
             r = reqs[0]
             r.result = r.lm._forward_local(r.tokens, r.cache)

@@ -77,6 +77,7 @@ class PromptCache:
         """(a copy of the cache, its length) of the longest kept prompt that ``tokens`` starts
         with (a chat's next turn starts with the last one's prompt), or None."""
         with self._lock:
+            self._prune()
             best = None
             for key, e in self._entries.items():
                 n = len(key[1])
@@ -97,6 +98,7 @@ class PromptCache:
         if size > self.max_bytes:
             return
         with self._lock:
+            self._prune()
             self._entries[(id(model), tokens)] = (weakref.ref(model), kept, size)
             self._entries.move_to_end((id(model), tokens))
             total = sum(e[2] for e in self._entries.values())
@@ -106,6 +108,16 @@ class PromptCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(e[2] for e in self._entries.values())
+
+    def _prune(self) -> None:
+        """Drop the entries of freed models (their memory goes with them; caller holds the lock)."""
+        for key in [k for k, e in self._entries.items() if e[0]() is None]:
+            del self._entries[key]
 
 
 PROMPTS = PromptCache()  # the default, shared by every MLXLanguageModel

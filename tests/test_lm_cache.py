@@ -294,3 +294,22 @@ def test_a_prompt_is_prefilled_once_per_model_and_each_run_keeps_its_own_copy():
     f = MLXLanguageModel(model, prompt_cache=small)
     f.begin(prompt)
     assert f.forward_calls == 1 and small.hits == 0
+
+
+def test_a_freed_models_prompts_leave_the_cache():
+    import gc
+
+    from mlx_vgb.lm import PromptCache
+
+    shared = PromptCache()
+    prompt = tuple(range(1, 20))
+    model = tiny_llama(seed=6)
+    MLXLanguageModel(model, prompt_cache=shared).begin(prompt)
+    assert shared.nbytes > 0
+    keep = tiny_llama(seed=7)
+    MLXLanguageModel(keep, prompt_cache=shared).begin(prompt)
+    one = shared.nbytes
+    del model
+    gc.collect()
+    MLXLanguageModel(keep, prompt_cache=shared).begin(prompt)  # a hit; the dead entry goes
+    assert shared.hits == 1 and 0 < shared.nbytes < one
