@@ -13,6 +13,7 @@ main() {
     --head-eval
   bench --configs vgb,vgb-visible --drifts 0.5 --budgets 2,8
   bench --configs vgb --drifts 0.25,1 --budgets 4
+  bench --configs vgb --drifts 0.5 --budgets 1,16  # the ends of the 1x-16x range
 }
 bench() {
   .venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
