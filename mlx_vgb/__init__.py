@@ -6,9 +6,10 @@ protocols, ``LanguageModel`` and ``Verifier`` (``mlx_vgb.protocols``).
 
 __version__ = "0.1.0"
 
-from ._blas import preload_openblas  # noqa: E402 - before anything imports mlx
+from ._blas import preload_openblas, tune_malloc  # noqa: E402 - before anything imports mlx
 
 preload_openblas()
+tune_malloc()
 
 from .actions import Blocks, Lines, Tokens, make_actions
 from .baselines import BestOfN, BlockBestOfN, BlockRS, OutcomeLevelRS, Plain

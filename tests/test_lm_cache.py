@@ -97,6 +97,19 @@ def test_openblas_is_in_use_unless_opted_out():
         assert _blas.loaded is not None
 
 
+def test_malloc_is_tuned_on_linux_unless_opted_out():
+    import platform
+    import sys
+
+    from mlx_vgb import _blas
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    if glibc and not os.environ.get("MLX_VGB_NO_MALLOPT"):
+        assert _blas.malloc_tuned
+    else:
+        assert not _blas.malloc_tuned
+
+
 def test_walk_with_backtracks_recomputes_no_token(model):
     lm = MLXLanguageModel(model, eos_token_ids=[0])
     # a verifier that makes the walk backtrack often: odd tokens are bad
