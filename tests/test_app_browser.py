@@ -100,6 +100,22 @@ def run(page):
     return page.locator("#status").inner_text()
 
 
+def show_step(page, n):
+    """Type step ``n`` and press Show, as a user would, until that step is shown: Gradio takes
+    the box's value asynchronously, and the tab's first render can replace the box."""
+    want = f"#step-view .vgb-step[data-step='{n}']"
+    for _ in range(10):
+        page.locator("#inspect-step input").fill(str(n))
+        page.locator("#inspect-step input").press("Tab")
+        page.locator("#inspect-show").click()
+        try:
+            page.wait_for_selector(want, timeout=2_000)
+            return
+        except Exception:
+            continue
+    raise AssertionError(f"step {n} never shown: {page.locator('#step-view').inner_text()[:300]}")
+
+
 def test_a_run_shows_its_verdict_and_the_comparison_with_plain(page, shots):
     page.locator("#compare input[type=checkbox]").check()
     pick(page, "baseline", "plain")
@@ -132,10 +148,12 @@ def test_the_tree_view_and_step_inspection_show_the_walk(page, shots):
     ]
     assert sum(ups) > 0  # backtracks are marked on the nodes they left
     assert "V^" in tree.inner_text() and "visits" in tree.inner_text()
+    # the run's last event (the export and the step view of its last step) lands after the
+    # status reads done; a step asked for before it would be overwritten by it (the tab renders
+    # its content when first opened, so wait there)
     page.get_by_role("tab", name="Inspect a step").click()
-    page.locator("#inspect-step input").fill("5")
-    page.locator("#inspect-show").click()
-    page.wait_for_selector("#step-view .vgb-step[data-step='5']", timeout=10_000)
+    page.wait_for_selector("#step-view .vgb-step[data-step]", timeout=30_000)
+    show_step(page, 5)
     step = page.locator("#step-view .vgb-step")
     assert step.locator(".vgb-options tr").count() >= 3  # header + candidates (+ parent)
     assert step.locator("tr.vgb-drawn").count() == 1 or step.get_attribute("data-move") == "stay"
