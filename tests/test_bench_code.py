@@ -22,6 +22,7 @@ from mlx_vgb.bench.code import (  # noqa: E402
     common_problems,
     expand,
     goal_lines,
+    own_problem_lines,
     pass_at_k,
     summarize,
 )
@@ -263,6 +264,40 @@ def test_two_mlx_launch_ranks_merge_to_the_one_rank_result(trained, tmp_path):
     assert [[x.get(k) for k in key] for x in s2] == [[x.get(k) for k in key] for x in s1]
 
 
+def test_a_config_on_fewer_problems_is_compared_on_its_own_problems():
+    # plain costs 10 forward tokens on a, b and 100 on c, d; a sweep's vgb@b8 has finished a
+    # and b only (20 tokens each, always right). Against plain over all four (mean 55) it would
+    # look 0.36x as costly and be judged against Best-of-N's pass@1 over all four; on its own
+    # problems it costs 2x plain, and Best-of-N there already reaches pass@1 1 at n = 1
+    def row(config, t, j, ok, fwd):
+        return Row(config, t, j, 0, f"{t}{j}", ok, ok, "stop", False, fwd, fwd, 3, 0, 1.0)
+
+    cost = {"a": 10, "b": 10, "c": 100, "d": 100}
+    rows = [row("plain", t, j, t in "ab", cost[t]) for t in "abcd" for j in range(2)]
+    rows += [row("vgb@b8", t, j, True, 20) for t in "ab" for j in range(2)]
+    rows = {(r.config, r.task_id, r.j): r for r in rows}
+    pool = {
+        t: [dict(hidden=t in "ab", visible=t in "ab", tokens=cost[t], body_sha=f"{t}{j}")
+            for j in range(4)]
+        for t in "abcd"
+    }  # fmt: skip
+    ids = list("abcd")
+    lines = summarize(["plain", "bon-visible", "vgb@b8"], pool, rows, ids, samples=2)
+    naive = next(x for x in lines if x["config"] == "vgb@b8")
+    assert naive["fwd_ratio"] == pytest.approx(20 / 55)
+    lines = own_problem_lines(lines, pool, rows, ids, samples=2)
+    add_lifts(lines)
+    by = {x["config"]: x for x in lines}
+    v = by["vgb@b8"]
+    assert v["partial"] and v["problems"] == 2 and v["fwd_ratio"] == pytest.approx(2.0)
+    assert v["lift"] == pytest.approx(0.0)  # paired with plain on a, b: both always right
+    assert by["plain"]["fwd_ratio"] == 1.0 and "partial" not in by["plain"]
+    assert sorted(v["bon"]) == [(1.0, 1.0), (2.0, 1.0), (4.0, 1.0)]  # on a, b only
+    (text,) = goal_lines(lines)
+    assert "`vgb@b8` (on its 2 problems)" in text and "at n = 1" in text
+    assert "uses no fewer forward tokens" in text
+
+
 def test_head_eval_reads_a_verifier_of_its_own_with_its_own_states(trained, tmp_path):
     # a head on a fine-tuned copy (train-verifier --finetune-layers) is scored on the pool with
     # the copy's hidden states: the same numbers as its own states give, not the generator's
@@ -296,3 +331,19 @@ def test_head_eval_reads_a_verifier_of_its_own_with_its_own_states(trained, tmp_
     gen, _ = mlx_load(str(trained["model"]))
     other = evaluate(predict_values(head, target_features(gen, rs, t)), t)
     assert abs(other.brier - want.brier) > 1e-6  # the generator's states would score otherwise
+    # a rerun reuses the metrics kept with what they were computed from (head files, pool,
+    # problems) -- shown by a marked copy -- and recomputes them when any of that changed
+    cache = out / "head_eval.json"
+    kept = json.loads(cache.read_text())
+    assert kept["metrics"]["brier"] == pytest.approx(want.brier, abs=1e-6)
+    kept["metrics"]["brier"] = 0.123
+    cache.write_text(json.dumps(kept))
+    r = cli(*bench_args({**trained, "head": ft}, out, "plain"), "--report-only", "--head-eval")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["head"]["brier"] == 0.123
+    kept["key"]["head_sha256"] = "0" * 64  # as if the head had been retrained
+    cache.write_text(json.dumps(kept))
+    r = cli(*bench_args({**trained, "head": ft}, out, "plain"), "--report-only", "--head-eval")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads((out / "results.json").read_text())["head"]
+    assert got["brier"] == pytest.approx(want.brier, abs=1e-6)

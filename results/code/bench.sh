@@ -8,12 +8,12 @@
 main() {
   set -e
   cd "$(dirname "$0")/../.."
-  # the core comparison first (every sampler, one budget: 4x plain), then the drift sweep (VGB
-  # used ~2x of its 4x budget there, so drift moves it more than the budget does), then budgets
+  # the core comparison first (every sampler, one budget: 4x plain), then the sweep: budgets 2x
+  # and 8x (half done on 2026-12-03), drift, the ends of the budget range
   bench --configs plain,greedy,bon-visible,action-rs,vgb,vgb-visible --drifts 0.5 --budgets 4 \
     --head-eval
-  bench --configs vgb --drifts 0.25,1 --budgets 4
   bench --configs vgb,vgb-visible --drifts 0.5 --budgets 2,8
+  bench --configs vgb --drifts 0.25,1 --budgets 4
   bench --configs vgb --drifts 0.5 --budgets 1,16  # the ends of the issue's 1x-16x range
 }
 bench() {
