@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -118,6 +118,11 @@ class Run:
         self.events: Iterator[Event] | None = None  # the sampler's event stream (Sampler.start)
         self.trace = None  # optional fn(mlx_vgb.trace.StepTrace) per walk step (Sampler.start)
         self.options: list | None = None  # what the current step weighed (only when tracing)
+        # forward-token budgets at which to read off a budget-limited run's result
+        # (``Sampler.sample_budgets``): ascending; ``on_budget_mark(b)`` is called where a run
+        # with ``max_forward_tokens=b`` would have stopped
+        self.budget_marks: list[int] = []
+        self.on_budget_mark: Callable[[int], None] | None = None
         self.t0 = time.perf_counter()
         lm.begin(prompt)
         if verifier is not None:
@@ -213,6 +218,8 @@ class Run:
                 todo.append(n)
         if not todo:
             return
+        while self.budget_marks and self.stats.forward_tokens >= self.budget_marks[0]:
+            self.on_budget_mark(self.budget_marks.pop(0))  # the check below, at that budget
         if (
             self.max_forward_tokens is not None
             and self.stats.forward_tokens >= self.max_forward_tokens

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Generator, Iterator, Sequence
 
 from .actions import ActionSpace, Tokens
@@ -100,6 +100,9 @@ class Sampler:
                 if len(node) > len(anc):
                     yield Append(node.tokens[len(anc) :], node.depth, len(node), run.stats.steps)
                 run.current = node
+        yield Done(self._result(run, node, reason, verifier, seed, decode))
+
+    def _result(self, run: Run, node: Node, reason: str, verifier, seed, decode) -> SampleResult:
         tilt = None
         if node.is_leaf and verifier is not None:
             tilt = run.tilt_of(node)
@@ -108,7 +111,7 @@ class Sampler:
             eos = run.tree.eos_token_ids
             text = decode([t for t in node.tokens if t not in eos])
         done = node.is_leaf and reason in ("stop", "length", "rejected")
-        result = SampleResult(
+        return SampleResult(
             tokens=node.tokens,
             reached_leaf=done,
             finish_reason=reason,
@@ -118,7 +121,6 @@ class Sampler:
             seed=seed,
             text=text,
         )
-        yield Done(result)
 
     def stream(
         self, lm, verifier=None, prompt=(), seed: int = 0, decode=None, trace=None
@@ -129,6 +131,38 @@ class Sampler:
             yield from run
         finally:
             run.release()
+
+    def sample_budgets(
+        self, lm, verifier=None, prompt=(), seed: int = 0, budgets: Sequence[int] = (), decode=None
+    ) -> list[SampleResult]:
+        """What ``sample`` with ``max_forward_tokens=b`` returns, for each ``b`` of ``budgets``,
+        from one run at the largest: a run's draws are keyed by its seed and its tree, not by its
+        budget, so a run with a smaller budget is this run up to where that budget stops it, and
+        its result (the best effort, unfinished) is read off there; a budget the run never
+        reaches gives the run's own result. (In a batched engine each run is the same up to the
+        rounding of the batch it ran in, as for ``sample``.) Costs: the largest budget's run."""
+        bs = sorted({int(b) for b in budgets})
+        if not bs or bs[0] < 1:
+            raise ConfigError(f"budgets must be integers >= 1, got {list(budgets)!r}")
+        smp = replace(self, max_forward_tokens=bs[-1])
+        run = smp.start(lm, verifier, prompt, seed, decode)
+        got: dict[int, SampleResult] = {}
+
+        def mark(b: int) -> None:
+            r = smp._result(run, run.best, "budget", verifier, seed, decode)
+            got[b] = replace(r, stats=replace(r.stats))  # the run goes on: keep these numbers
+
+        run.budget_marks, run.on_budget_mark = bs[:-1], mark
+        final = None
+        try:
+            for ev in run:
+                if isinstance(ev, Done):
+                    final = ev.result
+        finally:
+            run.release()
+        if final is None:  # pragma: no cover
+            raise AssertionError("run ended without Done")
+        return [got.get(int(b), final) for b in budgets]
 
     def sample(self, lm, verifier=None, prompt=(), seed: int = 0, decode=None) -> SampleResult:
         run = self.start(lm, verifier, prompt, seed, decode)

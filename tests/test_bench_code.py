@@ -226,6 +226,31 @@ def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     assert (out / "visible.jsonl").read_text().splitlines() == verdicts
 
 
+def test_a_budget_sweep_reads_its_smaller_budgets_off_one_run(trained, tmp_path):
+    # --budgets 0.5,1,4 in one command: one walk per response at 4x, the 0.5x and 1x rows read
+    # off it (Sampler.sample_budgets); the same rows as three commands of one budget each
+    def rows_of(out):
+        got = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+        keep = ("body_sha", "finish", "unfinished", "tokens", "forward_tokens", "steps")
+        return {(x["config"], x["task_id"], x["j"]): tuple(x[k] for k in keep) for x in got}
+
+    def args(out, budgets):
+        a = bench_args(trained, out, "vgb") + ["--concurrency", "1"]
+        return a[: a.index("--budgets") + 1] + [budgets] + a[a.index("--budgets") + 2 :]
+
+    one = tmp_path / "one"
+    r = cli(*args(one, "0.5,1,4"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "in 4 runs" in r.stdout  # 2 problems x 2 responses, 3 budgets each
+    apart = tmp_path / "apart"
+    for b in ("0.5", "1", "4"):
+        r = cli(*args(apart, b))
+        assert r.returncode == 0, r.stderr[-2000:]
+    got, want = rows_of(one), rows_of(apart)
+    assert len(got) == 12 and got == want
+    assert any(v[2] for v in got.values())  # some budget stopped a walk: the read-off mattered
+
+
 def test_two_mlx_launch_ranks_merge_to_the_one_rank_result(trained, tmp_path):
     # MLX's own distributed layer: mlx.launch -n 2 (ring backend, this machine); each rank
     # takes every other problem, rank 0 reports from both rows files

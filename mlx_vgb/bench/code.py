@@ -282,15 +282,20 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     rows_file = rows_path(out, "rows", rank, size)
     plain_cost = {t: float(np.mean([r["tokens"] for r in pool[t]])) for t in ids if t in pool}
 
-    def job(config: str, tid: str, j: int):
+    def job(group: list[str], tid: str, j: int) -> list[Row]:
+        """The rows of ``group``'s configs (one config, or one sampler's budgets) for response j
+        of ``tid``: a budget sweep runs once at its largest budget and reads the smaller ones
+        off that run (``Sampler.sample_budgets``: each is what its own run returns)."""
+        config = group[-1]
         name, kv = _parse(config)
         p = problems[tid]
         prompt = list(tok.encode(code.chat_prompt(tok, p)))
         seed = 1_000_003 * args.seed + 1000 * code.task_number(tid) + j
-        budget = None
+        budget, budgets = None, []
         if "b" in kv:
             cost = plain_cost.get(tid, H / 2)
-            budget = int(kv["b"] * cost) + 1
+            budgets = [int(_parse(c)[1]["b"] * cost) + 1 for c in group]
+            budget = max(budgets)
         common = dict(max_tokens=H, actions=actions, temp=args.temp)
         if name in ("plain", "greedy"):
             lm = MLXLanguageModel(model, tok, eos_token_ids=eos)
@@ -311,26 +316,34 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
                 max_forward_tokens=budget,
             )
         t0 = time.perf_counter()
-        r = smp.sample(lm, ver, prompt=prompt, seed=seed)
-        wall = time.perf_counter() - t0
-        text = lm.decode([t for t in r.tokens if t not in eos])
-        body = code.fenced_body(text)
-        return Row(
-            config=config,
-            task_id=tid,
-            j=j,
-            seed=seed,
-            body_sha=_sha(body),
-            hidden_pass=code.passes(p, text),
-            visible_pass=_visible(p, text),
-            finish=r.finish_reason,
-            unfinished=not r.reached_leaf,
-            tokens=len(r.tokens),
-            forward_tokens=r.stats.forward_tokens,
-            steps=r.stats.steps,
-            backtracks=r.stats.backtracks,
-            wall_s=wall,
-        )
+        if len(group) > 1:  # wall: from the run's start to where each budget stopped it
+            results = smp.sample_budgets(lm, ver, prompt=prompt, seed=seed, budgets=budgets)
+            walls = [r.stats.wall_s for r in results]
+        else:
+            results = [smp.sample(lm, ver, prompt=prompt, seed=seed)]
+            walls = [time.perf_counter() - t0]
+        out = []
+        for c, r, wall in zip(group, results, walls):
+            text = lm.decode([t for t in r.tokens if t not in eos])
+            out.append(
+                Row(
+                    config=c,
+                    task_id=tid,
+                    j=j,
+                    seed=seed,
+                    body_sha=_sha(code.fenced_body(text)),
+                    hidden_pass=code.passes(p, text),
+                    visible_pass=_visible(p, text),
+                    finish=r.finish_reason,
+                    unfinished=not r.reached_leaf,
+                    tokens=len(r.tokens),
+                    forward_tokens=r.stats.forward_tokens,
+                    steps=r.stats.steps,
+                    backtracks=r.stats.backtracks,
+                    wall_s=wall,
+                )
+            )
+        return out
 
     # problem-major: a run stopped part-way has every config's rows on the same problems
     todo = [
@@ -343,10 +356,15 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     ]
     if not todo:
         return
+    todo = budget_groups(todo)
     eng = Engine()
     live: list = []
     who = f" (rank {rank} of {size})" if size > 1 else ""
-    print(f"[code] {len(todo)} responses to sample{who} ({len(done)} resumed)", flush=True)
+    n = sum(len(g) for g, _, _ in todo)
+    print(
+        f"[code] {n} responses to sample{who} in {len(todo)} runs ({len(done)} resumed)",
+        flush=True,
+    )
     with open(rows_file, "a") as f:
         while todo or live:
             while todo and len(live) < cfg["concurrency"]:
@@ -355,17 +373,33 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
             time.sleep(0.05)
             for item in [x for x in live if x[1].done()]:
                 live.remove(item)
-                row = item[1].result()
-                f.write(json.dumps(asdict(row)) + "\n")
-                f.flush()
-                print(
-                    f"[code] {row.config} {row.task_id}#{row.j}: hidden={row.hidden_pass} "
-                    f"visible={row.visible_pass} fwd={row.forward_tokens} "
-                    f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s "
-                    f"(device memory {mx.get_active_memory() / 2**30:.1f} GiB, {len(live)} live)",
-                    flush=True,
-                )
+                for row in item[1].result():
+                    f.write(json.dumps(asdict(row)) + "\n")
+                    f.flush()
+                    print(
+                        f"[code] {row.config} {row.task_id}#{row.j}: hidden={row.hidden_pass} "
+                        f"visible={row.visible_pass} fwd={row.forward_tokens} "
+                        f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s (device memory "
+                        f"{mx.get_active_memory() / 2**30:.1f} GiB, {len(live)} live)",
+                        flush=True,
+                    )
     eng.close()
+
+
+def budget_groups(todo: list[tuple[str, str, int]]) -> list[tuple[list[str], str, int]]:
+    """Missing rows (config, problem, j) -> runs (configs, problem, j): the configs of one
+    sampler and drift that differ only in their budget share a run (sorted by budget, the
+    largest last), every other row is a run of its own; in the order of ``todo``."""
+    groups: dict[tuple, list[str]] = {}
+    for config, t, j in todo:
+        name, kv = _parse(config)
+        rest = tuple(sorted((k, v) for k, v in kv.items() if k != "b"))
+        key = (name, rest, t, j) if "b" in kv else (config, (), t, j)
+        groups.setdefault(key, []).append(config)
+    return [
+        (sorted(cs, key=lambda c: _parse(c)[1].get("b", 0.0)), k[2], k[3])
+        for k, cs in groups.items()
+    ]
 
 
 HEAD_EVAL = "head_eval.json"  # head_metrics' result, kept with what it was computed from

@@ -8,13 +8,14 @@
 main() {
   set -e
   cd "$(dirname "$0")/../.."
-  # the core comparison first (every sampler, one budget: 4x plain), then the sweep: budgets 2x
-  # and 8x (half done on 2026-12-03), drift, the ends of the budget range
+  # the core comparison first (every sampler, one budget: 4x plain), then the sweep: budgets 1x
+  # to 16x (2x and 8x on 20 problems before the read-off existed), then drift
   bench --configs plain,greedy,bon-visible,action-rs,vgb,vgb-visible --drifts 0.5 --budgets 4 \
     --head-eval
-  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 2,8
+  # one walk per response at 16x; the 1x, 2x and 8x rows are read off it where those budgets
+  # would have stopped it (Sampler.sample_budgets: the same rows as runs of their own)
+  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 1,2,8,16
   bench --configs vgb --drifts 0.25,1 --budgets 4
-  bench --configs vgb --drifts 0.5 --budgets 1,16  # the ends of the issue's 1x-16x range
 }
 bench() {
   .venv/bin/python -m mlx_vgb.cli bench code --model qwen2.5-coder-0.5b --head results/code/head \
