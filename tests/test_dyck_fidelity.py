@@ -10,6 +10,7 @@ import pytest
 
 from mlx_vgb.bench import dyck_fidelity as fid
 from mlx_vgb.errors import ConfigError
+from mlx_vgb.tasks import dyck
 
 
 def sample(p, n, seed):
@@ -96,3 +97,31 @@ def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys):
     (out / "rows.jsonl").write_text("")
     with pytest.raises(SystemExit):
         main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])
+
+
+def test_the_prescreen_screens_in_full_only_the_prompts_below_its_bar_and_rates_are_kept(
+    tmp_path,
+):
+    from mlx_lm import load
+
+    from mlx_vgb.bench.dyck import DEFAULT_LM
+
+    model, _ = load(str(DEFAULT_LM))
+    pool = dyck.make_prompts(8, 5, dyck.OOD_TYPE_PROBS, prompt_lengths=fid.PROMPT_LENGTHS)
+    st = dict(lm="x", seed=0, pool=8, screen=60)
+    full = fid.screen_rates(model, pool, st)
+    pre = fid.screen_rates(model, pool, st | {"prescreen": 20})
+    for p in pool:
+        first = fid.plain_samples(model, p, 20, seed=1)  # the first 20 draws of the screen
+        r0 = sum(x is not None for x in first) / 20
+        assert pre[p["id"]] == (r0 if r0 >= fid.PRESCREEN_EASY else full[p["id"]])
+    assert any(v >= fid.PRESCREEN_EASY for v in pre.values())  # some were cut short
+    assert any(v < fid.PRESCREEN_EASY for v in pre.values())  # some got the full screen
+    # kept with their settings: reused when they match (a marked copy shows it), else redone
+    cache = tmp_path / "screen.json"
+    fid.screen_rates(model, pool, st, cache)
+    kept = json.loads(cache.read_text())
+    kept["rates"] = {k: 0.5 for k in kept["rates"]}
+    cache.write_text(json.dumps(kept))
+    assert set(fid.screen_rates(model, pool, st, cache).values()) == {0.5}
+    assert fid.screen_rates(model, pool, st | {"screen": 61}, cache) != {k: 0.5 for k in full}

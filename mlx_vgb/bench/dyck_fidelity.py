@@ -89,7 +89,42 @@ def plain_samples(model, prompt: dict, n: int, seed: int, chunk: int = 2000) -> 
     return out
 
 
-def choose_prompts(model, st: dict) -> tuple[list[dict], dict]:
+PRESCREEN_EASY = 0.5  # success in the pre-screen at or above which a prompt is taken as easy
+
+
+def screen_rates(model, pool: list[dict], st: dict, cache: Path | None = None) -> dict:
+    """Plain success per candidate prompt from ``screen`` samples each; with ``prescreen`` N,
+    first from its first N samples (the same draws), and only a prompt below
+    ``PRESCREEN_EASY`` there gets the full screen (an LM valid ~96% of the time has few hard
+    prompts: they are found in a large pool at a fraction of the cost). Kept in ``cache`` with
+    the settings they came from; a rerun reuses them."""
+    key = {k: st.get(k) for k in ("lm", "seed", "pool", "screen", "prescreen")}
+    if cache is not None and cache.is_file():
+        try:
+            kept = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            kept = {}
+        if kept.get("key") == key:
+            return kept["rates"]
+    rate, t0 = {}, time.perf_counter()
+    n0 = st.get("prescreen") or 0
+    for i, p in enumerate(pool):
+        if i and i % 100 == 0:
+            print(f"[dyck_fidelity] screened {i}/{len(pool)} ({time.perf_counter() - t0:.0f}s)")
+        if n0:
+            s = plain_samples(model, p, n0, seed=1)
+            r0 = sum(x is not None for x in s) / len(s)
+            if r0 >= PRESCREEN_EASY:
+                rate[p["id"]] = r0
+                continue
+        s = plain_samples(model, p, st["screen"], seed=1)
+        rate[p["id"]] = sum(x is not None for x in s) / len(s)
+    if cache is not None:
+        atomic_write(cache, json.dumps({"key": key, "rates": rate}) + "\n")
+    return rate
+
+
+def choose_prompts(model, st: dict, cache: Path | None = None) -> tuple[list[dict], dict]:
     pool = dyck.make_prompts(
         st["pool"],
         POOL_SEED + st["seed"],
@@ -97,10 +132,7 @@ def choose_prompts(model, st: dict) -> tuple[list[dict], dict]:
         prompt_lengths=PROMPT_LENGTHS,
         id_prefix="fid",
     )
-    rate = {}
-    for p in pool:
-        s = plain_samples(model, p, st["screen"], seed=1)
-        rate[p["id"]] = sum(x is not None for x in s) / len(s)
+    rate = screen_rates(model, pool, st, cache)
     hard = [p for p in pool if HARD[0] <= rate[p["id"]] < HARD[1]][: st["hard"]]
     easy = sorted((p for p in pool if rate[p["id"]] >= HARD[1]), key=lambda p: rate[p["id"]])
     k = st["prompts"] - st["hard"]
@@ -191,6 +223,14 @@ def add_args(p) -> None:
         default=None,
         help="rollouts per training prompt (default 8; quick 4)",
     )
+    p.add_argument(
+        "--prescreen",
+        type=int,
+        default=0,
+        help="first screen every candidate with this many samples; only those below "
+        f"{PRESCREEN_EASY:g} success get the full --screen (for an LM with few hard prompts "
+        "and a large --pool; default 0: off)",
+    )
     p.add_argument("--leaf", choices=("exact", "head"), default="exact", help="value at leaves")
     p.add_argument(
         "--report-only",
@@ -218,6 +258,10 @@ def _settings(args) -> dict:
         "train_rollouts": args.train_rollouts or (4 if q else 8),
         "quick": q,
     }
+    if getattr(args, "prescreen", 0):  # absent when off: earlier runs' settings still match
+        if args.prescreen < 1:
+            raise ConfigError(f"--prescreen must be >= 1 (or 0: off), got {args.prescreen}")
+        st["prescreen"] = args.prescreen
     st["_epochs"] = parse_list(st["epochs"], "epochs")
     if st["hard"] > st["prompts"]:
         raise ConfigError(f"--hard ({st['hard']}) must be <= --prompts ({st['prompts']})")
@@ -283,7 +327,7 @@ def run(args) -> None:
     path, rows = open_rows(out, st)
     model, _ = load(args.lm)
     _, shipped, _ = load_verifier(args.verifier)
-    prompts, rate = choose_prompts(model, st)
+    prompts, rate = choose_prompts(model, st, cache=out / "screen.json")
     heads = train_heads(model, st)
     heads["shipped"] = (shipped, None)
     pis = {
