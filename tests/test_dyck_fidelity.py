@@ -125,3 +125,10 @@ def test_the_prescreen_screens_in_full_only_the_prompts_below_its_bar_and_rates_
     cache.write_text(json.dumps(kept))
     assert set(fid.screen_rates(model, pool, st, cache).values()) == {0.5}
     assert fid.screen_rates(model, pool, st | {"screen": 61}, cache) != {k: 0.5 for k in full}
+    # a screen stopped part-way resumes: the prompts it had are kept, the rest are screened
+    kept = {"key": json.loads(cache.read_text())["key"], "done": False}
+    kept["rates"] = {pool[0]["id"]: 0.25}
+    cache.write_text(json.dumps(kept))
+    got = fid.screen_rates(model, pool, st | {"screen": 61}, cache)
+    assert got[pool[0]["id"]] == 0.25 and len(got) == len(pool)
+    assert json.loads(cache.read_text())["done"] is True

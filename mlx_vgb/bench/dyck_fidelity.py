@@ -97,20 +97,35 @@ def screen_rates(model, pool: list[dict], st: dict, cache: Path | None = None) -
     first from its first N samples (the same draws), and only a prompt below
     ``PRESCREEN_EASY`` there gets the full screen (an LM valid ~96% of the time has few hard
     prompts: they are found in a large pool at a fraction of the cost). Kept in ``cache`` with
-    the settings they came from; a rerun reuses them."""
+    the settings they came from, every 100 prompts as it goes: a rerun reuses them, and a
+    screen that was stopped resumes where it stopped."""
     key = {k: st.get(k) for k in ("lm", "seed", "pool", "screen", "prescreen")}
+    rate: dict = {}
     if cache is not None and cache.is_file():
         try:
             kept = json.loads(cache.read_text())
         except (OSError, ValueError):
             kept = {}
         if kept.get("key") == key:
-            return kept["rates"]
-    rate, t0 = {}, time.perf_counter()
+            rate = dict(kept["rates"])
+            if kept.get("done", True):
+                return rate
+
+    def keep(done: bool) -> None:
+        if cache is not None:
+            atomic_write(cache, json.dumps({"key": key, "rates": rate, "done": done}) + "\n")
+
+    t0 = time.perf_counter()
     n0 = st.get("prescreen") or 0
     for i, p in enumerate(pool):
+        if p["id"] in rate:
+            continue
         if i and i % 100 == 0:
-            print(f"[dyck_fidelity] screened {i}/{len(pool)} ({time.perf_counter() - t0:.0f}s)")
+            keep(False)
+            print(
+                f"[dyck_fidelity] screened {i}/{len(pool)} ({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
         if n0:
             s = plain_samples(model, p, n0, seed=1)
             r0 = sum(x is not None for x in s) / len(s)
@@ -119,8 +134,7 @@ def screen_rates(model, pool: list[dict], st: dict, cache: Path | None = None) -
                 continue
         s = plain_samples(model, p, st["screen"], seed=1)
         rate[p["id"]] = sum(x is not None for x in s) / len(s)
-    if cache is not None:
-        atomic_write(cache, json.dumps({"key": key, "rates": rate}) + "\n")
+    keep(True)
     return rate
 
 
