@@ -140,10 +140,13 @@ class Sampler:
         budget, so a run with a smaller budget is this run up to where that budget stops it, and
         its result (the best effort, unfinished) is read off there; a budget the run never
         reaches gives the run's own result. (In a batched engine each run is the same up to the
-        rounding of the batch it ran in, as for ``sample``.) Costs: the largest budget's run."""
+        rounding of the batch it ran in, as for ``sample``.) Costs: the largest budget's run.
+        An error raised after a smaller budget's point (a verifier's bad value) is raised here,
+        although that budget's own run would have returned."""
         bs = sorted({int(b) for b in budgets})
         if not bs or bs[0] < 1:
             raise ConfigError(f"budgets must be integers >= 1, got {list(budgets)!r}")
+        decode = decode or getattr(lm, "decode", None)  # as ``start`` does for its result
         smp = replace(self, max_forward_tokens=bs[-1])
         run = smp.start(lm, verifier, prompt, seed, decode)
         got: dict[int, SampleResult] = {}

@@ -7,7 +7,16 @@ from dataclasses import replace
 import pytest
 from tiny_models import tiny_llama
 
-from mlx_vgb import VGB, ActionLevelRS, Blocks, FunctionVerifier, Rejection, SelfNormalized
+from mlx_vgb import (
+    VGB,
+    ActionLevelRS,
+    BlockBestOfN,
+    BlockRS,
+    Blocks,
+    FunctionVerifier,
+    Rejection,
+    SelfNormalized,
+)
 from mlx_vgb.engine import Engine
 from mlx_vgb.errors import ConfigError
 from mlx_vgb.lm import MLXLanguageModel
@@ -27,14 +36,17 @@ SAMPLERS = {
     "vgb-rejection": lambda: VGB(horizon=8, choice=Rejection(2), drift=0.6),
     "vgb-blocks": lambda: VGB(horizon=8, actions=Blocks(2), choice=SelfNormalized(3), drift=0.6),
     "action-rs": lambda: ActionLevelRS(horizon=8, choice=Rejection(2)),
+    "vgb-lazy": lambda: VGB(horizon=6, choice=SelfNormalized(2), lazy=True, steps_per_try=12),
+    "block-rs": lambda: BlockRS(horizon=8, n=3),
+    "block-bon": lambda: BlockBestOfN(horizon=8, actions=Blocks(2), n=3),
 }
 BUDGETS = [2, 5, 9, 14, 10_000]
 
 
 def key(r):
     s = r.stats
-    return (r.tokens, r.reached_leaf, r.finish_reason, r.tilt, s.forward_tokens, s.steps,
-            s.backtracks, s.max_depth)  # fmt: skip
+    return (r.tokens, r.text, r.reached_leaf, r.finish_reason, r.tilt, s.forward_tokens,
+            s.steps, s.backtracks, s.restarts, s.proposals, s.model_calls, s.max_depth)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

@@ -419,6 +419,9 @@ def head_eval_key(args, cfg) -> dict:
     """What the head metrics depend on: the model, the head's files, the pool's bytes and the
     problems (so a rerun of the same command reuses them, and any change recomputes them)."""
     head = Path(args.head)
+    if not head.exists() or not Path(args.pool).is_file():
+        missing = args.head if not head.exists() else args.pool
+        raise ConfigError(f"--head-eval: {missing} does not exist; give the head folder and pool")
     files = [f for f in head.rglob("*") if f.is_file()] if head.is_dir() else [head]
     return {
         "model": str(args.model),
