@@ -7,7 +7,7 @@ import threading
 import mlx.core as mx
 import numpy as np
 import pytest
-from tiny_models import logprob_error, logprob_tolerance, tiny_llama
+from tiny_models import even_token_verifier, logprob_error, logprob_tolerance, tiny_llama
 
 from mlx_vgb import (
     VGB,
@@ -17,7 +17,6 @@ from mlx_vgb import (
     BlockRS,
     Blocks,
     Enumerate,
-    FunctionVerifier,
     OutcomeLevelRS,
     Plain,
     Rejection,
@@ -36,9 +35,7 @@ def model():
     return tiny_llama(seed=1)
 
 
-def verifier():
-    # V^ in (0, 1]: prefers even tokens, so walks backtrack
-    return FunctionVerifier(lambda y: 0.2 + 0.8 * (sum(t % 2 == 0 for t in y) + 1) / (len(y) + 1))
+verifier = even_token_verifier  # V^ in (0, 1]: prefers even tokens, so walks backtrack
 
 
 SAMPLERS = {

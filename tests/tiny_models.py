@@ -172,3 +172,10 @@ def tiny_model_folder(path, seed: int = 0, hidden: int = 32, layers: int = 2, co
     (path / "config.json").write_text(json.dumps(cfg))
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     return path
+
+
+def even_token_verifier():
+    """V^ in (0, 1] that prefers even tokens, so walks on a tiny model backtrack."""
+    from mlx_vgb import FunctionVerifier
+
+    return FunctionVerifier(lambda y: 0.2 + 0.8 * (sum(t % 2 == 0 for t in y) + 1) / (len(y) + 1))

@@ -37,6 +37,7 @@ import numpy as np
 from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..models import MODEL_HELP
+from ..resume import read_kept, write_kept
 from ..shards import all_rows_paths, barrier, mine, rows_path, world
 from .report import environment, markdown_table
 
@@ -441,16 +442,12 @@ def head_metrics(args, cfg, cache: Path | None = None) -> dict:
     if not (args.head and args.pool):
         raise ConfigError("--head-eval needs --head and --pool (rollouts of the report split)")
     key = head_eval_key(args, cfg)
-    if cache is not None and cache.is_file():
-        try:
-            kept = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            kept = {}
-        if kept.get("key") == key:
-            return kept["metrics"]
+    kept = read_kept(cache, key)
+    if kept is not None:
+        return kept["metrics"]
     metrics = _head_metrics(args, cfg)
     if cache is not None:
-        atomic_write(cache, json.dumps({"key": key, "metrics": metrics}, indent=1))
+        write_kept(cache, key, {"metrics": metrics}, indent=1)
     return metrics
 
 

@@ -31,6 +31,7 @@ from ..atomic import atomic_write
 from ..children import Enumerate
 from ..errors import ConfigError
 from ..model_verifier import ValueHeadVerifier
+from ..resume import read_kept, write_kept
 from ..tasks import dyck
 from ..vgb import VGB, ActionLevelRS
 from .dyck import DEFAULT_LM, DEFAULT_VERIFIER
@@ -100,20 +101,14 @@ def screen_rates(model, pool: list[dict], st: dict, cache: Path | None = None) -
     the settings they came from, every 100 prompts as it goes: a rerun reuses them, and a
     screen that was stopped resumes where it stopped."""
     key = {k: st.get(k) for k in ("lm", "seed", "pool", "screen", "prescreen")}
-    rate: dict = {}
-    if cache is not None and cache.is_file():
-        try:
-            kept = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            kept = {}
-        if kept.get("key") == key:
-            rate = dict(kept["rates"])
-            if kept.get("done", True):
-                return rate
+    kept = read_kept(cache, key)
+    rate: dict = dict(kept["rates"]) if kept is not None else {}
+    if kept is not None and kept.get("done", True):
+        return rate
 
     def keep(done: bool) -> None:
         if cache is not None:
-            atomic_write(cache, json.dumps({"key": key, "rates": rate, "done": done}) + "\n")
+            write_kept(cache, key, {"rates": rate, "done": done})
 
     t0 = time.perf_counter()
     n0 = st.get("prescreen") or 0
