@@ -132,3 +132,29 @@ def test_the_prescreen_screens_in_full_only_the_prompts_below_its_bar_and_rates_
     got = fid.screen_rates(model, pool, st | {"screen": 61}, cache)
     assert got[pool[0]["id"]] == 0.25 and len(got) == len(pool)
     assert json.loads(cache.read_text())["done"] is True
+
+
+def test_the_pi_star_sample_is_kept_and_resumed(tmp_path):
+    from mlx_lm import load
+
+    from mlx_vgb.bench.dyck import DEFAULT_LM
+
+    model, _ = load(str(DEFAULT_LM))
+    prompts = dyck.make_prompts(3, 9, dyck.OOD_TYPE_PROBS, prompt_lengths=fid.PROMPT_LENGTHS)
+    st = dict(lm="x", pi_samples=40)
+    want = fid.pi_star(model, prompts, st)
+    assert set(want) == {p["id"] for p in prompts} and any(want.values())
+    for p in prompts:  # the valid ones of the plain samples at the pi* seed
+        s = fid.plain_samples(model, p, 40, seed=fid.PI_SEED)
+        assert want[p["id"]] == [c for c in s if c is not None]
+    cache = tmp_path / "pi.json"
+    assert fid.pi_star(model, prompts, st, cache) == want
+    kept = json.loads(cache.read_text())
+    kept["pi"][prompts[0]["id"]] = ["marked"]
+    del kept["pi"][prompts[1]["id"]]  # as if stopped before this prompt
+    cache.write_text(json.dumps(kept))
+    got = fid.pi_star(model, prompts, st, cache)  # read back, the missing prompt sampled
+    assert got[prompts[0]["id"]] == ["marked"] and got[prompts[1]["id"]] == want[prompts[1]["id"]]
+    assert fid.pi_star(model, prompts, st | {"pi_samples": 41}, cache)[prompts[0]["id"]] != [
+        "marked"
+    ]  # other settings: sampled again

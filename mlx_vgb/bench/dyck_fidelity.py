@@ -4,7 +4,8 @@ Prompts: out-of-distribution (bracket types 0.8 / 0.2) with completion length H 
 24 prompt brackets), chosen from a pool by plain success (estimated from ``--screen`` plain
 samples each): ``--hard`` of them with success in [2%, 20%) (a few valid samples are needed
 for pi*), the rest spread evenly over the prompts with success >= 20%.
-pi*: ``--pi-samples`` plain samples per prompt (batched ancestral sampling), kept if valid.
+pi*: ``--pi-samples`` plain samples per prompt (batched ancestral sampling), kept if valid
+(and kept in ``pi.json`` with what they came from: a rerun or ``--report-only`` reads them).
 Heads: ``value_training.train_head`` (the code behind ``mlx-vgb train-verifier``) for each of
 ``--epochs`` on Monte Carlo rollouts of ``--train-prompts`` OOD prompts x ``--train-rollouts``
 (other seeds than the eval prompts: disjoint), plus the shipped head.
@@ -88,6 +89,31 @@ def plain_samples(model, prompt: dict, n: int, seed: int, chunk: int = 2000) -> 
             ok = dyck.is_valid_completion(ids, c)
             out.append(dyck.decode(c[:-1]) if ok else None)
     return out
+
+
+PI_SEED = 2  # the pi* samples' seed (the screen's is 1)
+
+
+def pi_star(model, prompts: list[dict], st: dict, cache: Path | None = None) -> dict:
+    """{prompt id: the valid ones of ``pi_samples`` plain completions}: the pi* sample of each
+    prompt. Kept in ``cache`` with what they came from (the LM, the count, each prompt), written
+    after every prompt: a rerun, or ``--report-only``, reads them instead of sampling again."""
+    key = {
+        "lm": st.get("lm"),
+        "pi_samples": st["pi_samples"],
+        "seed": PI_SEED,
+        "prompts": {p["id"]: [p["prompt"], p["max_tokens"]] for p in prompts},
+    }
+    kept = read_kept(cache, key)
+    pis: dict = dict(kept["pi"]) if kept is not None else {}
+    for p in prompts:
+        if p["id"] in pis:
+            continue
+        s = plain_samples(model, p, st["pi_samples"], seed=PI_SEED)
+        pis[p["id"]] = [c for c in s if c is not None]
+        if cache is not None:
+            write_kept(cache, key, {"pi": pis})
+    return pis
 
 
 PRESCREEN_EASY = 0.5  # success in the pre-screen at or above which a prompt is taken as easy
@@ -339,10 +365,7 @@ def run(args) -> None:
     prompts, rate = choose_prompts(model, st, cache=out / "screen.json")
     heads = train_heads(model, st)
     heads["shipped"] = (shipped, None)
-    pis = {
-        p["id"]: [c for c in plain_samples(model, p, st["pi_samples"], seed=2) if c is not None]
-        for p in prompts
-    }
+    pis = pi_star(model, prompts, st, cache=out / "pi.json")
     lm = DyckTreeLM(model, shipped)
     ver = ValueHeadVerifier(lm, tilt=dyck.completion_tilt if st["leaf"] == "exact" else None)
     todo = [
