@@ -146,3 +146,69 @@ def test_quick_mode_reports_a_verdict_per_cell_and_resumes(tmp_path, capsys):
     with pytest.raises(SystemExit):  # other settings: refused, nothing appended
         main(["dyck_fig1", "--quick", "--out", str(out), "--max-samples", "32"])
     assert (out / "rows.jsonl").read_bytes() == before
+
+
+def test_a_sequence_stopped_after_the_fixed_samples_and_resumed_is_one_sequence(shipped):
+    from mlx_vgb.bench.dyck_treelm import DyckTreeLM
+    from mlx_vgb.model_verifier import ValueHeadVerifier
+
+    model, _, _, head, _ = shipped
+    p = dyck.make_prompts(1, 13, dyck.OOD_TYPE_PROBS)[0]
+    ids = [dyck.BOS] + dyck.encode(p["prompt"])
+    kw = dict(fixed=4, bmax=200, max_samples=12, seed=0, run_cap=512)
+    parts = 0
+    for m in (
+        f1.Method("plain", "plain"),
+        f1.Method("block-rs", "rs", 2, 2),
+        f1.Method("vgb", "v"),
+    ):
+        for leaf in ("exact", "head"):
+            lm = DyckTreeLM(model, head)
+            ver = ValueHeadVerifier(lm, tilt=dyck.completion_tilt if leaf == "exact" else None)
+            whole = f1.draw_sequence(m, lm, ver, ids, p["max_tokens"], **kw)
+            first = f1.draw_sequence(m, lm, ver, ids, p["max_tokens"], **kw, only_fixed=True)
+            assert first["o"] == whole["o"][:4] and first["v"] == whole["v"][: len(first["v"])]
+            if len(whole["o"]) > 4:
+                assert first["part"] is True
+                parts += 1
+            lm2 = DyckTreeLM(model, head)  # a fresh process's memo
+            ver2 = ValueHeadVerifier(lm2, tilt=ver._tilt)
+            again = f1.draw_sequence(m, lm2, ver2, ids, p["max_tokens"], **kw, resume=first)
+            assert again == whole and "part" not in again
+    assert parts >= 3  # the resume path ran
+    with pytest.raises(ValueError):  # an old row without its valid completions
+        f1.draw_sequence(m, lm, ver, ids, p["max_tokens"], **kw, resume={"o": "1", "q": [1]})
+
+
+def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(tmp_path, capsys):
+    from mlx_vgb.bench.cli import main
+
+    def table(out):
+        res = json.loads((out / "results.json").read_text())
+        keep = ("leaf", "protocol", "count", "budget", "method", "accuracy", "distinct_correct")
+        return sorted(tuple(r[k] for k in keep) for r in res["rows"]), res
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    main(["dyck_fig1", "--quick", "--out", str(a)])
+    main(["dyck_fig1", "--quick", "--out", str(b), "--fixed-first"])
+    assert table(a)[0] == table(b)[0]
+    lines = [json.loads(x) for x in (b / "rows.jsonl").read_text().splitlines()]
+    assert any(x.get("part") for x in lines)  # the first phase wrote parts, the second whole rows
+    # after the first phase only: the fixed protocol is reported on every prompt, the budget
+    # protocol on none
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "rows.meta.json").write_text((b / "rows.meta.json").read_text())
+    seen, first = set(), []
+    for x in lines:
+        k = (x["leaf"], x["prompt_id"], x["method"])
+        if k not in seen:
+            seen.add(k)
+            first.append(json.dumps(x))
+    (c / "rows.jsonl").write_text("\n".join(first) + "\n")
+    capsys.readouterr()
+    main(["dyck_fig1", "--quick", "--out", str(c), "--report-only"])
+    rows_c, res_c = table(c)
+    assert {r[1] for r in rows_c} == {"fixed"}
+    assert rows_c == [r for r in table(a)[0] if r[1] == "fixed"]
+    assert set(res_c["summary"]["prompts_complete"].values()) == {0}

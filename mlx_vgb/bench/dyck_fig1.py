@@ -22,6 +22,9 @@ too and counted as *ambiguous* (reported; conservative for the method it hits).
 
 Rows (one per leaf mode, prompt and method, all samples in compact form) are appended to
 ``rows.jsonl`` as they finish; a rerun resumes (settings in ``rows.meta.json`` must match).
+``--fixed-first``: every prompt's first ``--fixed-samples`` first (rows marked ``"part"``, with
+the distinct valid completions in ``"v"``), then each sequence goes on from its part; the budget
+protocol is reported over the prompts whose sequences are whole.
 Verdict per leaf mode, budget and count: which VGB configurations some Block configuration
 Pareto-dominates (accuracy = valid / samples pooled over prompts; distinct correct completions per
 prompt), with the share of 200 prompt-bootstrap resamples in which it is dominated.
@@ -118,18 +121,34 @@ def draw_sequence(
     max_samples: int,
     seed: int,
     run_cap: int,
+    only_fixed: bool = False,
+    resume: dict | None = None,
 ) -> dict:
     """Samples of ``m`` on ``prompt`` until every count overran ``bmax`` (at least ``fixed``);
-    one sample is stopped at ``run_cap`` queries / forward tokens or 2 x ``run_cap`` steps."""
+    one sample is stopped at ``run_cap`` queries / forward tokens or 2 x ``run_cap`` steps.
+    ``only_fixed``: stop after the first ``fixed`` samples (the row is marked ``"part"`` when the
+    full sequence would go on); ``resume``: go on from such a row (its samples are kept, the
+    next sample has the next seed), which gives the row of one uninterrupted sequence."""
     base = replace(m.make(H), max_steps=2 * run_cap, max_forward_tokens=run_cap)
-    used = dict.fromkeys(COUNTS, 0)
-    active = dict.fromkeys(COUNTS, True)
     out, seen = [], set()
     costs = {c: [] for c in COUNTS}
-    i = 0
+    if resume is not None:
+        if "v" not in resume:
+            raise ValueError("this row keeps no valid completions ('v'): it cannot be resumed")
+        out = list(resume["o"])
+        costs = {c: list(resume[c[0]]) for c in COUNTS}
+        seen = {tuple(int(x) for x in v) for v in resume["v"]}
+    valid = [] if resume is None else list(resume["v"])
+    used = {c: sum(costs[c]) for c in COUNTS}
+    active = {c: not (used[c] > bmax or STOPPED in out) for c in COUNTS}
+    i = len(out)
+
+    def more() -> bool:
+        return any(active.values()) and i < max_samples
+
     lm.cap = run_cap
     try:
-        while i < fixed or (any(active.values()) and i < max_samples):
+        while i < fixed or (not only_fixed and more()):
             r = base.sample(lm, ver, prompt=prompt, seed=seed + i)
             cost = {
                 "queries": r.stats.forward_tokens,
@@ -139,8 +158,9 @@ def draw_sequence(
             if r.reached_leaf:
                 ok = dyck.is_valid_completion(prompt, r.tokens)
                 code = (VALID_AGAIN if r.tokens in seen else VALID_NEW) if ok else INVALID
-                if ok:
+                if ok and r.tokens not in seen:
                     seen.add(r.tokens)
+                    valid.append("".join(str(int(t)) for t in r.tokens))
             else:
                 code = STOPPED if r.finish_reason == "budget" else UNFINISHED
             out.append(code)
@@ -152,7 +172,10 @@ def draw_sequence(
             i += 1
     finally:
         lm.cap = None
-    return {"o": "".join(out), **{c[0]: costs[c] for c in COUNTS}}
+    row = {"o": "".join(out), **{c[0]: costs[c] for c in COUNTS}, "v": valid}
+    if only_fixed and more():
+        row["part"] = True
+    return row
 
 
 def fixed_outcome(row: dict, n: int) -> tuple[int, int, int]:
@@ -273,6 +296,12 @@ def add_args(p) -> None:
         help="write the report from the rows so far (e.g. while a run goes on); draw nothing",
     )
     p.add_argument(
+        "--fixed-first",
+        action="store_true",
+        help="first draw every prompt's first --fixed-samples samples (the fixed protocol's "
+        "verdict on all prompts early), then go on with each sequence (the same rows)",
+    )
+    p.add_argument(
         "--max-samples",
         type=int,
         default=None,
@@ -355,14 +384,28 @@ def run(args) -> None:
     prompts = dyck.make_prompts(
         st["prompts"], EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS, id_prefix="eval"
     )
-    todo = [
-        (leaf, p, m)
-        for p in prompts
-        for leaf in st["_leaves"]
-        for m in ms
-        if (leaf, p["id"], m.label) not in rows
-    ]
-    print(f"[dyck_fig1] {len(todo)} sequences to draw ({len(rows)} resumed)", flush=True)
+
+    def missing(whole: bool) -> list:  # (leaf, prompt, method) whose row is absent / a part
+        return [
+            (leaf, p, m)
+            for p in prompts
+            for leaf in st["_leaves"]
+            for m in ms
+            if (leaf, p["id"], m.label) not in rows
+            or (whole and rows[(leaf, p["id"], m.label)].get("part"))
+        ]
+
+    fixed_first = getattr(args, "fixed_first", False) and "fixed" in st["_protocols"]
+    phases = [(missing(False), True)] if fixed_first else []
+    phases.append((missing(True), False))
+    todo = phases[-1][0]
+    parts = sum(bool(r.get("part")) for r in rows.values())
+    print(
+        f"[dyck_fig1] {len(todo)} sequences to draw or finish ({len(rows)} resumed, {parts} of "
+        f"them the first {st['fixed_samples']} samples only)"
+        + (f"; first the fixed protocol's {len(phases[0][0])}" if fixed_first else ""),
+        flush=True,
+    )
     if todo and not getattr(args, "report_only", False):
         model, _ = load(args.lm)
         _, head, _ = load_verifier(args.verifier)
@@ -372,38 +415,47 @@ def run(args) -> None:
             "exact": ValueHeadVerifier(lm, tilt=dyck.completion_tilt),
         }
         with open(path, "a") as f:
-            for j, (leaf, p, m) in enumerate(todo):
-                ids = [dyck.BOS] + dyck.encode(p["prompt"])
-                t = time.perf_counter()
-                seq = draw_sequence(
-                    m,
-                    lm,
-                    vers[leaf],
-                    ids,
-                    p["max_tokens"],
-                    fixed=st["fixed_samples"],
-                    bmax=st["max_budget"],
-                    max_samples=st["max_samples"],
-                    run_cap=st["run_cap"],
-                    seed=1_000_003 * args.seed,
-                )
-                row = {
-                    "leaf": leaf,
-                    "prompt_id": p["id"],
-                    "method": m.label,
-                    "H": p["max_tokens"],
-                    **seq,
-                    "wall_s": round(time.perf_counter() - t, 3),
-                }
-                rows[(leaf, p["id"], m.label)] = row
-                f.write(json.dumps(row, separators=(",", ":")) + "\n")
-                f.flush()
-                if (j + 1) % len(ms) == 0 or j + 1 == len(todo):
-                    print(
-                        f"[dyck_fig1] {j + 1}/{len(todo)} ({time.perf_counter() - t0:.0f}s, "
-                        f"{lm.prefixes_stored} prefixes stored)",
-                        flush=True,
+            for phase, (items, only_fixed) in enumerate(phases):
+                if phase:
+                    items = missing(True)
+                for j, (leaf, p, m) in enumerate(items):
+                    key = (leaf, p["id"], m.label)
+                    ids = [dyck.BOS] + dyck.encode(p["prompt"])
+                    t = time.perf_counter()
+                    seq = draw_sequence(
+                        m,
+                        lm,
+                        vers[leaf],
+                        ids,
+                        p["max_tokens"],
+                        fixed=st["fixed_samples"],
+                        bmax=st["max_budget"],
+                        max_samples=st["max_samples"],
+                        run_cap=st["run_cap"],
+                        seed=1_000_003 * args.seed,
+                        only_fixed=only_fixed,
+                        resume=rows[key] if key in rows else None,
                     )
+                    wall = time.perf_counter() - t + (rows[key]["wall_s"] if key in rows else 0)
+                    row = {
+                        "leaf": leaf,
+                        "prompt_id": p["id"],
+                        "method": m.label,
+                        "H": p["max_tokens"],
+                        **seq,
+                        "wall_s": round(wall, 3),
+                    }
+                    rows[key] = row
+                    f.write(json.dumps(row, separators=(",", ":")) + "\n")
+                    f.flush()
+                    if (j + 1) % len(ms) == 0 or j + 1 == len(items):
+                        what = "fixed protocol" if only_fixed else "whole sequences"
+                        print(
+                            f"[dyck_fig1] {what}: {j + 1}/{len(items)} "
+                            f"({time.perf_counter() - t0:.0f}s, {lm.prefixes_stored} prefixes "
+                            "stored)",
+                            flush=True,
+                        )
     from .dyck_fig1_report import report
 
     report(args, st, ms, prompts, rows, out, time.perf_counter() - t0)

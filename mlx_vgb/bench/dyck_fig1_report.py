@@ -30,11 +30,14 @@ def report(args, st, ms, prompts, rows, out: Path, wall: float) -> None:
     rng = np.random.default_rng(20_251_003)
     table, verdict_rows, complete = [], [], {}
     for leaf in st["_leaves"]:
-        ps = [p for p in prompts if all((leaf, p["id"], m.label) in rows for m in ms)]
-        complete[leaf] = len(ps)
-        if not ps:
-            continue
+        have = [p for p in prompts if all((leaf, p["id"], m.label) in rows for m in ms)]
+        # the budget protocol needs whole sequences, not the first samples only (--fixed-first)
+        whole = [p for p in have if not any(rows[(leaf, p["id"], m.label)].get("part") for m in ms)]
+        complete[leaf] = len(whole)
         for proto, count, b in cells(st):
+            ps = have if proto == "fixed" else whole
+            if not ps:
+                continue
             points, flags = {}, {}
             for m in ms:
                 rs = [rows[(leaf, p["id"], m.label)] for p in ps]
@@ -125,7 +128,8 @@ def report(args, st, ms, prompts, rows, out: Path, wall: float) -> None:
     rep.add_section(
         "Verdict: does any Block BoN / Block RS configuration dominate VGB?",
         (
-            f"Prompts complete per leaf mode: {complete}. Each VGB cell: accuracy / distinct correct "
+            f"Prompts complete per leaf mode: {complete} (the fixed protocol's rows may cover more: "
+            "its 'prompts' column). Each VGB cell: accuracy / distinct correct "
             "per prompt; the Block configurations that dominate it (>= in both, > in one); 'boot': "
             f"share of {BOOTSTRAP} prompt-bootstrap resamples in which some Block configuration "
             "dominates it. capped_block_points: Block points whose sequence hit --max-samples on "
@@ -160,7 +164,7 @@ def report(args, st, ms, prompts, rows, out: Path, wall: float) -> None:
     rep.add_section("All points", markdown_table(table, cols))
     rep.plots = []
     for leaf in st["_leaves"]:
-        if complete.get(leaf):
+        if any(t["leaf"] == leaf for t in table):
             name = f"fig1_{leaf}.png"
             plot(out / name, [t for t in table if t["leaf"] == leaf], st, leaf)
             rep.plots.append(name)
