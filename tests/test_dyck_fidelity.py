@@ -150,11 +150,18 @@ def test_the_pi_star_sample_is_kept_and_resumed(tmp_path):
     cache = tmp_path / "pi.json"
     assert fid.pi_star(model, prompts, st, cache) == want
     kept = json.loads(cache.read_text())
-    kept["pi"][prompts[0]["id"]] = ["marked"]
+    kept["pi"][prompts[0]["id"]]["samples"] = ["marked"]
     del kept["pi"][prompts[1]["id"]]  # as if stopped before this prompt
     cache.write_text(json.dumps(kept))
-    got = fid.pi_star(model, prompts, st, cache)  # read back, the missing prompt sampled
+    got = fid.pi_star(model, prompts, st, cache, keep=False)  # read back, the missing one drawn
     assert got[prompts[0]["id"]] == ["marked"] and got[prompts[1]["id"]] == want[prompts[1]["id"]]
-    assert fid.pi_star(model, prompts, st | {"pi_samples": 41}, cache)[prompts[0]["id"]] != [
-        "marked"
-    ]  # other settings: sampled again
+    assert prompts[1]["id"] not in json.loads(cache.read_text())["pi"]  # keep=False: not written
+    assert fid.pi_star(model, prompts[:1], st, cache) == {prompts[0]["id"]: ["marked"]}  # a subset
+    other = [dict(prompts[0], prompt=prompts[0]["prompt"] + "()")]  # another prompt, same id
+    assert fid.pi_star(model, other, st, cache)[other[0]["id"]] != ["marked"]
+    kept = json.loads(cache.read_text())
+    kept["pi"][prompts[2]["id"]]["samples"] = ["marked"]
+    cache.write_text(json.dumps(kept))
+    assert fid.pi_star(model, prompts[2:], st, cache)[prompts[2]["id"]] == ["marked"]
+    again = fid.pi_star(model, prompts[2:], st | {"pi_samples": 41}, cache)
+    assert again[prompts[2]["id"]] != ["marked"]  # other settings: sampled again

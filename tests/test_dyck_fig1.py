@@ -192,6 +192,15 @@ def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(tmp_path, capsys
     main(["dyck_fig1", "--quick", "--out", str(a)])
     main(["dyck_fig1", "--quick", "--out", str(b), "--fixed-first"])
     assert table(a)[0] == table(b)[0]
+    assert table(a)[1]["summary"]["verdicts"] == table(b)[1]["summary"]["verdicts"]
+
+    def final_rows(out):  # the last line per key, as read_rows keeps it, without the wall time
+        return {
+            k: {x: v for x, v in r.items() if x != "wall_s"}
+            for k, r in f1.read_rows(out / "rows.jsonl").items()
+        }
+
+    assert final_rows(a) == final_rows(b)
     lines = [json.loads(x) for x in (b / "rows.jsonl").read_text().splitlines()]
     assert any(x.get("part") for x in lines)  # the first phase wrote parts, the second whole rows
     # after the first phase only: the fixed protocol is reported on every prompt, the budget
@@ -212,3 +221,5 @@ def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(tmp_path, capsys
     assert {r[1] for r in rows_c} == {"fixed"}
     assert rows_c == [r for r in table(a)[0] if r[1] == "fixed"]
     assert set(res_c["summary"]["prompts_complete"].values()) == {0}
+    fixed_a = [v for v in table(a)[1]["summary"]["verdicts"] if v["protocol"] == "fixed"]
+    assert res_c["summary"]["verdicts"] == fixed_a  # bootstrap shares too: one seed per cell

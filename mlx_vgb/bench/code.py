@@ -77,14 +77,6 @@ def add_args(p) -> None:
     p.add_argument("--horizon", type=int, default=None, help="max tokens per response")
     p.add_argument("--candidates", type=int, default=None, help="K for the walks")
     p.add_argument("--concurrency", type=int, default=None, help="walks in the engine at once")
-    p.add_argument(
-        "--max-memory",
-        type=float,
-        default=None,
-        help="GiB: start no new walk while MLX's active memory is above this (walks already "
-        "running may still grow past it: each holds ~0.6 MB per expanded tree node at Qwen's "
-        "vocabulary); default: no limit",
-    )
     p.add_argument("--temp", type=float, default=0.7, help="pi_ref temperature")
     p.add_argument("--split", default="report", help="problems: report (default) or train")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from rows")
@@ -235,9 +227,6 @@ def run(args):
     cfg = settings(
         args, FULL, QUICK, ("problems", "samples", "horizon", "candidates", "concurrency")
     )
-    limit = getattr(args, "max_memory", None)
-    if limit is not None and not limit > 0:
-        raise ConfigError(f"--max-memory: must be > 0 (GiB), got {limit:g}")
     drifts, budgets = _floats(args.drifts, "drifts"), _floats(args.budgets, "budgets")
     configs = expand(args.configs, drifts, budgets)
     out = Path(args.out)
@@ -369,11 +358,6 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     if not todo:
         return
     todo = budget_groups(todo)
-    limit = getattr(args, "max_memory", None)
-
-    def room() -> bool:  # a walk may start: under --max-memory (one always runs)
-        return limit is None or mx.get_active_memory() < limit * 2**30
-
     eng = Engine()
     live: list = []
     who = f" (rank {rank} of {size})" if size > 1 else ""
@@ -384,7 +368,7 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     )
     with open(rows_file, "a") as f:
         while todo or live:
-            while todo and len(live) < cfg["concurrency"] and (not live or room()):
+            while todo and len(live) < cfg["concurrency"]:
                 key = todo.pop(0)
                 live.append((key, eng.submit(lambda key=key: job(*key))))
             time.sleep(0.05)

@@ -94,26 +94,30 @@ def plain_samples(model, prompt: dict, n: int, seed: int, chunk: int = 2000) -> 
 PI_SEED = 2  # the pi* samples' seed (the screen's is 1)
 
 
-def pi_star(model, prompts: list[dict], st: dict, cache: Path | None = None) -> dict:
+def pi_star(model, prompts: list[dict], st: dict, cache: Path | None = None, keep=True) -> dict:
     """{prompt id: the valid ones of ``pi_samples`` plain completions}: the pi* sample of each
-    prompt. Kept in ``cache`` with what they came from (the LM, the count, each prompt), written
-    after every prompt: a rerun, or ``--report-only``, reads them instead of sampling again."""
-    key = {
-        "lm": st.get("lm"),
-        "pi_samples": st["pi_samples"],
-        "seed": PI_SEED,
-        "prompts": {p["id"]: [p["prompt"], p["max_tokens"]] for p in prompts},
-    }
+    prompt. Kept in ``cache`` per prompt (with its text and horizon) under the LM, the count and
+    the seed, written after every prompt drawn (``keep`` False: read only): a rerun, or
+    ``--report-only``, reads them instead of sampling again."""
+    key = {"lm": st.get("lm"), "pi_samples": st["pi_samples"], "seed": PI_SEED}
     kept = read_kept(cache, key)
-    pis: dict = dict(kept["pi"]) if kept is not None else {}
+    store: dict = dict(kept["pi"]) if kept is not None else {}
+    out = {}
     for p in prompts:
-        if p["id"] in pis:
+        e = store.get(p["id"])
+        if e is not None and [e["prompt"], e["max_tokens"]] == [p["prompt"], p["max_tokens"]]:
+            out[p["id"]] = e["samples"]
             continue
         s = plain_samples(model, p, st["pi_samples"], seed=PI_SEED)
-        pis[p["id"]] = [c for c in s if c is not None]
-        if cache is not None:
-            write_kept(cache, key, {"pi": pis})
-    return pis
+        out[p["id"]] = [c for c in s if c is not None]
+        store[p["id"]] = {
+            "prompt": p["prompt"],
+            "max_tokens": p["max_tokens"],
+            "samples": out[p["id"]],
+        }
+        if cache is not None and keep:
+            write_kept(cache, key, {"pi": store})
+    return out
 
 
 PRESCREEN_EASY = 0.5  # success in the pre-screen at or above which a prompt is taken as easy
@@ -271,7 +275,8 @@ def add_args(p) -> None:
         "--report-only",
         action="store_true",
         help="write the report from the rows so far, over the prompts that have all of theirs "
-        "(e.g. while a run goes on); draw nothing",
+        "(e.g. while a run goes on); draws no walk (pi* of those prompts comes from pi.json, "
+        "or is drawn when missing)",
     )
 
 
@@ -365,7 +370,6 @@ def run(args) -> None:
     prompts, rate = choose_prompts(model, st, cache=out / "screen.json")
     heads = train_heads(model, st)
     heads["shipped"] = (shipped, None)
-    pis = pi_star(model, prompts, st, cache=out / "pi.json")
     lm = DyckTreeLM(model, shipped)
     ver = ValueHeadVerifier(lm, tilt=dyck.completion_tilt if st["leaf"] == "exact" else None)
     todo = [
@@ -386,6 +390,8 @@ def run(args) -> None:
             raise ConfigError(
                 f"no prompt has all its rows in {path} yet: run without --report-only first"
             )
+        # pi* of those prompts only, read-only (a run going on keeps pi.json)
+        pis = pi_star(model, done, st, cache=out / "pi.json", keep=False)
         report(args, st, done, rate, heads, pis, rows, out, time.perf_counter() - t0, len(prompts))
         return
     with open(path, "a") as f:
@@ -412,6 +418,7 @@ def run(args) -> None:
                 f"({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
+    pis = pi_star(model, prompts, st, cache=out / "pi.json")
     report(args, st, prompts, rate, heads, pis, rows, out, time.perf_counter() - t0)
 
 

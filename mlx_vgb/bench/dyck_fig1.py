@@ -129,6 +129,8 @@ def draw_sequence(
     ``only_fixed``: stop after the first ``fixed`` samples (the row is marked ``"part"`` when the
     full sequence would go on); ``resume``: go on from such a row (its samples are kept, the
     next sample has the next seed), which gives the row of one uninterrupted sequence."""
+    if lm.vocab_size > 10:  # "v" keeps a completion as one digit per token
+        raise ValueError(f"a vocabulary of {lm.vocab_size} tokens: rows keep one digit per token")
     base = replace(m.make(H), max_steps=2 * run_cap, max_forward_tokens=run_cap)
     out, seen = [], set()
     costs = {c: [] for c in COUNTS}

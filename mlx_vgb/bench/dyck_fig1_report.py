@@ -27,17 +27,17 @@ def cells(st: dict) -> list[tuple[str, str, int]]:
 
 
 def report(args, st, ms, prompts, rows, out: Path, wall: float) -> None:
-    rng = np.random.default_rng(20_251_003)
     table, verdict_rows, complete = [], [], {}
-    for leaf in st["_leaves"]:
+    for li, leaf in enumerate(st["_leaves"]):
         have = [p for p in prompts if all((leaf, p["id"], m.label) in rows for m in ms)]
         # the budget protocol needs whole sequences, not the first samples only (--fixed-first)
         whole = [p for p in have if not any(rows[(leaf, p["id"], m.label)].get("part") for m in ms)]
         complete[leaf] = len(whole)
-        for proto, count, b in cells(st):
+        for ci, (proto, count, b) in enumerate(cells(st)):
             ps = have if proto == "fixed" else whole
             if not ps:
                 continue
+            rng = np.random.default_rng([20_251_003, li, ci])  # each cell its own bootstrap
             points, flags = {}, {}
             for m in ms:
                 rs = [rows[(leaf, p["id"], m.label)] for p in ps]
