@@ -223,3 +223,13 @@ def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(tmp_path, capsys
     assert set(res_c["summary"]["prompts_complete"].values()) == {0}
     fixed_a = [v for v in table(a)[1]["summary"]["verdicts"] if v["protocol"] == "fixed"]
     assert res_c["summary"]["verdicts"] == fixed_a  # bootstrap shares too: one seed per cell
+    # --fixed-only stops there by itself; a run without it then finishes the sequences
+    d = tmp_path / "d"
+    main(["dyck_fig1", "--quick", "--out", str(d), "--fixed-only"])
+    assert final_rows(d) == final_rows(c)
+    assert json.loads((d / "results.json").read_text())["summary"]["verdicts"] == fixed_a
+    main(["dyck_fig1", "--quick", "--out", str(d)])
+    assert final_rows(d) == final_rows(a)
+    with pytest.raises(SystemExit):  # nothing to stop after without the fixed protocol
+        main(["dyck_fig1", "--quick", "--out", str(tmp_path / "e"), "--fixed-only",
+              "--protocol", "budget"])  # fmt: skip

@@ -304,6 +304,12 @@ def add_args(p) -> None:
         "verdict on all prompts early), then go on with each sequence (the same rows)",
     )
     p.add_argument(
+        "--fixed-only",
+        action="store_true",
+        help="draw only the fixed protocol's samples (as --fixed-first's first phase), report, "
+        "and stop; a later run without it finishes the sequences",
+    )
+    p.add_argument(
         "--max-samples",
         type=int,
         default=None,
@@ -397,15 +403,26 @@ def run(args) -> None:
             or (whole and rows[(leaf, p["id"], m.label)].get("part"))
         ]
 
-    fixed_first = getattr(args, "fixed_first", False) and "fixed" in st["_protocols"]
+    fixed_only = getattr(args, "fixed_only", False)
+    if fixed_only and "fixed" not in st["_protocols"]:
+        raise ConfigError("--fixed-only needs the fixed protocol (--protocol fixed,...)")
+    fixed_first = fixed_only or (
+        getattr(args, "fixed_first", False) and "fixed" in st["_protocols"]
+    )
     phases = [(missing(False), True)] if fixed_first else []
-    phases.append((missing(True), False))
+    if not fixed_only:
+        phases.append((missing(True), False))
     todo = phases[-1][0]
     parts = sum(bool(r.get("part")) for r in rows.values())
     print(
-        f"[dyck_fig1] {len(todo)} sequences to draw or finish ({len(rows)} resumed, {parts} of "
-        f"them the first {st['fixed_samples']} samples only)"
-        + (f"; first the fixed protocol's {len(phases[0][0])}" if fixed_first else ""),
+        f"[dyck_fig1] {len(todo)} sequences to draw"
+        + (" (their fixed-protocol samples only)" if fixed_only else " or finish")
+        + f" ({len(rows)} resumed, {parts} of them the first {st['fixed_samples']} samples only)"
+        + (
+            f"; first the fixed protocol's {len(phases[0][0])}"
+            if fixed_first and not fixed_only
+            else ""
+        ),
         flush=True,
     )
     if todo and not getattr(args, "report_only", False):
