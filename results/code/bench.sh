@@ -14,9 +14,11 @@ main() {
     --head-eval
   # one walk per response at 16x; the 1x, 2x and 8x rows are read off it where those budgets
   # would have stopped it (Sampler.sample_budgets: the same rows as runs of their own)
-  # (12 at once, not 24: walks of up to 16x plain hold ~0.6 MB per expanded tree node; at 24 the
-  # process reached 17 GB on this 24 GB machine and was OOM-killed, 2026-12-03 10:27)
-  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 1,2,8,16 --concurrency 12
+  # (8 at once, not 24: walks of up to 16x plain hold ~0.6 MB per expanded tree node; at 24 the
+  # process reached 17 GB on this 24 GB machine and was OOM-killed, 2026-12-03 10:27; at 12 it
+  # grew ~1 GB per 10 minutes, and the live walks are more and more the long ones, up to
+  # ~3,200 tokens = ~2 GB each)
+  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 1,2,8,16 --concurrency 8
   bench --configs vgb --drifts 0.25,1 --budgets 4
 }
 bench() {
