@@ -366,9 +366,13 @@ def test_head_eval_reads_a_verifier_of_its_own_with_its_own_states(trained, tmp_
     r = cli(*bench_args({**trained, "head": ft}, out, "plain"), "--report-only", "--head-eval")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["head"]["brier"] == 0.123
-    kept["key"]["head_sha256"] = "0" * 64  # as if the head had been retrained
-    cache.write_text(json.dumps(kept))
-    r = cli(*bench_args({**trained, "head": ft}, out, "plain"), "--report-only", "--head-eval")
-    assert r.returncode == 0, r.stderr[-2000:]
-    got = json.loads((out / "results.json").read_text())["head"]
-    assert got["brier"] == pytest.approx(want.brier, abs=1e-6)
+    for field, stale in (("head_sha256", "0" * 64), ("metrics_version", 0)):
+        # as if the head had been retrained / the metrics kept by older code
+        kept = json.loads(cache.read_text())
+        kept["metrics"]["brier"] = 0.123
+        kept["key"][field] = stale
+        cache.write_text(json.dumps(kept))
+        r = cli(*bench_args({**trained, "head": ft}, out, "plain"), "--report-only", "--head-eval")
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = json.loads((out / "results.json").read_text())["head"]
+        assert got["brier"] == pytest.approx(want.brier, abs=1e-6)

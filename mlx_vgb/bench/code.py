@@ -404,6 +404,9 @@ def budget_groups(todo: list[tuple[str, str, int]]) -> list[tuple[list[str], str
 
 
 HEAD_EVAL = "head_eval.json"  # head_metrics' result, kept with what it was computed from
+# the version of _head_metrics' computation: raise it when what it computes changes, so kept
+# metrics of the old code are recomputed
+HEAD_METRICS_VERSION = 1
 
 
 def _files_digest(paths) -> str:
@@ -417,8 +420,9 @@ def _files_digest(paths) -> str:
 
 
 def head_eval_key(args, cfg) -> dict:
-    """What the head metrics depend on: the model, the head's files, the pool's bytes and the
-    problems (so a rerun of the same command reuses them, and any change recomputes them)."""
+    """What the head metrics depend on: the model, the head's files, the pool's bytes, the
+    problems and the metrics code's version (so a rerun of the same command reuses them, and
+    any change recomputes them)."""
     head = Path(args.head)
     if not head.exists() or not Path(args.pool).is_file():
         missing = args.head if not head.exists() else args.pool
@@ -430,6 +434,7 @@ def head_eval_key(args, cfg) -> dict:
         "head_sha256": _files_digest(files),
         "pool_sha256": _files_digest([args.pool]),
         "problems": _problem_ids(args, cfg),
+        "metrics_version": HEAD_METRICS_VERSION,
     }
 
 
