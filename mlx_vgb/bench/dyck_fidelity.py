@@ -131,6 +131,7 @@ def screen_rates(model, pool: list[dict], st: dict, cache: Path | None = None) -
     the settings they came from, every 100 prompts as it goes: a rerun reuses them, and a
     screen that was stopped resumes where it stopped."""
     key = {k: st.get(k) for k in ("lm", "seed", "pool", "screen", "prescreen")}
+    key |= {"pool_seed": POOL_SEED, "prompt_lengths": list(PROMPT_LENGTHS)}  # the candidates
     kept = read_kept(cache, key)
     rate: dict = dict(kept["rates"]) if kept is not None else {}
     if kept is not None and kept.get("done", True):
