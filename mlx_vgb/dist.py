@@ -17,11 +17,22 @@ with 8x the candidates, up to the whole vocabulary (a full sort). The result is 
 smallest prefix of the sorted distribution holding top_p of its mass, as in
 ``reference_process`` (float64 numpy, the former host path: the tests' reference and the
 "before" of ``bench perf``).
+
+Rows wider than ``HOST_DRAW_MAX`` are the memory of a walk: 151,936 float32 entries (~0.6 MB)
+per tree node at Qwen's vocabulary. ``set_row_memory(limit)`` (or ``$MLX_VGB_ROW_MEMORY``, GiB)
+bounds what they hold in memory: past the limit the least recently drawn batches are written to
+an unlinked temporary file (``RowSpill``) and read back row by row when drawn from -- the same
+float32 bits, so the same tokens, log-probs and forward-token counts as without a limit.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -47,6 +58,34 @@ class DistBatch:
     ids: mx.array | None = None  # (B, M) int32, or None: all V tokens in their natural order
     _cdf: mx.array | None = field(default=None, repr=False)
     _host: tuple | None = field(default=None, repr=False)
+    # set by ``RowSpill``: where the rows went once ``logp`` / ``ids`` left memory
+    _spill: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.n_rows, self.width = self.logp.shape
+        self.has_ids = self.ids is not None
+
+    def take_logp(self, rows: np.ndarray) -> mx.array:
+        """(len(rows), M) log-prob rows, from memory or from the spill file (the same bits)."""
+        sp = self._spill
+        if sp is None or not sp["spilled"]:
+            logp = self.logp  # one read: a spill in another thread may clear the attribute
+            if logp is not None:
+                if sp is not None:
+                    sp["store"].touch(sp)
+                return logp[mx.array(np.asarray(rows, dtype=np.int32))]
+        return mx.array(sp["store"].read(sp, "logp", rows, np.float32))
+
+    def take_ids(self, rows: np.ndarray) -> mx.array | None:
+        """(len(rows), M) token ids of the rows' entries, or None (natural order)."""
+        if not self.has_ids:
+            return None
+        sp = self._spill
+        if sp is None or not sp["spilled"]:
+            ids = self.ids
+            if ids is not None:
+                return ids[mx.array(np.asarray(rows, dtype=np.int32))]
+        return mx.array(sp["store"].read(sp, "ids", rows, np.int32))
 
     @property
     def cdf(self) -> mx.array:
@@ -70,7 +109,7 @@ class DistBatch:
         return self._host
 
     def rows(self) -> list[NextTokenDist]:
-        return [NextTokenDist(self, b) for b in range(self.logp.shape[0])]
+        return [NextTokenDist(self, b) for b in range(self.n_rows)]
 
 
 @dataclass(eq=False)
@@ -94,10 +133,181 @@ class NextTokenDist:
             ids = np.arange(n) if hid is None else hid[self.row, :n].astype(np.int64)
         else:
             n = int(b.last[self.row].item()) + 1
-            logp = np.array(b.logp[self.row, :n]).astype(np.float64)
-            ids = np.arange(n) if b.ids is None else np.array(b.ids[self.row, :n]).astype(np.int64)
+            r = np.array([self.row])
+            logp = np.array(b.take_logp(r)[0, :n]).astype(np.float64)
+            ids = np.arange(n) if not b.has_ids else np.array(b.take_ids(r)[0, :n]).astype(np.int64)
         keep = np.isfinite(logp)
         return ids[keep], logp[keep]
+
+
+class RowSpill:
+    """Keeps the large rows' memory (the batches wider than ``HOST_DRAW_MAX``) under ``limit``
+    bytes: a new batch past the limit sends the least recently drawn batches to an unlinked
+    temporary file in ``directory`` (one slot per row, slots reused once their batch is freed),
+    and their draws read the rows back (``os.pread``: the page cache keeps the hot ones). The
+    bits are the same, so are the tokens; only where the rows live changes. Thread-safe (the
+    engine's jobs draw from their own threads)."""
+
+    def __init__(self, limit: int, directory: str | None = None):
+        if limit < 0:
+            raise ValueError(f"row memory limit must be >= 0 bytes, got {limit}")
+        self.limit = int(limit)
+        self.directory = directory
+        self.lock = threading.Lock()
+        self.live: OrderedDict[int, tuple] = OrderedDict()  # in memory, least recent first
+        self.held = 0  # bytes of the rows in memory
+        self.file = None
+        self.end = 0  # file size
+        self.free: dict[int, list[int]] = {}  # slot size -> free offsets
+        self.spilled_batches = 0
+        self.read_rows = 0
+
+    def add(self, batch: DistBatch) -> None:
+        nbytes = batch.logp.nbytes + (batch.ids.nbytes if batch.has_ids else 0)
+        sp = {"store": self, "spilled": False, "bytes": nbytes, "key": id(batch)}
+        batch._spill = sp
+        weakref.finalize(batch, self._forget, sp)
+        with self.lock:
+            self.live[sp["key"]] = (weakref.ref(batch), sp)
+            self.held += nbytes
+            while self.held > self.limit and self.live:
+                _, (ref, victim) = self.live.popitem(last=False)
+                self.held -= victim["bytes"]
+                b = ref()
+                if b is not None:
+                    self._write(b, victim)
+
+    def touch(self, sp: dict) -> None:
+        with self.lock:
+            if sp["key"] in self.live and not sp["spilled"]:
+                self.live.move_to_end(sp["key"])
+
+    def _slot(self, size: int) -> int:
+        free = self.free.get(size)
+        if free:
+            return free.pop()
+        off = self.end
+        self.end += size
+        return off
+
+    def _write(self, batch: DistBatch, sp: dict) -> None:
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="mlx-vgb-rows-", dir=self.directory)
+        fd = self.file.fileno()
+        for name, dtype in (("logp", np.float32),) + (
+            (("ids", np.int32),) if batch.has_ids else ()
+        ):
+            arr = np.ascontiguousarray(np.array(getattr(batch, name)), dtype=dtype)
+            size = arr.shape[1] * arr.itemsize
+            offs = []
+            for row in arr:
+                off = self._slot(size)
+                os.pwrite(fd, row.tobytes(), off)
+                offs.append(off)
+            sp[name] = (offs, size)
+        sp["spilled"] = True
+        batch.logp = None
+        batch.ids = None
+        self.spilled_batches += 1
+
+    def read(self, sp: dict, name: str, rows: np.ndarray, dtype) -> np.ndarray:
+        with self.lock:
+            offs, size = sp[name]
+            fd = self.file.fileno()
+            out = np.empty((len(rows), size // np.dtype(dtype).itemsize), dtype=dtype)
+            for i, r in enumerate(np.asarray(rows, dtype=np.int64)):
+                buf = os.pread(fd, size, offs[int(r)])
+                if len(buf) != size:
+                    raise OSError(
+                        f"short read from the row spill file ({len(buf)} of {size} bytes)"
+                    )
+                out[i] = np.frombuffer(buf, dtype=dtype)
+            self.read_rows += len(rows)
+        return out
+
+    def _forget(self, sp: dict) -> None:
+        with self.lock:
+            if self.live.pop(sp["key"], None) is not None:
+                self.held -= sp["bytes"]
+            for name in ("logp", "ids"):
+                if name in sp:
+                    offs, size = sp.pop(name)
+                    self.free.setdefault(size, []).extend(offs)
+
+
+_ROW_SPILL: RowSpill | None = None
+_ENV_READ = False
+
+
+def set_row_memory(limit_bytes: int | None, directory: str | None = None) -> None:
+    """Bound the memory of large next-token rows to ``limit_bytes`` from now on (None: no
+    bound, the default). Past it, the least recently drawn rows go to a temporary file in
+    ``directory`` ($TMPDIR by default) and are read back, bit for bit, when drawn from. Rows
+    made before the call are not counted."""
+    global _ROW_SPILL, _ENV_READ
+    _ROW_SPILL = None if limit_bytes is None else RowSpill(limit_bytes, directory)
+    _ENV_READ = True  # an explicit setting wins over $MLX_VGB_ROW_MEMORY
+
+
+def row_spill() -> RowSpill | None:
+    """The active ``RowSpill`` (None without a bound); the first call reads
+    ``$MLX_VGB_ROW_MEMORY`` (GiB) unless ``set_row_memory`` came first."""
+    global _ENV_READ
+    if not _ENV_READ:
+        _ENV_READ = True
+        text = os.environ.get("MLX_VGB_ROW_MEMORY", "")
+        if text:
+            try:
+                set_row_memory(parse_row_memory(text))
+            except ValueError as e:
+                from .errors import ConfigError
+
+                raise ConfigError(f"$MLX_VGB_ROW_MEMORY: {e}; unset it or set a number") from None
+    return _ROW_SPILL
+
+
+def parse_row_memory(text: str) -> int:
+    """'6' or '6.5' (GiB) -> bytes; a clear error otherwise."""
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = -1.0
+    if not gib >= 0 or math.isinf(gib):
+        raise ValueError(f"row memory must be a number of GiB >= 0 (e.g. 6), got {text!r}")
+    return int(gib * 2**30)
+
+
+ROW_MEMORY_HELP = (
+    "keep at most this many GiB of next-token rows (~0.6 MB per tree node at a 152k "
+    "vocabulary) in memory; older rows go to a temporary file and are read back bit for bit "
+    "(the same samples and costs). Default: $MLX_VGB_ROW_MEMORY, else no bound"
+)
+
+
+def add_row_memory_arg(p) -> None:
+    """``--row-memory GIB`` on an argparse parser (``apply_row_memory`` reads it)."""
+    p.add_argument("--row-memory", default=None, metavar="GIB", help=ROW_MEMORY_HELP)
+
+
+def apply_row_memory(args) -> None:
+    """Set the bound from ``args.row_memory`` (a ``ConfigError`` naming the flag if bad)."""
+    text = getattr(args, "row_memory", None)
+    if text is None:
+        row_spill()  # $MLX_VGB_ROW_MEMORY, checked now rather than at the first walk
+        return
+    try:
+        set_row_memory(parse_row_memory(text))
+    except ValueError as e:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--row-memory: {e}") from None
+
+
+def _kept(batch: DistBatch, host_max: int) -> DistBatch:
+    spill = row_spill()
+    if spill is not None and batch.width > host_max:
+        spill.add(batch)
+    return batch
 
 
 def cumulative(logp: mx.array) -> mx.array:
@@ -209,13 +419,13 @@ def process_batch(
         if not normalized:
             x = x - mx.logsumexp(x, axis=-1, keepdims=True)
         batch = _nucleus(x, top_p, min(v, max(1, nucleus_candidates)), also=(bad,))
-        return batch, np.array(bad)
+        return _kept(batch, host_max), np.array(bad)
     else:
         if not normalized:
             x = x - mx.logsumexp(x, axis=-1, keepdims=True)
         batch = DistBatch(x, _last_finite(x))
     mx.eval(bad, batch.logp, batch.last, *(() if batch.ids is None else (batch.ids,)))
-    return batch, np.array(bad)
+    return _kept(batch, host_max), np.array(bad)
 
 
 def _lse(x: np.ndarray) -> np.ndarray:
@@ -289,7 +499,7 @@ def draw(
     groups: dict[int, tuple[DistBatch, list[int]]] = {}
     out: list = [None] * len(requests)
     for j, (d, u) in enumerate(requests):
-        if d.batch.logp.shape[1] <= host_draw_max:
+        if d.batch.width <= host_draw_max:
             out[j] = _draw_host(d.batch, d.row, u)
         else:
             groups.setdefault(id(d.batch), (d.batch, []))[1].append(j)
@@ -300,12 +510,14 @@ def draw(
         rows = np.concatenate([np.full(len(requests[j][1]), requests[j][0].row) for j in js])
         us = np.concatenate([np.asarray(requests[j][1], dtype=np.float64) for j in js])
         r = mx.array(rows.astype(np.int32))
-        cdf = cumulative(batch.logp[r])  # (n, M): only the rows drawn from
+        lrows = batch.take_logp(rows)
+        cdf = cumulative(lrows)  # (n, M): only the rows drawn from
         last = batch.last[r][:, None]
         target = mx.array(us.astype(np.float32))[:, None] * mx.take_along_axis(cdf, last, -1)
         idx = mx.minimum(mx.sum(cdf <= target, axis=-1, keepdims=True), last)
-        lp = mx.take_along_axis(batch.logp[r], idx, axis=-1)[:, 0]
-        tok = idx[:, 0] if batch.ids is None else mx.take_along_axis(batch.ids[r], idx, -1)[:, 0]
+        lp = mx.take_along_axis(lrows, idx, axis=-1)[:, 0]
+        ids = batch.take_ids(rows)
+        tok = idx[:, 0] if ids is None else mx.take_along_axis(ids, idx, -1)[:, 0]
         pending.append((js, tok, lp))
     mx.eval(*[a for _, t, lp in pending for a in (t, lp)])
     for js, tok, lp in pending:

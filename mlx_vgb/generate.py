@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from .dist import add_row_memory_arg, apply_row_memory
 from .errors import ConfigError, VGBError
 from .models import MODEL_HELP
 from .prefixes import common_prefix_len
@@ -361,6 +362,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--temp", type=float, default=DEFAULT_TEMP)
     p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    add_row_memory_arg(p)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--verifier", default=DEFAULT_VERIFIER, help="see below")
@@ -420,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # settings first: a bad flag is reported before the model loads
         block = parse_block(args.block)
         verifier = parse_verifier(args.verifier)
+        apply_row_memory(args)
         make_choice(args.choice, args.candidates)
         if args.n < 1:
             raise ConfigError(f"-n (responses) must be >= 1, got {args.n}")

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .dist import add_row_memory_arg, apply_row_memory
 from .errors import VGBError
 from .models import MODEL_HELP
 from .openai_api import (
@@ -417,6 +418,7 @@ def setup_arg_parser() -> argparse.ArgumentParser:
         help=f"default max_tokens (H) of requests ({DEFAULT_MAX_TOKENS})",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_row_memory_arg(p)
     return p
 
 
@@ -429,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from .registry import parse_verifier
 
         parse_verifier(args.verifier)
+        apply_row_memory(args)
         engine.preload()
         server = make_server(engine, args.host, args.port, defaults)
     except (VGBError, OSError) as e:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..dist import add_row_memory_arg, apply_row_memory
 from ..errors import VGBError
 from .report import command_line, default_out
 
@@ -43,6 +44,7 @@ def setup_arg_parser(task: str, module) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=None, help="results folder")
     p.add_argument("--seed", type=int, default=0, help="base seed")
+    add_row_memory_arg(p)
     module.add_args(p)
     return p
 
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out = default_out(task, args.quick)
     t0 = time.perf_counter()
     try:
+        apply_row_memory(args)
         wrote = module.run(args) is not False  # False: no report (e.g. --write-prompts)
     except VGBError as e:
         print(f"mlx-vgb bench {task}: error: {e}", file=sys.stderr)

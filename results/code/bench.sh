@@ -18,7 +18,9 @@ main() {
   # process reached 17 GB on this 24 GB machine and was OOM-killed, 2026-12-03 10:27; at 12 it
   # grew ~1 GB per 10 minutes, and the live walks are more and more the long ones, up to
   # ~3,200 tokens = ~2 GB each)
-  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 1,2,8,16 --concurrency 8
+  # (since 2026-12-03 13:20: 24 at once again, with --row-memory 3: past 3 GiB of rows the
+  # least recently drawn go to a temporary file and come back bit for bit -- the same rows)
+  bench --configs vgb,vgb-visible --drifts 0.5 --budgets 1,2,8,16 --concurrency 24 --row-memory 3
   bench --configs vgb --drifts 0.25,1 --budgets 4
 }
 bench() {

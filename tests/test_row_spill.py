@@ -1,0 +1,139 @@
+"""A bound on the memory of large next-token rows (``mlx_vgb.dist.set_row_memory``): rows past it
+go to a temporary file and come back bit for bit, so every sampler gives the same tokens,
+log-probs and costs as without a bound, while the rows held in memory stay under it."""
+
+import gc
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from tiny_models import even_token_verifier, tiny_llama
+
+from mlx_vgb import VGB, ActionLevelRS, Enumerate, Rejection, dist
+from mlx_vgb.engine import Engine
+from mlx_vgb.errors import ConfigError
+from mlx_vgb.lm import MLXLanguageModel
+
+VOCAB = 600  # wider than HOST_DRAW_MAX: the device rows a real vocabulary gives
+PROMPTS = [(1, 5, 9, 2), (3, 4), (7, 7, 8, 1, 2, 6, 5)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(seed=3, vocab=VOCAB)
+
+
+@pytest.fixture(autouse=True)
+def no_bound():
+    dist.set_row_memory(None)
+    yield
+    dist.set_row_memory(None)
+
+
+SAMPLERS = {
+    "vgb-rejection": lambda: VGB(horizon=10, choice=Rejection(2), drift=0.7, temp=0.7),
+    "vgb-top-p": lambda: VGB(horizon=10, choice=Rejection(2), drift=0.7, top_p=0.9),
+    "vgb-enumerate-top-k": lambda: VGB(horizon=6, choice=Enumerate(), top_k=300, drift=0.7),
+    "action-rs": lambda: ActionLevelRS(horizon=10, choice=Rejection(3), temp=0.7),
+}
+
+
+def _runs(model, make):
+    """Three walks batched in the engine, and one alone: (text tokens, stats) of each."""
+    smp = make()
+
+    def one(prompt, seed):
+        r = smp.sample(MLXLanguageModel(model), even_token_verifier(), prompt=prompt, seed=seed)
+        s = r.stats.as_dict()
+        s.pop("wall_s")
+        return tuple(r.tokens), r.finish_reason, r.tilt, s
+
+    batched = Engine().run([lambda p=p, i=i: one(p, i) for i, p in enumerate(PROMPTS)])
+    return batched + [one(PROMPTS[0], 7)]
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_a_bound_changes_where_rows_live_not_what_is_sampled(model, name):
+    want = _runs(model, SAMPLERS[name])
+    for limit in (0, 3 * VOCAB * 4):  # every batch spilled; a few rows kept in memory
+        dist.set_row_memory(limit)
+        got = _runs(model, SAMPLERS[name])
+        spill = dist.row_spill()
+        assert got == want, f"limit {limit}: the samples or their costs changed"
+        assert spill.spilled_batches > 0, "nothing went to the file"
+        if limit == 0:  # every draw read its row back
+            assert spill.read_rows > 0
+        assert spill.held <= limit, f"{spill.held} bytes held over the limit {limit}"
+
+
+def test_rows_in_memory_stay_under_the_bound_and_file_slots_are_reused():
+    """With the bound at 0, a walk's peak device memory does not grow with its tree (here a
+    20,000-token vocabulary: 80 KB a row); once a run is freed its file slots are reused, so a
+    second run of the same size does not grow the file."""
+    wide = tiny_llama(seed=3, vocab=20_000)
+    smp = VGB(horizon=128, choice=Rejection(2), drift=0.5)
+    lm = MLXLanguageModel(wide)
+    smp.sample(lm, even_token_verifier(), prompt=PROMPTS[0], seed=0)  # warm up kernels
+    row = 20_000 * 4
+
+    def run(seed):
+        gc.collect()
+        mx.clear_cache()
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        r = smp.sample(lm, even_token_verifier(), prompt=PROMPTS[1], seed=seed)
+        return r.stats.forward_tokens, mx.get_peak_memory() - base, tuple(r.tokens)
+
+    free = run(1)
+    dist.set_row_memory(0)
+    spill = dist.row_spill()
+    bound = run(1)
+    gc.collect()
+    size_after_first = spill.end
+    again = run(1)
+    gc.collect()
+    assert free[0] >= 100, "the walk is too short to measure"
+    assert free[0] == bound[0] == again[0] and free[2] == bound[2] == again[2]
+    assert size_after_first >= free[0] * row  # every row went through the file
+    assert spill.end == size_after_first, "a second run grew the file instead of reusing slots"
+    assert spill.held == 0 and not spill.live, "freed batches are still counted"
+    # without the bound the rows stay in memory to the end of the run; with it they do not
+    # (what is left is the forward's and the draws' temporaries, whatever the tree's size)
+    assert free[1] >= 0.8 * free[0] * row, (free, row)
+    assert free[1] - bound[1] >= 0.7 * free[0] * row, (bound, free)
+
+
+def test_bad_bounds_are_refused_with_the_fix(monkeypatch):
+    with pytest.raises(ValueError, match="number of GiB"):
+        dist.parse_row_memory("lots")
+    with pytest.raises(ValueError, match="number of GiB"):
+        dist.parse_row_memory("-1")
+    assert dist.parse_row_memory("1.5") == int(1.5 * 2**30)
+    monkeypatch.setattr(dist, "_ENV_READ", False)
+    monkeypatch.setenv("MLX_VGB_ROW_MEMORY", "six")
+    with pytest.raises(ConfigError, match=r"MLX_VGB_ROW_MEMORY.*unset it"):
+        dist.row_spill()
+    monkeypatch.setattr(dist, "_ENV_READ", False)
+    monkeypatch.setenv("MLX_VGB_ROW_MEMORY", "0.5")
+    assert dist.row_spill().limit == 2**29
+
+
+def test_draws_agree_row_by_row_after_a_spill():
+    """Direct: a batch's draws and supports are identical before and after its rows leave."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, VOCAB)).astype(np.float32) * 3
+    for kw in ({"temp": 0.7}, {"top_p": 0.8}, {"top_k": 400}):
+        dist.set_row_memory(None)
+        a, _ = dist.process_batch(x, **kw)
+        u = rng.uniform(size=(5, 7))
+        want = dist.draw([(d, u[i]) for i, d in enumerate(a.rows())])
+        sup = [d.support() for d in a.rows()]
+        dist.set_row_memory(0)
+        b, _ = dist.process_batch(x, **kw)
+        assert b.logp is None and b._spill["spilled"], kw
+        got = dist.draw([(d, u[i]) for i, d in enumerate(b.rows())])
+        for (t1, l1), (t2, l2) in zip(want, got):
+            assert np.array_equal(t1, t2) and np.array_equal(l1, l2), kw
+        for (i1, p1), d in zip(sup, b.rows()):
+            i2, p2 = d.support()
+            assert np.array_equal(i1, i2) and np.array_equal(p1, p2), kw
