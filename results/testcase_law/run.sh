@@ -14,6 +14,9 @@
 #   5. only with TESTCASE_LAW_EXTRA=1: VGB without padding (shallow leaves are leaves) and VGB
 #      at lambda = 0.5, same prompts and head; the report then holds every config
 #
+# (The body is one function: bash reads it whole before running, so editing this file while it
+# runs cannot change what the running copy does.)
+#
 # Cost estimate, this 2-core CPU shared with another real-model job (calibration.md: batched
 # sampling of the 0.5B at ~10 tokens/s of wall time, ~14 tokens per CPU-second):
 #   step 2: 1536 rollouts x ~110 tokens = ~170k tokens                               ~4.5 h
@@ -27,6 +30,7 @@
 #   1/7 at N = 5), one proposal per rejection round (K = 1) at ~1-2 rounds per step, 32 walks
 #   batched in the engine. A walk stops at 100x plain's mean tokens (--budget) and counts as
 #   unfinished; the report gives the unfinished share. Step 5 adds about 4-8 h.
+main() {
 set -e
 cd "$(dirname "$0")/../.."
 R=results/testcase_law
@@ -53,9 +57,13 @@ PY
   train --out $R/head --holdout 0.2 --epochs 30 --force
 fi
 bench() {
-  $RUN bench testcase_law --head $R/head --n-tests $N --horizon $H --out $R "$@"
+  # --row-memory 3: a VGB walk at ~25-35x plain holds ~3k tree nodes, ~0.6 MB of pi_ref row
+  # each (32 walks: ~60 GB); past 3 GiB the rows go to a temporary file, bit for bit
+  $RUN bench testcase_law --head $R/head --n-tests $N --horizon $H --out $R --row-memory 3 "$@"
 }
 bench --configs plain,action-rs,vgb@d1
 if [ "${TESTCASE_LAW_EXTRA:-0}" = 1 ]; then
   bench --configs vgb-nopad@d1,vgb@d0.5
 fi
+}
+main "$@"
