@@ -3,6 +3,7 @@ go to a temporary file and come back bit for bit, so every sampler gives the sam
 log-probs and costs as without a bound, while the rows held in memory stay under it."""
 
 import gc
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -137,3 +138,28 @@ def test_draws_agree_row_by_row_after_a_spill():
         for (i1, p1), d in zip(sup, b.rows()):
             i2, p2 = d.support()
             assert np.array_equal(i1, i2) and np.array_equal(p1, p2), kw
+
+
+def test_cli_row_memory_same_text_and_one_message_for_a_bad_value(tmp_path, capsys):
+    """`mlx-vgb generate --row-memory 0` (every row through the file: the tiny model's 258-token
+    vocabulary is a device row) prints what the unbounded run prints; a bad value is one
+    message, no traceback."""
+    from tiny_models import tiny_model_folder
+
+    from mlx_vgb.generate import main
+
+    folder = tiny_model_folder(tmp_path / "m", seed=3)
+    args = ["--model", str(folder), "--max-tokens", "24", "--seed", "2", "--verbose"]
+    args += ["-p", "Write a story", "--verifier", "no-letter:e"]  # a walk that backtracks
+    outs = []
+    for extra in ([], ["--row-memory", "0"]):
+        dist.set_row_memory(None)
+        main(args + extra)
+        outs.append(re.sub(r"wall: [0-9.]+ s", "", capsys.readouterr().out))
+    assert dist.row_spill().spilled_batches >= 20 and dist.row_spill().read_rows >= 20
+    assert outs[0] == outs[1]
+    assert re.search(r"backtracks: [1-9]", outs[0]) and re.search(r"forward tokens: \d\d", outs[0])
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--row-memory", "much"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "--row-memory" in err and "Traceback" not in err
