@@ -32,12 +32,14 @@ import os
 import tempfile
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import mlx.core as mx
 import numpy as np
+
+from .errors import ConfigError, VGBError
 
 DEFAULT_NUCLEUS_CANDIDATES = 1024
 _GROWTH = 8
@@ -67,25 +69,24 @@ class DistBatch:
 
     def take_logp(self, rows: np.ndarray) -> mx.array:
         """(len(rows), M) log-prob rows, from memory or from the spill file (the same bits)."""
-        sp = self._spill
-        if sp is None or not sp["spilled"]:
-            logp = self.logp  # one read: a spill in another thread may clear the attribute
-            if logp is not None:
-                if sp is not None:
-                    sp["store"].touch(sp)
-                return logp[mx.array(np.asarray(rows, dtype=np.int32))]
-        return mx.array(sp["store"].read(sp, "logp", rows, np.float32))
+        return self._take("logp", rows, np.float32)
 
     def take_ids(self, rows: np.ndarray) -> mx.array | None:
         """(len(rows), M) token ids of the rows' entries, or None (natural order)."""
-        if not self.has_ids:
-            return None
+        return self._take("ids", rows, np.int32) if self.has_ids else None
+
+    def _take(self, name: str, rows, dtype) -> mx.array:
+        rows = np.asarray(rows, dtype=np.int64)
         sp = self._spill
         if sp is None or not sp["spilled"]:
-            ids = self.ids
-            if ids is not None:
-                return ids[mx.array(np.asarray(rows, dtype=np.int32))]
-        return mx.array(sp["store"].read(sp, "ids", rows, np.int32))
+            arr = getattr(self, name)  # one read: a spill in another thread may clear it
+            if arr is not None:
+                if sp is not None:
+                    sp["store"].touch(sp)
+                return arr[mx.array(rows.astype(np.int32))]
+        # spilled: read each distinct row once (a walk draws k uniforms from one row)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return mx.array(sp["store"].read(sp, name, uniq, dtype)[inverse.reshape(-1)])
 
     @property
     def cdf(self) -> mx.array:
@@ -94,18 +95,26 @@ class DistBatch:
         draws from instead)."""
         if self._cdf is not None:
             return self._cdf
-        cdf = cumulative(self.logp)
-        if self.logp.shape[1] <= HOST_DRAW_MAX:
+        cdf = cumulative(self._all("logp"))
+        if self.width <= HOST_DRAW_MAX:
             self._cdf = cdf
         return cdf
+
+    def _all(self, name: str) -> mx.array | None:
+        """Every row's ``logp`` / ``ids`` (None: no ids), wherever they live."""
+        arr = getattr(self, name)
+        if arr is not None or (name == "ids" and not self.has_ids):
+            return arr
+        return self._take(name, np.arange(self.n_rows), np.float32 if name == "logp" else np.int32)
 
     def host(self) -> tuple:
         """(cdf, last, ids or None, logp) as numpy (one copy, kept)."""
         if self._host is None:
-            arrs = (self.cdf, self.last, self.logp) + (() if self.ids is None else (self.ids,))
+            logp, ids = self._all("logp"), self._all("ids")
+            arrs = (self.cdf, self.last, logp) + (() if ids is None else (ids,))
             mx.eval(*arrs)
-            ids = None if self.ids is None else np.array(self.ids)
-            self._host = (np.array(self.cdf), np.array(self.last), ids, np.array(self.logp))
+            ids = None if ids is None else np.array(ids)
+            self._host = (np.array(self.cdf), np.array(self.last), ids, np.array(logp))
         return self._host
 
     def rows(self) -> list[NextTokenDist]:
@@ -146,7 +155,10 @@ class RowSpill:
     temporary file in ``directory`` (one slot per row, slots reused once their batch is freed),
     and their draws read the rows back (``os.pread``: the page cache keeps the hot ones). The
     bits are the same, so are the tokens; only where the rows live changes. Thread-safe (the
-    engine's jobs draw from their own threads)."""
+    engine's jobs draw from their own threads). A freed batch's finalizer only queues its
+    record (it may run inside a locked section, from the garbage collector); the queue is
+    drained under the lock by the next ``add`` or ``read``. Slots are kept per row size (rows
+    of one width share them: a full vocabulary, or each nucleus width under top-p)."""
 
     def __init__(self, limit: int, directory: str | None = None):
         if limit < 0:
@@ -156,31 +168,50 @@ class RowSpill:
         self.lock = threading.Lock()
         self.live: OrderedDict[int, tuple] = OrderedDict()  # in memory, least recent first
         self.held = 0  # bytes of the rows in memory
-        self.file = None
         self.end = 0  # file size
         self.free: dict[int, list[int]] = {}  # slot size -> free offsets
+        self.freed: deque = deque()  # records of freed batches, not yet drained
         self.spilled_batches = 0
         self.read_rows = 0
+        try:  # opened now: a bad directory fails before any model loads
+            self.file = tempfile.TemporaryFile(prefix="mlx-vgb-rows-", dir=directory)
+        except OSError as e:
+            raise _spill_error(directory, e) from None
 
     def add(self, batch: DistBatch) -> None:
         nbytes = batch.logp.nbytes + (batch.ids.nbytes if batch.has_ids else 0)
         sp = {"store": self, "spilled": False, "bytes": nbytes, "key": id(batch)}
         batch._spill = sp
-        weakref.finalize(batch, self._forget, sp)
+        fin = weakref.finalize(batch, self.freed.append, sp)  # deque.append: thread-safe
+        fin.atexit = False
         with self.lock:
+            self._drain()
             self.live[sp["key"]] = (weakref.ref(batch), sp)
             self.held += nbytes
             while self.held > self.limit and self.live:
-                _, (ref, victim) = self.live.popitem(last=False)
-                self.held -= victim["bytes"]
+                key, (ref, victim) = next(iter(self.live.items()))
                 b = ref()
                 if b is not None:
-                    self._write(b, victim)
+                    self._write(b, victim)  # may raise: the victim then stays counted
+                    del b
+                del self.live[key]
+                self.held -= victim["bytes"]
 
     def touch(self, sp: dict) -> None:
         with self.lock:
             if sp["key"] in self.live and not sp["spilled"]:
                 self.live.move_to_end(sp["key"])
+
+    def _drain(self) -> None:
+        while self.freed:
+            sp = self.freed.popleft()
+            if sp["key"] in self.live and self.live[sp["key"]][1] is sp:
+                del self.live[sp["key"]]
+                self.held -= sp["bytes"]
+            for name in ("logp", "ids"):
+                if name in sp:
+                    offs, size = sp.pop(name)
+                    self.free.setdefault(size, []).extend(offs)
 
     def _slot(self, size: int) -> int:
         free = self.free.get(size)
@@ -191,20 +222,27 @@ class RowSpill:
         return off
 
     def _write(self, batch: DistBatch, sp: dict) -> None:
-        if self.file is None:
-            self.file = tempfile.TemporaryFile(prefix="mlx-vgb-rows-", dir=self.directory)
         fd = self.file.fileno()
-        for name, dtype in (("logp", np.float32),) + (
-            (("ids", np.int32),) if batch.has_ids else ()
-        ):
-            arr = np.ascontiguousarray(np.array(getattr(batch, name)), dtype=dtype)
-            size = arr.shape[1] * arr.itemsize
-            offs = []
-            for row in arr:
-                off = self._slot(size)
-                os.pwrite(fd, row.tobytes(), off)
-                offs.append(off)
-            sp[name] = (offs, size)
+        names = (("logp", np.float32),) + ((("ids", np.int32),) if batch.has_ids else ())
+        done = {}
+        try:
+            for name, dtype in names:
+                arr = np.ascontiguousarray(np.array(getattr(batch, name)), dtype=dtype)
+                size = arr.shape[1] * arr.itemsize
+                offs = []
+                done[name] = (offs, size)
+                for row in arr:
+                    off = self._slot(size)
+                    offs.append(off)
+                    view = memoryview(row.tobytes())
+                    while view:  # pwrite may write less than asked
+                        n = os.pwrite(fd, view, off)
+                        view, off = view[n:], off + n
+        except OSError as e:
+            for offs, size in done.values():  # give the slots back; the rows stay in memory
+                self.free.setdefault(size, []).extend(offs)
+            raise _spill_error(self.directory, e) from None
+        sp.update(done)
         sp["spilled"] = True
         batch.logp = None
         batch.ids = None
@@ -212,27 +250,28 @@ class RowSpill:
 
     def read(self, sp: dict, name: str, rows: np.ndarray, dtype) -> np.ndarray:
         with self.lock:
+            self._drain()
             offs, size = sp[name]
             fd = self.file.fileno()
             out = np.empty((len(rows), size // np.dtype(dtype).itemsize), dtype=dtype)
             for i, r in enumerate(np.asarray(rows, dtype=np.int64)):
                 buf = os.pread(fd, size, offs[int(r)])
                 if len(buf) != size:
-                    raise OSError(
-                        f"short read from the row spill file ({len(buf)} of {size} bytes)"
+                    raise VGBError(
+                        f"short read from the row spill file ({len(buf)} of {size} bytes): "
+                        "was the temporary directory cleaned while it ran?"
                     )
                 out[i] = np.frombuffer(buf, dtype=dtype)
             self.read_rows += len(rows)
         return out
 
-    def _forget(self, sp: dict) -> None:
-        with self.lock:
-            if self.live.pop(sp["key"], None) is not None:
-                self.held -= sp["bytes"]
-            for name in ("logp", "ids"):
-                if name in sp:
-                    offs, size = sp.pop(name)
-                    self.free.setdefault(size, []).extend(offs)
+
+def _spill_error(directory: str | None, e: OSError) -> VGBError:
+    where = directory or tempfile.gettempdir()
+    return VGBError(
+        f"the row spill file in {where} failed ({e.strerror or e}): free disk space there, "
+        "point $TMPDIR at a disk with room, or raise --row-memory"
+    )
 
 
 _ROW_SPILL: RowSpill | None = None
@@ -252,17 +291,16 @@ def set_row_memory(limit_bytes: int | None, directory: str | None = None) -> Non
 def row_spill() -> RowSpill | None:
     """The active ``RowSpill`` (None without a bound); the first call reads
     ``$MLX_VGB_ROW_MEMORY`` (GiB) unless ``set_row_memory`` came first."""
-    global _ENV_READ
     if not _ENV_READ:
-        _ENV_READ = True
         text = os.environ.get("MLX_VGB_ROW_MEMORY", "")
         if text:
             try:
-                set_row_memory(parse_row_memory(text))
-            except ValueError as e:
-                from .errors import ConfigError
-
+                limit = parse_row_memory(text)
+            except ValueError as e:  # raised again at every call until the variable is fixed
                 raise ConfigError(f"$MLX_VGB_ROW_MEMORY: {e}; unset it or set a number") from None
+            set_row_memory(limit)
+        else:
+            set_row_memory(None)
     return _ROW_SPILL
 
 
@@ -296,16 +334,15 @@ def apply_row_memory(args) -> None:
         row_spill()  # $MLX_VGB_ROW_MEMORY, checked now rather than at the first walk
         return
     try:
-        set_row_memory(parse_row_memory(text))
+        limit = parse_row_memory(text)
     except ValueError as e:
-        from .errors import ConfigError
-
         raise ConfigError(f"--row-memory: {e}") from None
+    set_row_memory(limit)
 
 
 def _kept(batch: DistBatch, host_max: int) -> DistBatch:
     spill = row_spill()
-    if spill is not None and batch.width > host_max:
+    if spill is not None and batch.width > max(host_max, HOST_DRAW_MAX):
         spill.add(batch)
     return batch
 
