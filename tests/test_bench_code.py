@@ -251,6 +251,24 @@ def test_a_budget_sweep_reads_its_smaller_budgets_off_one_run(trained, tmp_path)
     assert any(v[2] for v in got.values())  # some budget stopped a walk: the read-off mattered
 
 
+def test_a_row_memory_bound_gives_the_same_rows(trained, tmp_path):
+    # the #15 sweep switched to --row-memory mid-run: its rows must be those it would have had
+    keep = ("body_sha", "finish", "unfinished", "tokens", "forward_tokens", "steps", "backtracks")
+
+    def rows_of(out, extra):
+        a = bench_args(trained, out, "vgb,vgb-visible") + ["--concurrency", "2"] + extra
+        a = a[: a.index("--budgets") + 1] + ["1,4"] + a[a.index("--budgets") + 2 :]
+        r = cli(*a)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+        return {(x["config"], x["task_id"], x["j"]): tuple(x[k] for k in keep) for x in got}
+
+    free = rows_of(tmp_path / "free", [])
+    bound = rows_of(tmp_path / "bound", ["--row-memory", "0"])
+    assert len(free) == 16 and bound == free
+    assert any(v[6] > 0 for v in free.values())  # walks that backtracked: rows drawn again
+
+
 def test_two_mlx_launch_ranks_merge_to_the_one_rank_result(trained, tmp_path):
     # MLX's own distributed layer: mlx.launch -n 2 (ring backend, this machine); each rank
     # takes every other problem, rank 0 reports from both rows files
