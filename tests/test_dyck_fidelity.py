@@ -80,6 +80,19 @@ def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys):
     # exact leaves: every sample is valid, so the distances are over the valid completions
     assert all(r["valid_samples"] == 20 for r in res["rows"])
     assert {r["hard"] for r in res["rows"]} == {True, False}
+    # closer / tied / farther per head and summary, recomputed from the per-prompt rows
+    n = res["summary"]["prompts_reported"]
+    for key, c in res["summary"]["vgb_closer_tied_farther"].items():
+        h, k = key.split(" ")
+        tv = {(r["prompt_id"], r["method"]): r[f"{k}_tv"] for r in res["rows"] if r["head"] == h}
+        ids = {p for p, _ in tv}
+        pairs = [(tv[p, "vgb"], tv[p, "action-rs"]) for p in ids]
+        assert c == {
+            "closer": sum(a < b for a, b in pairs),
+            "tied": sum(a == b for a, b in pairs),
+            "farther": sum(a > b for a, b in pairs),
+        }
+        assert sum(c.values()) == n and res["summary"]["vgb_closer_share"][key] == c["closer"] / n
     capsys.readouterr()
     before = (out / "rows.jsonl").read_bytes()
     main(["dyck_fidelity", "--quick", "--out", str(out)])

@@ -465,7 +465,7 @@ def report(
                     row[f"floor_{k}"] = float(np.mean([r[f"{k}_floor_matched"] for r in rs]))
                 row["l1_whole"] = 2 * row["tv_whole"]
                 table.append(row)
-    wins = {}
+    wins, counts = {}, {}
     for h in heads:
         for k in SUMMARIES:
             a = {
@@ -477,6 +477,12 @@ def report(
                 if r["head"] == h and r["method"] == "action-rs"
             }
             wins[f"{h} {k}"] = sum(a[i] < b[i] for i in a) / len(a)
+            # exact ties (TV 0 on both sides: pi* has one valid completion) apart
+            counts[f"{h} {k}"] = {
+                "closer": sum(a[i] < b[i] for i in a),
+                "tied": sum(a[i] == b[i] for i in a),
+                "farther": sum(a[i] > b[i] for i in a),
+            }
     rep = Report(
         task="dyck_fidelity",
         command=args.command,
@@ -496,6 +502,7 @@ def report(
         "prompts_reported": len(prompts),
         "table": table,
         "vgb_closer_share": wins,
+        "vgb_closer_tied_farther": counts,
         "wall_s": wall,
         "half_floor": {
             k: float(
@@ -542,8 +549,10 @@ def report(
         markdown_table([{"summary": k, "tv": v} for k, v in rep.summary["half_floor"].items()]),
     )
     rep.add_section(
-        "Share of prompts where VGB is closer to pi* than ActionLevelRS",
-        markdown_table([{"head / summary": k, "share": v} for k, v in wins.items()]),
+        "Prompts where VGB is closer to pi* than ActionLevelRS, tied with it, farther",
+        "Share: closer over all prompts (a tie counts as not closer). Ties are exact (both TV 0: "
+        "pi* has a single valid completion, or both samples match it).\n\n"
+        + markdown_table([{"head / summary": k, "share": v, **counts[k]} for k, v in wins.items()]),
     )
     plot(out / "tv_vs_epochs.png", table, st)
     rep.plots = ["tv_vs_epochs.png"]
