@@ -47,6 +47,8 @@ _GROWTH = 8
 # from the device-computed CDF, copied once per batch: a device sync per draw costs more than
 # the copy. The arithmetic is the device's (float32), so both paths give the same tokens.
 HOST_DRAW_MAX = 256
+# what a row batch holds, by name, as it is kept in memory and in the spill file
+_DTYPES = {"logp": np.float32, "ids": np.int32}
 
 
 @dataclass
@@ -69,13 +71,13 @@ class DistBatch:
 
     def take_logp(self, rows: np.ndarray) -> mx.array:
         """(len(rows), M) log-prob rows, from memory or from the spill file (the same bits)."""
-        return self._take("logp", rows, np.float32)
+        return self._take("logp", rows)
 
     def take_ids(self, rows: np.ndarray) -> mx.array | None:
         """(len(rows), M) token ids of the rows' entries, or None (natural order)."""
-        return self._take("ids", rows, np.int32) if self.has_ids else None
+        return self._take("ids", rows) if self.has_ids else None
 
-    def _take(self, name: str, rows, dtype) -> mx.array:
+    def _take(self, name: str, rows) -> mx.array:
         rows = np.asarray(rows, dtype=np.int64)
         sp = self._spill
         if sp is None or not sp["spilled"]:
@@ -86,7 +88,7 @@ class DistBatch:
                 return arr[mx.array(rows.astype(np.int32))]
         # spilled: read each distinct row once (a walk draws k uniforms from one row)
         uniq, inverse = np.unique(rows, return_inverse=True)
-        return mx.array(sp["store"].read(sp, name, uniq, dtype)[inverse.reshape(-1)])
+        return mx.array(sp["store"].read(sp, name, uniq)[inverse.reshape(-1)])
 
     @property
     def cdf(self) -> mx.array:
@@ -105,7 +107,7 @@ class DistBatch:
         arr = getattr(self, name)
         if arr is not None or (name == "ids" and not self.has_ids):
             return arr
-        return self._take(name, np.arange(self.n_rows), np.float32 if name == "logp" else np.int32)
+        return self._take(name, np.arange(self.n_rows))
 
     def host(self) -> tuple:
         """(cdf, last, ids or None, logp) as numpy (one copy, kept)."""
@@ -223,11 +225,11 @@ class RowSpill:
 
     def _write(self, batch: DistBatch, sp: dict) -> None:
         fd = self.file.fileno()
-        names = (("logp", np.float32),) + ((("ids", np.int32),) if batch.has_ids else ())
+        names = ("logp", "ids") if batch.has_ids else ("logp",)
         done = {}
         try:
-            for name, dtype in names:
-                arr = np.ascontiguousarray(np.array(getattr(batch, name)), dtype=dtype)
+            for name in names:
+                arr = np.ascontiguousarray(np.array(getattr(batch, name)), dtype=_DTYPES[name])
                 size = arr.shape[1] * arr.itemsize
                 offs = []
                 done[name] = (offs, size)
@@ -248,7 +250,8 @@ class RowSpill:
         batch.ids = None
         self.spilled_batches += 1
 
-    def read(self, sp: dict, name: str, rows: np.ndarray, dtype) -> np.ndarray:
+    def read(self, sp: dict, name: str, rows: np.ndarray) -> np.ndarray:
+        dtype = _DTYPES[name]
         with self.lock:
             self._drain()
             offs, size = sp[name]
