@@ -64,7 +64,7 @@ def test_bad_settings_are_config_errors(kw):
         fid._settings(SimpleNamespace(**(a | kw)))
 
 
-def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys):
+def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys, monkeypatch):
     from mlx_vgb.bench.cli import main
 
     out = tmp_path / "fid"
@@ -98,18 +98,37 @@ def test_quick_mode_reports_every_head_and_method_and_resumes(tmp_path, capsys):
     main(["dyck_fidelity", "--quick", "--out", str(out)])
     assert "0 (prompt, head, method) to sample" in capsys.readouterr().out
     assert (out / "rows.jsonl").read_bytes() == before
-    # a partial report: drop one prompt's last row; --report-only reports over the other one
+    # a partial report: drop one prompt's last row; --report-only reports over the other one,
+    # with the heads' AUCs kept in heads.json (no head trained again)
+    aucs = {r["head"]: r["held_out_auc"] for r in table}
+    assert aucs["epochs=2"] is not None and 0 <= aucs["epochs=2"] <= 1
     lines = before.decode().splitlines()
     (out / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])
+
+    def no_training(*a, **k):
+        raise AssertionError("--report-only trained the heads again")
+
+    with monkeypatch.context() as m:
+        m.setattr(fid, "train_heads", no_training)
+        main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])
     part = json.loads((out / "results.json").read_text())
+    assert {r["head"]: r["held_out_auc"] for r in part["summary"]["table"]} == aucs
     assert part["summary"]["unfinished"] is True and part["summary"]["prompts_reported"] == 1
     assert len({r["prompt_id"] for r in part["rows"]}) == 1
     assert "UNFINISHED" in (out / "results.md").read_text()
     assert len((out / "rows.jsonl").read_text().splitlines()) == len(lines) - 1  # nothing drawn
+    # heads.json from other settings is not used: the heads are trained again (and kept)
+    kept = json.loads((out / "heads.json").read_text())
+    kept["key"]["train_rollouts"] += 1
+    (out / "heads.json").write_text(json.dumps(kept))
+    trained, real = [], fid.train_heads
     (out / "rows.jsonl").write_text("")
-    with pytest.raises(SystemExit):
-        main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])
+    with monkeypatch.context() as m:
+        m.setattr(fid, "train_heads", lambda *a, **k: trained.append(1) or real(*a, **k))
+        with pytest.raises(SystemExit):
+            main(["dyck_fidelity", "--quick", "--out", str(out), "--report-only"])
+    assert trained == [1]
+    assert json.loads((out / "heads.json").read_text())["key"] != kept["key"]
 
 
 def test_the_prescreen_screens_in_full_only_the_prompts_below_its_bar_and_rates_are_kept(

@@ -8,7 +8,9 @@ pi*: ``--pi-samples`` plain samples per prompt (batched ancestral sampling), kep
 (and kept in ``pi.json`` with what they came from: a rerun or ``--report-only`` reads them).
 Heads: ``value_training.train_head`` (the code behind ``mlx-vgb train-verifier``) for each of
 ``--epochs`` on Monte Carlo rollouts of ``--train-prompts`` OOD prompts x ``--train-rollouts``
-(other seeds than the eval prompts: disjoint), plus the shipped head.
+(other seeds than the eval prompts: disjoint), plus the shipped head. Their held-out AUCs are
+kept in ``heads.json`` under the settings they came from: ``--report-only`` reads them there
+instead of training the heads again (the report needs only the AUCs).
 Methods: VGB (``Enumerate()``, lambda = 1, the practical walk) and ActionLevelRS
 (``Enumerate()``), ``--samples`` each per prompt and head; leaves valued by the exact check
 (default) or the head.
@@ -186,8 +188,24 @@ def choose_prompts(model, st: dict, cache: Path | None = None) -> tuple[list[dic
     return hard + pick, rate
 
 
-def train_heads(model, st: dict, log=print) -> dict:
-    """{name: (head, held-out AUC)}: one head per epoch count, all from the same rollouts."""
+def heads_key(st: dict) -> dict:
+    """What the trained heads depend on (``heads.json``'s key)."""
+    key = {k: st.get(k) for k in ("lm", "seed", "train_prompts", "train_rollouts", "epochs")}
+    return key | {"train_seed": TRAIN_SEED}
+
+
+def kept_heads(cache: Path | None, st: dict) -> dict | None:
+    """{name: (None, held-out AUC)} of the heads trained under ``st``, from ``cache`` (None when
+    it is absent or was written under other settings)."""
+    kept = read_kept(cache, heads_key(st))
+    if kept is None or set(kept.get("auc", {})) != {f"epochs={e}" for e in st["_epochs"]}:
+        return None
+    return {name: (None, auc) for name, auc in kept["auc"].items()}
+
+
+def train_heads(model, st: dict, log=print, cache: Path | None = None) -> dict:
+    """{name: (head, held-out AUC)}: one head per epoch count, all from the same rollouts; the
+    AUCs are kept in ``cache`` (for ``kept_heads``)."""
     from ..rollouts import Rollout, rollout_rng, sample_completions
     from ..value_training import split_by_prompt, target_features, train_head, value_targets
 
@@ -214,6 +232,8 @@ def train_heads(model, st: dict, log=print) -> dict:
         h = train_head(feats, t, train_idx=tr, held_idx=held, epochs=e, seed=0, log=None)
         heads[f"epochs={e}"] = (h.head, h.held_out.auc if h.held_out else None)
         log(f"[dyck_fidelity] head {e} epochs: held-out AUC {heads[f'epochs={e}'][1]:.3f}")
+    if cache is not None:
+        write_kept(cache, heads_key(st), {"auc": {k: v[1] for k, v in heads.items()}}, indent=1)
     return heads
 
 
@@ -369,7 +389,10 @@ def run(args) -> None:
     model, _ = load(args.lm)
     _, shipped, _ = load_verifier(args.verifier)
     prompts, rate = choose_prompts(model, st, cache=out / "screen.json")
-    heads = train_heads(model, st)
+    report_only = getattr(args, "report_only", False)
+    heads = (kept_heads(out / "heads.json", st) if report_only else None) or train_heads(
+        model, st, cache=out / "heads.json"
+    )
     heads["shipped"] = (shipped, None)
     lm = DyckTreeLM(model, shipped)
     ver = ValueHeadVerifier(lm, tilt=dyck.completion_tilt if st["leaf"] == "exact" else None)
@@ -384,7 +407,7 @@ def run(args) -> None:
         f"[dyck_fidelity] {len(todo)} (prompt, head, method) to sample ({len(rows)} resumed)",
         flush=True,
     )
-    if getattr(args, "report_only", False):
+    if report_only:
         missing = {p["id"] for p, _, _ in todo}
         done = [p for p in prompts if p["id"] not in missing]
         if not done:
