@@ -2,6 +2,7 @@
 engine's head switching, and the quick mode end to end (report, resume, refusals)."""
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -121,11 +122,21 @@ def test_plain_costs_one_query_token_and_step_per_action(shipped):
     assert all(1 <= s <= p["max_tokens"] for s in seq["s"])
 
 
-def test_quick_mode_reports_a_verdict_per_cell_and_resumes(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One plain ``--quick`` run (the tests copy its folder before they touch it)."""
+    from mlx_vgb.bench.cli import main
+
+    out = tmp_path_factory.mktemp("fig1-quick") / "out"
+    main(["dyck_fig1", "--quick", "--out", str(out)])
+    return out
+
+
+def test_quick_mode_reports_a_verdict_per_cell_and_resumes(quick_run, tmp_path, capsys):
     from mlx_vgb.bench.cli import main
 
     out = tmp_path / "fig1"
-    main(["dyck_fig1", "--quick", "--out", str(out)])
+    shutil.copytree(quick_run, out)
     res = json.loads((out / "results.json").read_text())
     rows = (out / "rows.jsonl").read_text().splitlines()
     ms = f1.methods(quick=True)
@@ -180,7 +191,7 @@ def test_a_sequence_stopped_after_the_fixed_samples_and_resumed_is_one_sequence(
         f1.draw_sequence(m, lm, ver, ids, p["max_tokens"], **kw, resume={"o": "1", "q": [1]})
 
 
-def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(tmp_path, capsys):
+def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(quick_run, tmp_path, capsys):
     from mlx_vgb.bench.cli import main
 
     def table(out):
@@ -188,8 +199,7 @@ def test_fixed_first_gives_the_rows_and_verdicts_of_a_plain_run(tmp_path, capsys
         keep = ("leaf", "protocol", "count", "budget", "method", "accuracy", "distinct_correct")
         return sorted(tuple(r[k] for k in keep) for r in res["rows"]), res
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    main(["dyck_fig1", "--quick", "--out", str(a)])
+    a, b = quick_run, tmp_path / "b"
     main(["dyck_fig1", "--quick", "--out", str(b), "--fixed-first"])
     assert table(a)[0] == table(b)[0]
     assert table(a)[1]["summary"]["verdicts"] == table(b)[1]["summary"]["verdicts"]
