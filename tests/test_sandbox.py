@@ -5,6 +5,7 @@ import secrets
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -217,6 +218,37 @@ def test_sleeping_forever_with_signals_ignored_times_out():
     start = time.monotonic()
     r = run_python(code, timeout_s=0.5)
     assert r.verdict is Verdict.TIMED_OUT and time.monotonic() - start < 1.0
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGSTOP")
+def test_time_the_supervisor_was_stopped_does_not_count_against_the_wall_limit():
+    # the host (a driver process in its own group) is stopped for 3 s while its program, which
+    # needs 1 s of a 2 s limit, runs: the verdict is the program's, not a timeout
+    driver = (
+        "import sys\n"
+        "from mlx_vgb.sandbox import run_python\n"
+        "print('ready', flush=True)\n"
+        "r = run_python('import time\\ntime.sleep(1.0)\\nprint(\"done\")', timeout_s=2.0)\n"
+        "print(r.verdict.name, repr(r.stdout), flush=True)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert p.stdout.readline() == "ready\n"
+        time.sleep(0.3)  # the program is starting or started: inside the 2 s window either way
+        os.killpg(p.pid, signal.SIGSTOP)
+        time.sleep(3.0)
+        os.killpg(p.pid, signal.SIGCONT)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert out.split() == ["PASSED", repr("done\n")], out
+    # a program that does not end still times out on the same clock
+    start = time.monotonic()
+    r = run_python("import time\ntime.sleep(60)\n", timeout_s=1.0)
+    assert r.verdict is Verdict.TIMED_OUT and time.monotonic() - start < 2.0
 
 
 @pytest.mark.skipif(not LINUX, reason="reads /proc")

@@ -43,6 +43,12 @@ from .procs import allocate_uid, kill_all, own_process_count, release_uid
 # How long to keep reading after the process that decides ended, for output still in pipes
 # (and, in run_tests, for the program's process to see EOF and exit on its own).
 _DRAIN_S = 0.2
+# The wall limit counts the time the supervisor saw pass: it looks at the clock at least every
+# _TICK_S, and a longer pause than _GAP_S between two looks (this process was stopped, e.g. by
+# SIGSTOP, or starved of CPU) counts as one tick, so a program is not timed out for time in which
+# its supervisor could not watch it (and, if stopped with it, it could not run).
+_TICK_S = 0.25
+_GAP_S = 1.0
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # The sandboxed interpreter runs this: load the child code and the config from the fd in
@@ -288,9 +294,14 @@ def _supervise(children: list, main: _Child, limits: SandboxLimits, start: float
     blocking = len(pidfds) == len(children)
     ended_at = None
     timed_out = False
+    seen, lost = start, 0.0  # the last look at the clock; the time not seen pass
     try:
         while reading and not any(c.overflow for c in children):
-            now = time.monotonic()
+            real = time.monotonic()
+            if real - seen > _GAP_S:
+                lost += real - seen - _TICK_S
+            seen = real
+            now = real - lost
             for c in children:
                 if not c.exited and c.proc.poll() is not None:
                     c.exited = True
@@ -305,7 +316,7 @@ def _supervise(children: list, main: _Child, limits: SandboxLimits, start: float
             if now >= end:
                 timed_out = ended_at is None
                 break  # past the drain time, something unkillable still holds a pipe
-            wait = end - now if blocking or ended_at is not None else min(end - now, 0.01)
+            wait = min(end - now, _TICK_S if blocking or ended_at is not None else 0.01)
             for key, _ in sel.select(wait):
                 if key.fd in pidfds:
                     continue  # seen by proc.poll() on the next round
