@@ -144,6 +144,20 @@ def test_memo_tree_lm_matches_a_plain_forward(shipped):
     assert lm.run_cost == 2
 
 
+def test_memo_tree_lm_computes_only_the_prefixes_asked_about(shipped):
+    from mlx_vgb.bench.memo_lm import MemoTreeLM
+
+    model, _, _, head, _ = shipped
+    lm = MemoTreeLM(model, head, [dyck.EOS])
+    lm.begin([dyck.BOS] + ids("(()"))
+    lm.logprobs([(), (0,), (0, 2), (0, 2, 3)])  # the prompt itself is computed by begin
+    assert lm.rows == 3 and lm.expansions == 3  # one forward per length, parents first
+    lm.values([(1,), (0, 2, 3, 1), (0, 2, 3)])  # (0, 2, 3) is known; two new, one forward each
+    assert lm.rows == 5
+    lm.logprobs([(4, 4, 4)])  # parents that were never asked are computed on the way
+    assert lm.rows == 8 and lm.run_cost == 7
+
+
 def test_pareto_front():
     from mlx_vgb.bench.dyck import pareto_front
 

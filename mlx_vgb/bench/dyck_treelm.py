@@ -13,8 +13,8 @@ the run ends unfinished), so a walk that wanders does not run forever.
 
 Heads: the hidden state of every expanded prefix is kept (64 floats), so ``set_head`` switches to
 another head without a forward; values under a new head are computed from the kept states.
-(Full-sequence forwards with look-ahead were tried instead of the one-parent expansions: on this
-CPU a 7 x 34 forward costs ~7 ms against ~3 ms for an expansion, so the cached path stays.)
+(Full-sequence forwards with look-ahead were tried instead of the cached one-token forwards: on
+this CPU a 7 x 34 forward costs ~7 ms against ~3 ms for a cached one, so the cached path stays.)
 """
 
 from __future__ import annotations
@@ -60,14 +60,11 @@ class DyckTreeLM(MemoTreeLM):
             h = np.array(self.head.last.astype(mx.float32))[0]
             self._h = {self._prompt[: i + 1]: h[i] for i in range(len(self._prompt))}
 
-    def _expand(self, parents: list[tuple[int, ...]], T: int) -> None:
-        super()._expand(parents, T)
-        h = np.array(self.head.last.astype(mx.float32)).reshape(len(parents) * self.vocab_size, -1)
-        r = 0
-        for p in parents:
-            for a in range(self.vocab_size):
-                self._h[p + (a,)] = h[r]
-                r += 1
+    def _compute(self, fulls: list[tuple[int, ...]], T: int) -> None:
+        super()._compute(fulls, T)
+        h = np.array(self.head.last.astype(mx.float32)).reshape(len(fulls), -1)
+        for r, f in enumerate(fulls):
+            self._h[f] = h[r]
 
     def _full(self, prefixes) -> list[tuple[int, ...]]:
         fulls = super()._full(prefixes)
