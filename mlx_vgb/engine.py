@@ -19,6 +19,10 @@ single-row matmul (tests/test_engine.py compares tokens on a tiny model).
 ``Engine.submit(job)`` is the open-ended form (the server's): the engine serves on its own
 thread, and a job submitted while others run joins them at the next engine step.
 
+``Engine.call(batch, item)`` is the generic form: the items of every job that asks the same
+``batch`` callable in one engine step are served by one ``batch(items)`` call (the Dyck memo's
+misses, ``mlx_vgb.bench.memo_lm``).
+
 Each job needs its own language model object (``MLXLanguageModel`` keeps per-run caches); jobs
 may share the underlying mlx-lm model. Caches that are not plain ``KVCache`` (rotating, SSM) are
 served one request at a time.
@@ -79,6 +83,9 @@ class _Request:
     cache: list  # per layer, B rows of one length
     job: int = -1  # the asking job
     result: tuple | None = None
+    batch: Callable | None = None  # a ``call`` request: served with the others of ``batch``
+    item: object = None
+    weight: int = 1
 
 
 @dataclass
@@ -155,6 +162,21 @@ class Engine:
             self._cv.wait_for(lambda: self._turn == me)
         return req.result
 
+    def call(self, batch: Callable[[list], list], item, weight: int = 1):
+        """Called by a job: ``batch(items)[i]`` once every job waits, ``batch`` called once per
+        engine step on the items of every job that asked it (requests with equal ``batch``
+        callables are served together, in job order). The generic form of ``forward``, for a
+        model that batches its own work (``MemoTreeLM``: the memo misses of many runs computed
+        together). ``weight``: this request's share of the call's time (``job_seconds``)."""
+        me = _local.job
+        req = _Request(None, None, [], me, batch=batch, item=item, weight=max(int(weight), 1))
+        with self._cv:
+            self._pending[me] = req
+            self._turn = None
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: self._turn == me)
+        return req.result
+
     def job_seconds(self) -> float:
         """The calling job's own time so far: its turns on the host plus its share (by rows x
         new tokens) of every batched forward that served it. Jobs batched together are timed
@@ -164,7 +186,9 @@ class Engine:
         return self._seconds.get(me, 0.0) + now
 
     def _charge(self, reqs: list[_Request], seconds: float) -> None:
-        w = [r.tokens.shape[0] * r.tokens.shape[1] for r in reqs]
+        w = [
+            r.weight if r.batch is not None else r.tokens.shape[0] * r.tokens.shape[1] for r in reqs
+        ]
         total = sum(w) or 1
         for r, x in zip(reqs, w):
             self._seconds[r.job] = self._seconds.get(r.job, 0.0) + seconds * x / total
@@ -273,6 +297,25 @@ class Engine:
 
     def _serve(self, reqs: list[_Request]) -> None:
         self.stats.steps += 1
+        calls: dict[Callable, list[_Request]] = {}
+        for r in reqs:
+            if r.batch is not None:
+                calls.setdefault(r.batch, []).append(r)
+        for batch, group in calls.items():
+            t0 = time.perf_counter()
+            try:
+                out = batch([r.item for r in group])
+                if len(out) != len(group):
+                    raise RuntimeError(
+                        f"{batch!r} returned {len(out)} results for {len(group)} items"
+                    )
+                for r, x in zip(group, out):
+                    r.result = x
+            finally:
+                self._charge(group, time.perf_counter() - t0)
+            self.stats.requests += len(group)
+            self.stats.shared += len(group) > 1
+        reqs = [r for r in reqs if r.batch is None]
         groups: dict[tuple, list[_Request]] = {}
         for r in reqs:
             plain = all(type(c) is KVCache for c in r.cache)

@@ -151,11 +151,62 @@ def test_memo_tree_lm_computes_only_the_prefixes_asked_about(shipped):
     lm = MemoTreeLM(model, head, [dyck.EOS])
     lm.begin([dyck.BOS] + ids("(()"))
     lm.logprobs([(), (0,), (0, 2), (0, 2, 3)])  # the prompt itself is computed by begin
-    assert lm.rows == 3 and lm.expansions == 3  # one forward per length, parents first
-    lm.values([(1,), (0, 2, 3, 1), (0, 2, 3)])  # (0, 2, 3) is known; two new, one forward each
-    assert lm.rows == 5
+    assert lm.rows == 3 and lm.expansions == 3  # one forward per wave, parents first
+    lm.values([(1,), (0, 2, 3, 1), (0, 2, 3)])  # (0, 2, 3) is known; two new, lengths mixed
+    assert lm.rows == 5 and lm.expansions == 4
     lm.logprobs([(4, 4, 4)])  # parents that were never asked are computed on the way
     assert lm.rows == 8 and lm.run_cost == 7
+
+
+def test_memo_mixed_length_forward_matches_one_prefix_at_a_time(shipped):
+    from mlx_vgb.bench.memo_lm import MemoTreeLM
+
+    model, _, _, head, _ = shipped
+    prompt = [dyck.BOS] + ids("(()((")
+    rng = np.random.default_rng(3)
+    asked = sorted({tuple(int(t) for t in rng.integers(0, 4, size=int(n))) for n in
+                    rng.integers(1, 12, size=40)})  # fmt: skip
+    one, batch = MemoTreeLM(model, head, [dyck.EOS]), MemoTreeLM(model, head, [dyck.EOS])
+    one.begin(prompt)
+    batch.begin(prompt)
+    ref = np.stack([one.logprobs([p])[0] for p in asked])
+    ref_v = np.array([one.values([p])[0] for p in asked])
+    got = batch.logprobs(asked)  # every length in one call: waves mix lengths, padding masked
+    assert batch.expansions <= 11 < one.expansions
+    assert max(logprob_error(a, b) for a, b in zip(got, ref)) < LOGPROB_TOL
+    assert np.abs(batch.values(asked) - ref_v).max() < 1e-4
+
+
+def test_memo_views_in_an_engine_draw_what_runs_alone_draw(shipped):
+    """Runs on views of one memo, concurrent in an engine (their misses computed together),
+    give the samples and per-run costs of the same runs one at a time on a memo of their own."""
+    from mlx_vgb.baselines import BlockRS
+    from mlx_vgb.bench.dyck_treelm import DyckTreeLM
+    from mlx_vgb.children import Enumerate
+    from mlx_vgb.engine import Engine
+    from mlx_vgb.model_verifier import ValueHeadVerifier
+    from mlx_vgb.vgb import VGB
+
+    model, _, _, head, _ = shipped
+    p = dyck.make_prompts(1, 21, dyck.OOD_TYPE_PROBS)[0]
+    prompt, H = [dyck.BOS] + dyck.encode(p["prompt"]), p["max_tokens"]
+    samplers = [VGB(horizon=H, choice=Enumerate(), drift=1.0), BlockRS(horizon=H, n=4)]
+
+    def draw(lm, s, seed):
+        r = s.sample(lm, ValueHeadVerifier(lm, tilt=dyck.completion_tilt), prompt=prompt, seed=seed)
+        return r.tokens, r.stats.steps, lm.run_cost
+
+    alone = [draw(DyckTreeLM(model, head), s, seed) for s in samplers for seed in range(4)]
+    memo = DyckTreeLM(model, head)
+    memo.begin(prompt)
+    eng = Engine()
+    together = eng.run([lambda s=s, seed=seed: draw(memo.view(), s, seed)
+                        for s in samplers for seed in range(4)])  # fmt: skip
+    assert together == alone
+    assert eng.stats.shared > 0  # misses of several runs were computed together
+    assert memo.rows == len(memo._logp) - len(prompt)  # every prefix computed once
+    with pytest.raises(ValueError):  # a view is bound to its memo's prompt
+        memo.view().begin(prompt[:-1])
 
 
 def test_pareto_front():

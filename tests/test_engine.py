@@ -308,3 +308,31 @@ def test_finished_runs_free_their_memory_without_the_garbage_collector(model):
         gc.enable()
     assert alive == 0, f"{alive} pi_ref batches outlived their runs"
     assert grown <= 0, f"device memory grew by {grown} bytes over finished runs"
+
+
+def test_call_serves_the_items_of_every_waiting_job_in_one_batch():
+    from mlx_vgb.engine import Engine, current
+
+    seen = []
+
+    def double(items):
+        seen.append(list(items))
+        return [2 * x for x in items]
+
+    def triple(items):
+        seen.append(("t", list(items)))
+        return [3 * x for x in items]
+
+    def job(i):
+        eng = current()
+        a = eng.call(double, i)
+        b = eng.call(triple if i % 2 else double, a)
+        return a, b
+
+    eng = Engine()
+    out = eng.run([lambda i=i: job(i) for i in range(4)])
+    assert out == [(0, 0), (2, 6), (4, 8), (6, 18)]
+    # step 1: one call for all four jobs; step 2: the jobs split by their batch callable
+    assert seen[0] == [0, 1, 2, 3]
+    assert sorted(map(str, seen[1:])) == sorted(map(str, [[0, 4], ("t", [2, 6])]))
+    assert eng.stats.steps == 2 and eng.stats.requests == 8

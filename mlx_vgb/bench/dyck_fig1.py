@@ -20,6 +20,10 @@ fixed protocol it then counts as a failed sample); where such
 a sample was stopped by one count while still under the budget of another, it is dropped there
 too and counted as *ambiguous* (reported; conservative for the method it hits).
 
+A prompt's sequences (every leaf mode and method) are drawn at once in an engine
+(``--concurrency``), on views of one memo, their memo misses computed together: the same rows as
+one at a time, 2.5x faster on the 4 x 256 LM (``memo_lm``).
+
 Rows (one per leaf mode, prompt and method, all samples in compact form) are appended to
 ``rows.jsonl`` as they finish; a rerun resumes (settings in ``rows.meta.json`` must match).
 ``--fixed-first``: every prompt's first ``--fixed-samples`` first (rows marked ``"part"``, with
@@ -43,6 +47,8 @@ from ..actions import Blocks, Tokens
 from ..atomic import atomic_write
 from ..baselines import BlockBestOfN, BlockRS, Plain
 from ..children import Enumerate, SelfNormalized
+from ..engine import Engine
+from ..engine import current as current_engine
 from ..errors import ConfigError
 from ..model_verifier import ValueHeadVerifier
 from ..resume import settings_diff
@@ -310,6 +316,13 @@ def add_args(p) -> None:
         "and stop; a later run without it finishes the sequences",
     )
     p.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="sequences of one prompt drawn at once, their memo misses computed together in "
+        "one batched forward (default 0: all of them; 1: one at a time)",
+    )
+    p.add_argument(
         "--max-samples",
         type=int,
         default=None,
@@ -327,6 +340,8 @@ def _settings(args, quick: bool) -> dict:
     n_prompts = args.prompts or (2 if quick else DEFAULT_PROMPTS)
     if min(fixed, max_samples, n_prompts) < 1:
         raise ConfigError("--prompts, --fixed-samples and --max-samples must be >= 1")
+    if getattr(args, "concurrency", 0) < 0:
+        raise ConfigError("--concurrency must be >= 0 (0: every sequence of a prompt at once)")
     if max_samples < fixed:
         raise ConfigError(f"--max-samples ({max_samples}) must be >= --fixed-samples ({fixed})")
     return {
@@ -429,52 +444,68 @@ def run(args) -> None:
         model, _ = load(args.lm)
         _, head, _ = load_verifier(args.verifier)
         lm = DyckTreeLM(model, head)
-        vers = {
-            "head": ValueHeadVerifier(lm),
-            "exact": ValueHeadVerifier(lm, tilt=dyck.completion_tilt),
-        }
+        conc = getattr(args, "concurrency", 0) or 10**9
         with open(path, "a") as f:
             for phase, (items, only_fixed) in enumerate(phases):
                 if phase:
                     items = missing(True)
-                for j, (leaf, p, m) in enumerate(items):
-                    key = (leaf, p["id"], m.label)
+                by_prompt: dict[str, list] = {}
+                for it in items:
+                    by_prompt.setdefault(it[1]["id"], []).append(it)
+                done = 0
+                for group in by_prompt.values():
+                    p = group[0][1]
                     ids = [dyck.BOS] + dyck.encode(p["prompt"])
-                    t = time.perf_counter()
-                    seq = draw_sequence(
-                        m,
-                        lm,
-                        vers[leaf],
-                        ids,
-                        p["max_tokens"],
-                        fixed=st["fixed_samples"],
-                        bmax=st["max_budget"],
-                        max_samples=st["max_samples"],
-                        run_cap=st["run_cap"],
-                        seed=1_000_003 * args.seed,
-                        only_fixed=only_fixed,
-                        resume=rows[key] if key in rows else None,
-                    )
-                    wall = time.perf_counter() - t + (rows[key]["wall_s"] if key in rows else 0)
-                    row = {
-                        "leaf": leaf,
-                        "prompt_id": p["id"],
-                        "method": m.label,
-                        "H": p["max_tokens"],
-                        **seq,
-                        "wall_s": round(wall, 3),
-                    }
-                    rows[key] = row
-                    f.write(json.dumps(row, separators=(",", ":")) + "\n")
-                    f.flush()
-                    if (j + 1) % len(ms) == 0 or j + 1 == len(items):
-                        what = "fixed protocol" if only_fixed else "whole sequences"
-                        print(
-                            f"[dyck_fig1] {what}: {j + 1}/{len(items)} "
-                            f"({time.perf_counter() - t0:.0f}s, {lm.prefixes_stored} prefixes "
-                            "stored)",
-                            flush=True,
+                    lm.begin(ids)
+
+                    def job(leaf, p, m, ids=ids, only_fixed=only_fixed, f=f):
+                        key = (leaf, p["id"], m.label)
+                        eng = current_engine()
+                        t = time.perf_counter()
+                        view = lm.view()
+                        tilt = dyck.completion_tilt if leaf == "exact" else None
+                        seq = draw_sequence(
+                            m,
+                            view,
+                            ValueHeadVerifier(view, tilt=tilt),
+                            ids,
+                            p["max_tokens"],
+                            fixed=st["fixed_samples"],
+                            bmax=st["max_budget"],
+                            max_samples=st["max_samples"],
+                            run_cap=st["run_cap"],
+                            seed=1_000_003 * args.seed,
+                            only_fixed=only_fixed,
+                            resume=rows[key] if key in rows else None,
                         )
+                        own = eng.job_seconds() if eng else time.perf_counter() - t
+                        row = {
+                            "leaf": leaf,
+                            "prompt_id": p["id"],
+                            "method": m.label,
+                            "H": p["max_tokens"],
+                            **seq,
+                            "wall_s": round(own + (rows[key]["wall_s"] if key in rows else 0), 3),
+                        }
+                        rows[key] = row  # (jobs take turns: one writes at a time)
+                        f.write(json.dumps(row, separators=(",", ":")) + "\n")
+                        f.flush()
+
+                    jobs = [lambda it=it: job(*it) for it in group]
+                    for i in range(0, len(jobs), conc):
+                        chunk = jobs[i : i + conc]
+                        if len(chunk) == 1:
+                            chunk[0]()
+                        else:
+                            Engine().run(chunk)
+                    done += len(group)
+                    what = "fixed protocol" if only_fixed else "whole sequences"
+                    print(
+                        f"[dyck_fig1] {what}: {done}/{len(items)} "
+                        f"({time.perf_counter() - t0:.0f}s, {lm.prefixes_stored} prefixes "
+                        "stored)",
+                        flush=True,
+                    )
     from .dyck_fig1_report import report
 
     report(args, st, ms, prompts, rows, out, time.perf_counter() - t0)

@@ -60,8 +60,8 @@ class DyckTreeLM(MemoTreeLM):
             h = np.array(self.head.last.astype(mx.float32))[0]
             self._h = {self._prompt[: i + 1]: h[i] for i in range(len(self._prompt))}
 
-    def _compute(self, fulls: list[tuple[int, ...]], T: int) -> None:
-        super()._compute(fulls, T)
+    def _compute(self, fulls: list[tuple[int, ...]]) -> None:
+        super()._compute(fulls)
         h = np.array(self.head.last.astype(mx.float32)).reshape(len(fulls), -1)
         for r, f in enumerate(fulls):
             self._h[f] = h[r]
