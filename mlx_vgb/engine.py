@@ -86,6 +86,7 @@ class _Request:
     batch: Callable | None = None  # a ``call`` request: served with the others of ``batch``
     item: object = None
     weight: int = 1
+    error: BaseException | None = None  # a ``call`` request's batch raised: re-raised in its job
 
 
 @dataclass
@@ -175,6 +176,8 @@ class Engine:
             self._turn = None
             self._cv.notify_all()
             self._cv.wait_for(lambda: self._turn == me)
+        if req.error is not None:
+            raise req.error
         return req.result
 
     def job_seconds(self) -> float:
@@ -311,6 +314,9 @@ class Engine:
                     )
                 for r, x in zip(group, out):
                     r.result = x
+            except Exception as e:  # each asking job raises it in its own thread
+                for r in group:
+                    r.error = e
             finally:
                 self._charge(group, time.perf_counter() - t0)
             self.stats.requests += len(group)

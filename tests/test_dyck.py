@@ -207,6 +207,12 @@ def test_memo_views_in_an_engine_draw_what_runs_alone_draw(shipped):
     assert memo.rows == len(memo._logp) - len(prompt)  # every prefix computed once
     with pytest.raises(ValueError):  # a view is bound to its memo's prompt
         memo.view().begin(prompt[:-1])
+    v = memo.view()
+    with pytest.raises(ValueError):  # the views share the memo's head
+        v.set_head(head)
+    memo.begin(prompt[:-1])  # the memo moves on: an old view refuses to run
+    with pytest.raises(ValueError):
+        v.logprobs([()])
 
 
 def test_pareto_front():

@@ -287,20 +287,27 @@ def test_finished_runs_free_their_memory_without_the_garbage_collector(model):
 
     lms = [MLXLanguageModel(model) for _ in range(4)]
     smp = VGB(horizon=8, choice=Rejection(2), drift=0.7)
-    smp.sample(lms[0], verifier(), prompt=PROMPTS[0], seed=0)  # warm up: kernels, buffers
+
+    def rep(seed):
+        Engine().run(
+            [
+                lambda lm=lm, i=i: smp.sample(lm, verifier(), prompt=PROMPTS[i], seed=seed)
+                for i, lm in enumerate(lms)
+            ]
+        )
+        smp.sample(lms[0], verifier(), prompt=PROMPTS[1], seed=seed)
+
+    # warm up: kernels, buffers (the engine's first batched runs keep ~2 KB for good: measured
+    # from before them, the test failed when run by itself)
+    for seed in (9, 10, 11):
+        rep(seed)
     gc.collect()
     mx.clear_cache()
     before = mx.get_active_memory()
     gc.disable()
     try:
-        for rep in range(3):
-            Engine().run(
-                [
-                    lambda lm=lm, i=i: smp.sample(lm, verifier(), prompt=PROMPTS[i], seed=rep)
-                    for i, lm in enumerate(lms)
-                ]
-            )
-            smp.sample(lms[0], verifier(), prompt=PROMPTS[1], seed=rep)
+        for seed in range(3):
+            rep(seed)
         alive = sum(isinstance(o, DistBatch) for o in gc.get_objects())
         grown = mx.get_active_memory() - before
         assert all(not lm._branches and lm._trunk_tokens == () for lm in lms)
@@ -336,3 +343,27 @@ def test_call_serves_the_items_of_every_waiting_job_in_one_batch():
     assert seen[0] == [0, 1, 2, 3]
     assert sorted(map(str, seen[1:])) == sorted(map(str, [[0, 4], ("t", [2, 6])]))
     assert eng.stats.steps == 2 and eng.stats.requests == 8
+
+
+def test_a_failing_call_raises_in_the_jobs_that_asked_it_and_the_others_go_on():
+    from mlx_vgb.engine import Engine, current
+
+    def bad(items):
+        raise ZeroDivisionError("in the batch")
+
+    def job(i):
+        eng = current()
+        if i == 1:
+            try:
+                eng.call(bad, i)
+            except ZeroDivisionError:
+                return "caught"
+        return eng.call(lambda xs: [x + 1 for x in xs], i)
+
+    assert Engine().run([lambda i=i: job(i) for i in range(3)]) == [1, "caught", 3]
+    eng = Engine()  # the serving form: the error reaches the handle, the engine goes on
+    h = eng.submit(lambda: current().call(bad, 0))
+    with pytest.raises(ZeroDivisionError):
+        h.result(timeout=10)
+    assert eng.submit(lambda: current().call(lambda xs: xs, 5)).result(timeout=10) == 5
+    eng.close()

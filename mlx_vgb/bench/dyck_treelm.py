@@ -49,6 +49,8 @@ class DyckTreeLM(MemoTreeLM):
 
     def set_head(self, head) -> None:
         """Value prefixes with ``head`` from now on (a new head starts with no values)."""
+        if self._memo is not self:
+            raise ValueError("set_head on the memo, not on a view: the views share its head")
         self.head.inner = head
         self._val = self._vals.setdefault(id(head), {})
 

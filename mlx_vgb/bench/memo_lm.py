@@ -126,6 +126,10 @@ class MemoTreeLM(BaseLanguageModel):
         return len(self._asked)
 
     def _ensure(self, fulls: Sequence[tuple[int, ...]]) -> None:
+        if self._memo is not self and (
+            self._logp is not self._memo._logp or self._val is not self._memo._val
+        ):  # begin(another prompt) or set_head on the memo after this view was made
+            raise ValueError("this view's memo has moved (another prompt or head); make a new view")
         missing = {f for f in fulls if f not in self._logp}
         if not missing:
             return
