@@ -10,8 +10,18 @@
 # Under mlx.launch (-n R --backend ring) steps 1 and 3 shard across the ranks.
 # (The body is one function: bash reads it whole before running, so editing this file while it
 # runs cannot change what the running copy does.)
+# `nice` orders processes only inside one session: Linux's autogroup scheduler shares the CPU
+# equally between sessions (each `setsid` job is one) whatever their nice values (measured
+# 2026-12-07: three setsid jobs at nice 10 / 15 / 19 got equal shares). So a script that leads
+# its session also sets the session's nice (/proc/self/autogroup).
+autogroup_nice() {
+  if [ -w /proc/self/autogroup ] && [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ]; then
+    echo "$1" > /proc/self/autogroup || true
+  fi
+}
 main() {
   set -e
+  autogroup_nice 0  # first: the longest run
   cd "$(dirname "$0")/../.."
   results/code/rollouts.sh train
   train results/code/head
