@@ -78,15 +78,18 @@ def current() -> Engine | None:
 
 @dataclass
 class _Request:
-    lm: object  # the MLXLanguageModel asking
-    tokens: mx.array  # (B, S)
-    cache: list  # per layer, B rows of one length
-    job: int = -1  # the asking job
-    result: tuple | None = None
-    batch: Callable | None = None  # a ``call`` request: served with the others of ``batch``
+    """What a waiting job asked for: a forward (``lm``, ``tokens``, ``cache``) or a ``call``
+    (``batch``, ``item``)."""
+
+    job: int  # the asking job
+    weight: int  # its share of the time of the forward or call serving it (``job_seconds``)
+    lm: object = None  # a forward's MLXLanguageModel
+    tokens: mx.array | None = None  # a forward's new tokens (B, S)
+    cache: list = field(default_factory=list)  # a forward's caches: per layer, B rows of one length
+    batch: Callable | None = None  # a call's: served together with the others of ``batch``
     item: object = None
-    weight: int = 1
-    error: BaseException | None = None  # a ``call`` request's batch raised: re-raised in its job
+    result: object = None
+    error: BaseException | None = None  # a call's batch raised: re-raised in the asking job
 
 
 @dataclass
@@ -154,14 +157,8 @@ class Engine:
         """Called by a job's model: wait for the engine to serve this forward."""
         # MLX streams are per thread: what crosses to the engine's thread must be evaluated
         mx.eval(tokens, *_arrays(cache))
-        me = _local.job
-        req = _Request(lm, tokens, cache, me)
-        with self._cv:
-            self._pending[me] = req
-            self._turn = None
-            self._cv.notify_all()
-            self._cv.wait_for(lambda: self._turn == me)
-        return req.result
+        b, s = tokens.shape
+        return self._wait(_Request(_local.job, b * s, lm=lm, tokens=tokens, cache=cache))
 
     def call(self, batch: Callable[[list], list], item, weight: int = 1):
         """Called by a job: ``batch(items)[i]`` once every job waits, ``batch`` called once per
@@ -169,13 +166,15 @@ class Engine:
         callables are served together, in job order). The generic form of ``forward``, for a
         model that batches its own work (``MemoTreeLM``: the memo misses of many runs computed
         together). ``weight``: this request's share of the call's time (``job_seconds``)."""
-        me = _local.job
-        req = _Request(None, None, [], me, batch=batch, item=item, weight=max(int(weight), 1))
+        return self._wait(_Request(_local.job, max(int(weight), 1), batch=batch, item=item))
+
+    def _wait(self, req: _Request):
+        """Hand the turn back to the scheduler until ``req`` is served; its result."""
         with self._cv:
-            self._pending[me] = req
+            self._pending[req.job] = req
             self._turn = None
             self._cv.notify_all()
-            self._cv.wait_for(lambda: self._turn == me)
+            self._cv.wait_for(lambda: self._turn == req.job)
         if req.error is not None:
             raise req.error
         return req.result
@@ -189,12 +188,9 @@ class Engine:
         return self._seconds.get(me, 0.0) + now
 
     def _charge(self, reqs: list[_Request], seconds: float) -> None:
-        w = [
-            r.weight if r.batch is not None else r.tokens.shape[0] * r.tokens.shape[1] for r in reqs
-        ]
-        total = sum(w) or 1
-        for r, x in zip(reqs, w):
-            self._seconds[r.job] = self._seconds.get(r.job, 0.0) + seconds * x / total
+        total = sum(r.weight for r in reqs) or 1
+        for r in reqs:
+            self._seconds[r.job] = self._seconds.get(r.job, 0.0) + seconds * r.weight / total
 
     def _worker(self, i: int, fn: Callable, h: Handle) -> None:
         _local.engine, _local.job = self, i

@@ -97,10 +97,8 @@ class MemoTreeLM(BaseLanguageModel):
         k = np.stack([np.array(c.keys[0, :, : len(prompt), :]) for c in cache])
         vv = np.stack([np.array(c.values[0, :, : len(prompt), :]) for c in cache])
         rows = np.stack([k, vv], axis=1).transpose(3, 0, 1, 2, 4)  # (T, layers, 2, heads, hd)
-        self._pool, self._used = (
-            np.empty((max(1024, 2 * len(prompt)),) + rows.shape[1:], np.float32),
-            0,
-        )
+        self._pool = np.empty((max(1024, 2 * len(prompt)),) + rows.shape[1:], np.float32)
+        self._used = 0
         idx = self._append(rows)
         for i in range(len(prompt)):
             key = prompt[: i + 1]
