@@ -177,6 +177,29 @@ def test_memo_mixed_length_forward_matches_one_prefix_at_a_time(shipped):
     assert np.abs(batch.values(asked) - ref_v).max() < 1e-4
 
 
+def test_memo_pool_split_in_chunks_gives_the_same_rows(shipped, monkeypatch):
+    """The key / value pool grows in chunks (no copy of what is stored): a pool cut into chunks
+    of 7 rows, every path spanning several, gives bit for bit what one chunk gives."""
+    from mlx_vgb.bench import memo_lm
+
+    model, _, _, head, _ = shipped
+    prompt = [dyck.BOS] + ids("(()((")
+    rng = np.random.default_rng(5)
+    asked = sorted({tuple(int(t) for t in rng.integers(0, 4, size=int(n))) for n in
+                    rng.integers(1, 12, size=30)})  # fmt: skip
+    whole = memo_lm.MemoTreeLM(model, head, [dyck.EOS])
+    whole.begin(prompt)
+    ref, ref_v = whole.logprobs(asked), whole.values(asked)
+    assert len(whole._chunks) == 1
+    row_bytes = whole._chunks[0][0].nbytes
+    monkeypatch.setattr(memo_lm, "CHUNK_BYTES", 7 * row_bytes)
+    cut = memo_lm.MemoTreeLM(model, head, [dyck.EOS])
+    cut.begin(prompt)
+    got, got_v = cut.logprobs(asked), cut.values(asked)
+    assert cut._chunk_rows == 7 and len(cut._chunks) == -(-cut._used // 7) > 10
+    assert np.array_equal(got, ref) and np.array_equal(got_v, ref_v)
+
+
 def test_memo_views_in_an_engine_draw_what_runs_alone_draw(shipped):
     """Runs on views of one memo, concurrent in an engine (their misses computed together),
     give the samples and per-run costs of the same runs one at a time on a memo of their own."""

@@ -14,6 +14,11 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from .. import engine
 from ..protocols import BaseLanguageModel
 
+# the key / value pool grows in chunks of this many bytes: storing never copies what is stored
+# (doubling one array held old and new at once: 3x the pool for a moment, GBs at stage B's 8 KB
+# a token once its whole sequences store a few hundred thousand prefixes)
+CHUNK_BYTES = 64 << 20
+
 
 class MemoTreeLM(BaseLanguageModel):
     """Not ``MLXLanguageModel``: that engine's caches live for one run, this one memoizes every
@@ -22,8 +27,8 @@ class MemoTreeLM(BaseLanguageModel):
     ``LanguageModel`` over an mlx-lm model with a value head on its last hidden state.
 
     A prefix s.a is computed when it is first asked about: its last token a in one forward over
-    the KV cache of s (the keys / values of every computed token are kept in one pool, and a
-    prefix's cache is gathered from its path of pool rows), which gives pi_ref(.|s.a), V^(s.a)
+    the KV cache of s (the keys / values of every computed token are kept in one pool, grown in
+    chunks, and a prefix's cache is gathered from its path of pool rows), which gives pi_ref(.|s.a), V^(s.a)
     and the keys / values of a. The prefixes asked at once are computed together: one batched
     forward per wave (the prefixes whose parents are known; lengths mixed, each row's cache
     left-padded to the longest and the padding masked). Only asked prefixes are computed:
@@ -55,9 +60,11 @@ class MemoTreeLM(BaseLanguageModel):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self._tied = getattr(args, "tie_word_embeddings", True)
         self._prompt: tuple[int, ...] | None = None
-        # keys / values of every computed token, one pool row each (layers, 2, heads, hd); a
-        # prefix's cache is the pool rows of its path (gathered in one indexing per forward)
-        self._pool: np.ndarray | None = None
+        # keys / values of every computed token, one pool row each (layers, 2, heads, hd), in
+        # chunks of _chunk_rows rows (row i: chunk i // _chunk_rows); a prefix's cache is the
+        # pool rows of its path (gathered per forward)
+        self._chunks: list[np.ndarray] = []
+        self._chunk_rows = 1
         self._used = 0
         self._path: dict[tuple[int, ...], np.ndarray] = {}
         self._logp: dict[tuple[int, ...], np.ndarray] = {}
@@ -97,8 +104,9 @@ class MemoTreeLM(BaseLanguageModel):
         k = np.stack([np.array(c.keys[0, :, : len(prompt), :]) for c in cache])
         vv = np.stack([np.array(c.values[0, :, : len(prompt), :]) for c in cache])
         rows = np.stack([k, vv], axis=1).transpose(3, 0, 1, 2, 4)  # (T, layers, 2, heads, hd)
-        self._pool = np.empty((max(1024, 2 * len(prompt)),) + rows.shape[1:], np.float32)
-        self._used = 0
+        row_bytes = int(np.prod(rows.shape[1:])) * 4
+        self._chunk_rows = max(CHUNK_BYTES // row_bytes, 1)
+        self._chunks, self._used = [], 0
         idx = self._append(rows)
         for i in range(len(prompt)):
             key = prompt[: i + 1]
@@ -108,16 +116,27 @@ class MemoTreeLM(BaseLanguageModel):
 
     def _append(self, rows: np.ndarray) -> np.ndarray:
         """Store computed tokens' keys / values in the pool; their row indices."""
-        n = len(rows)
-        if self._used + n > len(self._pool):
-            grown = np.empty(
-                (max(2 * len(self._pool), self._used + n),) + self._pool.shape[1:], np.float32
-            )
-            grown[: self._used] = self._pool[: self._used]
-            self._pool = grown
-        self._pool[self._used : self._used + n] = rows
-        self._used += n
-        return np.arange(self._used - n, self._used, dtype=np.int32)
+        start, i, n = self._used, 0, len(rows)
+        while i < n:
+            c, o = divmod(self._used, self._chunk_rows)
+            if c == len(self._chunks):  # untouched pages cost nothing until written
+                self._chunks.append(np.empty((self._chunk_rows,) + rows.shape[1:], np.float32))
+            k = min(n - i, self._chunk_rows - o)
+            self._chunks[c][o : o + k] = rows[i : i + k]
+            i += k
+            self._used += k
+        return np.arange(start, self._used, dtype=np.int32)
+
+    def _gather(self, paths: np.ndarray) -> np.ndarray:
+        """The pool rows of ``paths`` (any shape of row indices), in one array."""
+        if len(self._chunks) == 1:
+            return self._chunks[0][paths]
+        c, o = np.divmod(paths, self._chunk_rows)
+        out = np.empty(paths.shape + self._chunks[0].shape[1:], np.float32)
+        for k in np.unique(c):
+            m = c == k
+            out[m] = self._chunks[k][o[m]]
+        return out
 
     @property
     def run_cost(self) -> int:
@@ -165,7 +184,7 @@ class MemoTreeLM(BaseLanguageModel):
         paths = np.zeros((len(fulls), T), dtype=np.int32)  # (n, T) pool rows, left-padded
         for r, f in enumerate(fulls):
             paths[r, T - lens[r] :] = self._path[f[:-1]]
-        kv = self._pool[paths].transpose(2, 3, 0, 4, 1, 5)  # (layers, 2, n, heads, T, hd)
+        kv = self._gather(paths).transpose(2, 3, 0, 4, 1, 5)  # (layers, 2, n, heads, T, hd)
         pads = None if min(lens) == T else mx.array([T - n for n in lens])
         offset = T if pads is None else mx.array(lens)
         caches = [
