@@ -157,6 +157,14 @@ def test_quick_mode_reports_a_verdict_per_cell_and_resumes(quick_run, tmp_path, 
     with pytest.raises(SystemExit):  # other settings: refused, nothing appended
         main(["dyck_fig1", "--quick", "--out", str(out), "--max-samples", "32"])
     assert (out / "rows.jsonl").read_bytes() == before
+    # a line still being written by a running process: --report-only reads around it and
+    # leaves the file alone; a run that draws ends it first, so its appends stay parseable
+    with open(out / "rows.jsonl", "ab") as f:
+        f.write(b'{"leaf": "head", "prom')
+    main(["dyck_fig1", "--quick", "--out", str(out), "--report-only"])
+    assert (out / "rows.jsonl").read_bytes() == before + b'{"leaf": "head", "prom'
+    main(["dyck_fig1", "--quick", "--out", str(out)])
+    assert (out / "rows.jsonl").read_bytes() == before + b'{"leaf": "head", "prom\n'
 
 
 def test_a_sequence_stopped_after_the_fixed_samples_and_resumed_is_one_sequence(shipped):

@@ -374,8 +374,10 @@ def read_rows(path: Path) -> dict[tuple, dict]:
     return rows
 
 
-def open_rows(out: Path, settings: dict) -> tuple[Path, dict]:
-    """The rows file and its rows so far; refuses to resume under other settings."""
+def open_rows(out: Path, settings: dict, write: bool = True) -> tuple[Path, dict]:
+    """The rows file and its rows so far; refuses to resume under other settings. ``write``:
+    end a line cut off by a kill, so appends stay parseable (not for ``--report-only``, which
+    may read while a run appends: its last line may be one being written)."""
     out.mkdir(parents=True, exist_ok=True)
     path, meta = out / "rows.jsonl", out / "rows.meta.json"
     keep = {k: v for k, v in settings.items() if not k.startswith("_")}
@@ -388,7 +390,7 @@ def open_rows(out: Path, settings: dict) -> tuple[Path, dict]:
     else:
         atomic_write(meta, json.dumps(keep, indent=1) + "\n")
     rows = read_rows(path)
-    if path.exists() and path.read_bytes()[-1:] not in (b"", b"\n"):
+    if write and path.exists() and path.read_bytes()[-1:] not in (b"", b"\n"):
         with open(path, "a") as f:  # a kill cut the last line: end it so appends stay parseable
             f.write("\n")
     return path, rows
@@ -402,7 +404,7 @@ def run(args) -> None:
     t0 = time.perf_counter()
     st = _settings(args, args.quick)
     out = Path(args.out)
-    path, rows = open_rows(out, st)
+    path, rows = open_rows(out, st, write=not getattr(args, "report_only", False))
     ms = methods(args.quick)
     prompts = dyck.make_prompts(
         st["prompts"], EVAL_SEED + args.seed, dyck.OOD_TYPE_PROBS, id_prefix="eval"
