@@ -26,19 +26,18 @@ class MemoTreeLM(BaseLanguageModel):
 
     ``LanguageModel`` over an mlx-lm model with a value head on its last hidden state.
 
-    A prefix s.a is computed when it is first asked about: its last token a in one forward over
-    the KV cache of s (the keys / values of every computed token are kept in one pool, grown in
-    chunks, and a prefix's cache is gathered from its path of pool rows), which gives pi_ref(.|s.a), V^(s.a)
+    A prefix s.a is computed when it is first asked about: its last token a in one forward over the
+    KV cache of s (the keys / values of every computed token are kept in one pool, grown in chunks,
+    and a prefix's cache is gathered from its path of pool rows), which gives pi_ref(.|s.a), V^(s.a)
     and the keys / values of a. The prefixes asked at once are computed together: one batched
     forward per wave (the prefixes whose parents are known; lengths mixed, each row's cache
-    left-padded to the longest and the padding masked). Only asked prefixes are computed:
-    expanding every child of a parent instead (all V tokens at once) computed 4.5-6.7x as many
-    rows as the Fig. 1 grid asks about on the 7-token Dyck vocabulary, and ~96% of its time was
-    those forwards. Results are kept for all runs on the same prompt, so the wall time of a
-    benchmark does not grow with the number of methods; what each run *would* cost is counted
-    separately: ``run_cost`` is the number of distinct prefixes a run asked about (logprobs or
-    value), i.e. its model forward tokens. ``expansions``: batched forwards so far; ``rows``:
-    prefixes computed by them.
+    left-padded to the longest and the padding masked). Only asked prefixes are computed: expanding
+    every child of a parent instead (all V tokens at once) computed 4.5-6.7x as many rows as the
+    Fig. 1 grid asks about on the 7-token Dyck vocabulary, and ~96% of its time was those forwards.
+    Results are kept for all runs on the same prompt, so the wall time of a benchmark does not grow
+    with the number of methods; what each run *would* cost is counted separately: ``run_cost`` is
+    the number of distinct prefixes a run asked about (logprobs or value), i.e. its model forward
+    tokens. ``expansions``: batched forwards so far; ``rows``: prefixes computed by them.
 
     Concurrent runs (``view``): each run gets a view with its own ``run_cost``, the memo shared;
     run in an ``mlx_vgb.engine.Engine``, the runs' memo misses wait for each other and are
