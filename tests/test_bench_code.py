@@ -394,3 +394,35 @@ def test_head_eval_reads_a_verifier_of_its_own_with_its_own_states(trained, tmp_
         assert r.returncode == 0, r.stderr[-2000:]
         got = json.loads((out / "results.json").read_text())["head"]
         assert got["brier"] == pytest.approx(want.brier, abs=1e-6)
+
+
+def test_a_drain_finishes_the_walks_in_flight_and_a_rerun_completes(trained, tmp_path):
+    """SIGUSR1's drain (set here right after the first walk is submitted): that walk finishes
+    and its row is written, no other starts, the command stops with status 75; a rerun samples
+    the rest and keeps the first row."""
+    from mlx_vgb.bench import harness
+    from mlx_vgb.bench.cli import main
+    from mlx_vgb.engine import Engine
+
+    out = tmp_path / "bench"
+    args = bench_args(trained, out, "vgb")[1:] + ["--concurrency", "2"]
+    submit = Engine.submit
+
+    def submit_then_drain(self, fn):
+        h = submit(self, fn)
+        harness._DRAIN.set()
+        return h
+
+    Engine.submit = submit_then_drain
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(args)
+    finally:
+        Engine.submit = submit
+        harness._DRAIN.clear()
+    assert e.value.code == 75
+    first = (out / "rows.jsonl").read_text().splitlines()
+    assert len(first) == 1  # the one walk in flight, whole
+    main(args)
+    rows = (out / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and rows[0] == first[0]  # 2 problems x 2 responses

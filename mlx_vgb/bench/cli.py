@@ -3,6 +3,12 @@
 Each task is a module ``mlx_vgb.bench.<task>`` with ``add_args(parser)`` and ``run(args)``;
 it writes results.json, results.md and PNG plots into ``args.out`` (default ``results/<task>/``;
 with ``--quick``, ``results/tmp/<task>-quick/``, which git ignores).
+
+SIGUSR1 drains a run (``code``, ``testcase_law``, ``dyck_fig1`` and the benches on
+``harness.engine_samples``): no new run starts, the runs in flight finish and their rows are
+written, and the command stops with status 75 (``DRAINED_STATUS``); rerun it to resume. A run
+killed in flight is lost whole (a walk's tree cannot be resumed), so drain a long run before a
+deadline instead of killing it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 from ..dist import add_row_memory_arg, apply_row_memory
 from ..errors import VGBError
+from .harness import DRAINED_STATUS, Drained, drain_on_signal
 from .report import command_line, default_out
 
 TASKS = {
@@ -72,9 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = default_out(task, args.quick)
     t0 = time.perf_counter()
+    drain_on_signal()  # SIGUSR1: finish the runs in flight, start no more, stop
     try:
         apply_row_memory(args)
         wrote = module.run(args) is not False  # False: no report (e.g. --write-prompts)
+    except Drained as e:
+        print(f"mlx-vgb bench {task}: {e}", file=sys.stderr)
+        raise SystemExit(DRAINED_STATUS) from None
     except VGBError as e:
         print(f"mlx-vgb bench {task}: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

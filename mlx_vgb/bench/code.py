@@ -266,6 +266,7 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     from ..registry import HeadSpec, make_sampler
     from ..tasks import code
     from ..vocab import newline_tokens
+    from .harness import check_drained, draining
 
     needs_head = [c for c in configs if _parse(c)[0] in ("action-rs", "vgb", "vgb-visible")]
     if needs_head and not args.head:
@@ -367,8 +368,8 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
         flush=True,
     )
     with open(rows_file, "a") as f:
-        while todo or live:
-            while todo and len(live) < cfg["concurrency"]:
+        while (todo and not draining()) or live:
+            while todo and len(live) < cfg["concurrency"] and not draining():
                 key = todo.pop(0)
                 live.append((key, eng.submit(lambda key=key: job(*key))))
             time.sleep(0.05)
@@ -385,6 +386,7 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
                         flush=True,
                     )
     eng.close()
+    check_drained(sum(len(g) for g, _, _ in todo), "responses")
 
 
 def budget_groups(todo: list[tuple[str, str, int]]) -> list[tuple[list[str], str, int]]:

@@ -57,6 +57,7 @@ from ..tasks import dyck
 from ..vgb import VGB
 from .dyck import BLOCK_LENGTHS, BLOCK_N, DEFAULT_LM, DEFAULT_VERIFIER, EVAL_SEED
 from .dyck_treelm import DyckTreeLM
+from .harness import check_drained
 
 COUNTS = ("queries", "tokens", "steps")
 DEFAULT_BUDGETS = (512, 2048, 8192)
@@ -456,6 +457,7 @@ def run(args) -> None:
                     by_prompt.setdefault(it[1]["id"], []).append(it)
                 done = 0
                 for group in by_prompt.values():
+                    check_drained(len(items) - done, "sequences")  # between prompts (SIGUSR1)
                     p = group[0][1]
                     ids = [dyck.BOS] + dyck.encode(p["prompt"])
                     lm.begin(ids)

@@ -488,6 +488,8 @@ def pool_target(cfg: dict) -> int:
 def fill_pool(s: Setup, cfg: dict, path: Path) -> list[Row]:
     """Grow the pool until every prompt has ``samples`` plain rows and ``pool_target``
     accepted rows after them (or ``max_pool`` rows); returns every pool row."""
+    from .harness import check_drained
+
     _check_meta(path, cfg, POOL_KEYS)
     rows = read_rows(path)
     target, n_plain = pool_target(cfg), cfg["samples"]
@@ -511,6 +513,7 @@ def fill_pool(s: Setup, cfg: dict, path: Path) -> list[Row]:
         print(f"[testcase_law] pool: {len(keys)} plain responses to sample", flush=True)
         b = cfg["batch_size"]
         for start in range(0, len(keys), b):
+            check_drained(len(keys) - start, "pool responses")  # between batches (SIGUSR1)
             chunk = keys[start : start + b]
             outs = sample_plain(s, chunk, cfg, b)
             new = []
@@ -533,7 +536,7 @@ def sample_walks(s: Setup, cfg: dict, configs, pool: list[Row], path: Path) -> N
     from ..lm import MLXLanguageModel
     from ..model_verifier import ValueHeadVerifier
     from ..registry import HeadSpec, make_sampler
-    from .harness import timed_sample
+    from .harness import check_drained, draining, timed_sample
 
     walks = [c for c in configs if c[1] != "plain"]
     if not walks:
@@ -601,8 +604,8 @@ def sample_walks(s: Setup, cfg: dict, configs, pool: list[Row], path: Path) -> N
     print(f"[testcase_law] {len(todo)} walks to sample ({len(done)} resumed)", flush=True)
     eng = Engine()
     live: list = []
-    while todo or live:
-        while todo and len(live) < cfg["concurrency"]:
+    while (todo and not draining()) or live:
+        while todo and len(live) < cfg["concurrency"] and not draining():
             key = todo.pop(0)
             live.append(eng.submit(lambda key=key: job(*key)))
         time.sleep(0.05)
@@ -617,6 +620,7 @@ def sample_walks(s: Setup, cfg: dict, configs, pool: list[Row], path: Path) -> N
                 flush=True,
             )
     eng.close()
+    check_drained(len(todo), "walks")
 
 
 def run(args):
