@@ -178,19 +178,26 @@ def test_concurrent_sessions_each_get_their_own_run(app_url):
     }
     assert len(set(alone.values())) > 1
     shared = client(app_url).predict(api_name="/status")["engine"]["shared"]
-    got = {}
+    clients = {s: client(app_url) for s in seeds}  # connected first: the runs start together
+    for _ in range(3):  # overlap is up to the OS scheduler: a loaded machine may serialize one
+        got = {}
+        start = threading.Barrier(len(seeds))
 
-    def run(seed):
-        got[seed] = client(app_url).predict(**dict(LETTER_RUN, seed=seed), api_name="/run")
+        def run(seed):
+            start.wait()
+            got[seed] = clients[seed].predict(**dict(LETTER_RUN, seed=seed), api_name="/run")
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in seeds]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert {s: got[s][FINAL] for s in seeds} == alone
-    # the sessions' walks went through one batched engine and shared forwards
-    assert client(app_url).predict(api_name="/status")["engine"]["shared"] > shared
+        threads = [threading.Thread(target=run, args=(s,)) for s in seeds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert {s: got[s][FINAL] for s in seeds} == alone
+        # the sessions' walks went through one batched engine and shared forwards
+        if client(app_url).predict(api_name="/status")["engine"]["shared"] > shared:
+            break
+    else:
+        pytest.fail("three sessions started together never shared a batched forward (3 tries)")
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,7 @@ def test_ctrl_c_prints_the_partial_text_and_exits_130(folder, tmp_path):
     import time
 
     # a walk that cannot end (every leaf fails, 20 ms a verifier call), then SIGINT
+    started = tmp_path / "walk-started"
     cmd = [
         sys.executable,
         "-m",
@@ -226,9 +227,15 @@ def test_ctrl_c_prints_the_partial_text_and_exits_130(folder, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         cwd=root,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "MLX_VGB_TEST_STARTED": str(started)},
     )
-    time.sleep(12)  # import, load and some walk steps
+    # SIGINT once the walk runs: sent during the imports (slow on a loaded machine) it can be
+    # swallowed by a library's bare except there, and then nothing stops the walk
+    deadline = time.monotonic() + 180
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started.exists(), proc.communicate(timeout=60)
+    time.sleep(2)  # some walk steps: text to print
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
