@@ -228,6 +228,10 @@ def test_ctrl_c_prints_the_partial_text_and_exits_130(folder, tmp_path):
         text=True,
         cwd=root,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "MLX_VGB_TEST_STARTED": str(started)},
+        # Ctrl-C as in a terminal: a runner started in the background (`cmd &` without job
+        # control, nohup) hands its children SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # SIGINT once the walk runs: sent during the imports (slow on a loaded machine) it can be
     # swallowed by a library's bare except there, and then nothing stops the walk
