@@ -259,14 +259,13 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     import mlx.core as mx
 
     from .. import Lines
-    from ..engine import Engine
     from ..generate import load
     from ..lm import MLXLanguageModel
     from ..model_verifier import ValueHeadVerifier
     from ..registry import HeadSpec, make_sampler
     from ..tasks import code
     from ..vocab import newline_tokens
-    from .harness import check_drained, draining
+    from .harness import engine_samples
 
     needs_head = [c for c in configs if _parse(c)[0] in ("action-rs", "vgb", "vgb-visible")]
     if needs_head and not args.head:
@@ -359,8 +358,6 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
     if not todo:
         return
     todo = budget_groups(todo)
-    eng = Engine()
-    live: list = []
     who = f" (rank {rank} of {size})" if size > 1 else ""
     n = sum(len(g) for g, _, _ in todo)
     print(
@@ -368,25 +365,22 @@ def _sample(args, cfg, configs, pool, out: Path, rank: int, size: int) -> None:
         flush=True,
     )
     with open(rows_file, "a") as f:
-        while (todo and not draining()) or live:
-            while todo and len(live) < cfg["concurrency"] and not draining():
-                key = todo.pop(0)
-                live.append((key, eng.submit(lambda key=key: job(*key))))
-            time.sleep(0.05)
-            for item in [x for x in live if x[1].done()]:
-                live.remove(item)
-                for row in item[1].result():
-                    f.write(json.dumps(asdict(row)) + "\n")
-                    f.flush()
-                    print(
-                        f"[code] {row.config} {row.task_id}#{row.j}: hidden={row.hidden_pass} "
-                        f"visible={row.visible_pass} fwd={row.forward_tokens} "
-                        f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s (device memory "
-                        f"{mx.get_active_memory() / 2**30:.1f} GiB, {len(live)} live)",
-                        flush=True,
-                    )
-    eng.close()
-    check_drained(sum(len(g) for g, _, _ in todo), "responses")
+
+        def write(i: int, rows: list[Row]) -> None:
+            for row in rows:
+                f.write(json.dumps(asdict(row)) + "\n")
+                f.flush()
+                print(
+                    f"[code] {row.config} {row.task_id}#{row.j}: hidden={row.hidden_pass} "
+                    f"visible={row.visible_pass} fwd={row.forward_tokens} "
+                    f"bt={row.backtracks} {row.finish} {row.wall_s:.0f}s (device memory "
+                    f"{mx.get_active_memory() / 2**30:.1f} GiB)",
+                    flush=True,
+                )
+
+        engine_samples(
+            [lambda key=key: job(*key) for key in todo], cfg["concurrency"], on_done=write
+        )
 
 
 def budget_groups(todo: list[tuple[str, str, int]]) -> list[tuple[list[str], str, int]]:

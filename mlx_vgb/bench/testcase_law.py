@@ -532,11 +532,10 @@ def fill_pool(s: Setup, cfg: dict, path: Path) -> list[Row]:
 
 def sample_walks(s: Setup, cfg: dict, configs, pool: list[Row], path: Path) -> None:
     """The missing rows of the walk configs, through the batched engine."""
-    from ..engine import Engine
     from ..lm import MLXLanguageModel
     from ..model_verifier import ValueHeadVerifier
     from ..registry import HeadSpec, make_sampler
-    from .harness import check_drained, draining, timed_sample
+    from .harness import engine_samples, timed_sample
 
     walks = [c for c in configs if c[1] != "plain"]
     if not walks:
@@ -602,25 +601,17 @@ def sample_walks(s: Setup, cfg: dict, configs, pool: list[Row], path: Path) -> N
     if not todo:
         return
     print(f"[testcase_law] {len(todo)} walks to sample ({len(done)} resumed)", flush=True)
-    eng = Engine()
-    live: list = []
-    while (todo and not draining()) or live:
-        while todo and len(live) < cfg["concurrency"] and not draining():
-            key = todo.pop(0)
-            live.append(eng.submit(lambda key=key: job(*key)))
-        time.sleep(0.05)
-        for h in [h for h in live if h.done()]:
-            live.remove(h)
-            row = h.result()
-            _append(path, [row])
-            print(
-                f"[testcase_law] {row.config} {row.prompt_id}#{row.j}: tau={row.tau:g} "
-                f"asserts={row.asserts} fwd={row.forward_tokens} bt={row.backtracks} "
-                f"{row.finish} {row.wall_s:.0f}s",
-                flush=True,
-            )
-    eng.close()
-    check_drained(len(todo), "walks")
+
+    def write(i: int, row: Row) -> None:
+        _append(path, [row])
+        print(
+            f"[testcase_law] {row.config} {row.prompt_id}#{row.j}: tau={row.tau:g} "
+            f"asserts={row.asserts} fwd={row.forward_tokens} bt={row.backtracks} "
+            f"{row.finish} {row.wall_s:.0f}s",
+            flush=True,
+        )
+
+    engine_samples([lambda key=key: job(*key) for key in todo], cfg["concurrency"], on_done=write)
 
 
 def run(args):
