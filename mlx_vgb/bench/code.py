@@ -481,7 +481,7 @@ def _head_metrics(args, cfg) -> dict:
     return dict(m.as_dict(), table=m.calibration_table(), rollouts=len(rollouts))
 
 
-def _bootstrap(per_problem: np.ndarray, seed: int = 0, reps: int = 2000) -> tuple[float, float]:
+def _bootstrap(per_problem: np.ndarray, seed: int = 0, reps: int = 10_000) -> tuple[float, float]:
     if len(per_problem) < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
@@ -730,6 +730,14 @@ def _fmt(x, spec=".3f"):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
+def _lift_cell(x: dict) -> str:
+    """'+6.1 (+0.9 to +11.3)': the line's lift over plain in points, with its paired interval."""
+    if x.get("lift") is None:
+        return ""
+    pts = [100 * x[k] for k in ("lift", "lift_lo", "lift_hi")]
+    return f"{pts[0]:+.1f} ({pts[1]:+.1f} to {pts[2]:+.1f})"
+
+
 def write_report(
     args, cfg, configs, pool, rows, head: dict | None = None, core: list[str] | None = None
 ) -> None:
@@ -745,6 +753,7 @@ def write_report(
         "n",
         "pass@1",
         "95% CI",
+        "lift over plain (paired 95% CI)",
         "fwd tokens / plain",
         "wall / plain",
         "backtracks",
@@ -762,6 +771,7 @@ def write_report(
                         x["n"],
                         _fmt(x["pass1"]),
                         f"{_fmt(x['lo'])}-{_fmt(x['hi'])}",
+                        _lift_cell(x),
                         _fmt(x.get("fwd_ratio"), ".2f"),
                         _fmt(x.get("wall_ratio"), ".2f"),
                         _fmt(x.get("backtracks"), ".1f"),
