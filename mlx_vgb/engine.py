@@ -382,16 +382,24 @@ class Engine:
         lmax = max(lens)
         pads = [lmax - n for n, b in zip(lens, sizes) for _ in range(b)]
         merged = []
+        rows = sum(sizes)
         for layer in range(len(reqs[0].cache)):
             like = next((r.cache[layer] for r in reqs if r.cache[layer].keys is not None), None)
             bc = BatchKVCache(pads)
             if like is not None:
-                ks, vs = [], []
-                for r, n, b in zip(reqs, lens, sizes):
-                    c = r.cache[layer]
-                    ks.append(_padded(c.keys, like.keys, b, n, lmax, s))
-                    vs.append(_padded(c.values, like.values, b, n, lmax, s))
-                bc.keys, bc.values = mx.concatenate(ks, axis=0), mx.concatenate(vs, axis=0)
+                # one copy of each request's entries into the zeroed batch (left padding, then
+                # the entries, then room for the s new positions)
+                for name in ("keys", "values"):
+                    x = getattr(like, name)
+                    batch = mx.zeros((rows, x.shape[1], lmax + s, x.shape[3]), dtype=x.dtype)
+                    start = 0
+                    for r, n, b in zip(reqs, lens, sizes):
+                        if n:
+                            batch[start : start + b, :, lmax - n : lmax, :] = getattr(
+                                r.cache[layer], name
+                            )[..., :n, :]
+                        start += b
+                    setattr(bc, name, batch)
                 bc._idx = lmax
                 bc.offset = mx.array([n for n, b in zip(lens, sizes) for _ in range(b)])
             merged.append(bc)
@@ -406,14 +414,16 @@ class Engine:
         self._heads(reqs, h, sizes, news)
         start = 0
         for r, n, b, k in zip(reqs, lens, sizes, news):
-            for layer, c in enumerate(r.cache):  # this request's rows, unpadded, back in place
-                bc = merged[layer]  # (copies: a view would keep the whole batch alive)
-                c.keys = mx.contiguous(bc.keys[start : start + b, :, lmax - n : lmax + k, :])
-                c.values = mx.contiguous(bc.values[start : start + b, :, lmax - n : lmax + k, :])
+            for layer, c in enumerate(r.cache):  # this request's new entries, back in place
+                bc = merged[layer]
+                c.keys = _extended(c, c.keys, n, bc.keys[start : start + b, :, lmax : lmax + k, :])
+                c.values = _extended(
+                    c, c.values, n, bc.values[start : start + b, :, lmax : lmax + k, :]
+                )
                 c.offset = n + k
             r.lm.forward_calls += 1
             start += b
-        mx.eval(*[a for r in reqs for a in _arrays(r.cache)])
+        mx.eval(*[a for r in reqs for c in r.cache for a in (c.keys, c.values)])
         self._count(1, start)
         self.stats.shared += 1
 
@@ -453,17 +463,23 @@ def _arrays(cache: list) -> list:
     return out
 
 
-def _padded(x, like, b: int, n: int, lmax: int, s: int) -> mx.array:
-    """(b, H, n, D) valid entries of ``x`` -> (b, H, lmax + s, D): left zeros, then x, then room
-    for the s new positions."""
-    h, d = like.shape[1], like.shape[3]
-    parts = []
-    if lmax - n:
-        parts.append(mx.zeros((b, h, lmax - n, d), dtype=like.dtype))
-    if n:
-        parts.append(x[..., :n, :])
-    parts.append(mx.zeros((b, h, s, d), dtype=like.dtype))
-    return mx.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
+def _extended(c, x, n: int, new: mx.array) -> mx.array:
+    """A request's layer array ``x`` (its first ``n`` positions valid, or None) followed by the
+    ``k`` positions of ``new`` (a slice of the batch): written in place when ``x`` has room for
+    them, as mlx-lm's ``KVCache.update_and_fetch`` does (only the new positions are copied), else
+    a copy grown to the next multiple of the cache's step (a view of the batch would keep the
+    whole batch alive)."""
+    k = new.shape[2]
+    if x is not None and x.shape[2] >= n + k:
+        x[..., n : n + k, :] = new
+        return x
+    step = getattr(c, "step", 256)
+    room = -(-(n + k) // step) * step - (n + k)
+    parts = [x[..., :n, :]] if x is not None and n else []
+    parts.append(new)
+    if room:
+        parts.append(mx.zeros((*new.shape[:2], room, new.shape[3]), dtype=new.dtype))
+    return mx.concatenate(parts, axis=2)
 
 
 def run_many(jobs: Sequence[Callable[[], T]], engine: Engine | None = None) -> list[T]:

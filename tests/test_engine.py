@@ -116,6 +116,47 @@ def test_batched_rows_match_a_fresh_forward(model):
             assert logprob_error(row, want) < logprob_tolerance(model, [p + tuple(q)])
 
 
+def test_a_batched_forward_writes_each_runs_new_entries_into_its_own_cache(model):
+    # the engine copies a run's KV entries into the batch once, and back only the new
+    # positions: in place while the run's cache has room (as KVCache.update_and_fetch does),
+    # else into a copy grown to the cache's step; the entries equal a run's alone
+    from mlx_vgb.engine import _extended
+
+    lms = [MLXLanguageModel(model) for _ in PROMPTS]
+    steps = [(4,), (4, 6), (4, 6, 1)]
+
+    def job(lm, p):
+        lm.begin(p)
+        for q in steps:
+            lm.logprobs([q])
+        return lm._trunk
+
+    got = Engine().run([lambda a=a, p=p: job(a, p) for a, p in zip(lms, PROMPTS)])
+    for lm, p, cache in zip(lms, PROMPTS, got):
+        alone = MLXLanguageModel(model)
+        job(alone, p)
+        for c, want in zip(cache, alone._trunk):
+            n = len(p) + len(steps[-1])
+            assert c.offset == want.offset == n and c.keys.shape[2] >= n
+            for name in ("keys", "values"):
+                a, b = (np.array(getattr(x, name)[..., :n, :]) for x in (c, want))
+                assert np.abs(a - b).max() < 1e-4
+
+    class C:
+        step = 8
+
+    x = mx.arange(2 * 3 * 8 * 4, dtype=mx.float32).reshape(2, 3, 8, 4)
+    new = -mx.ones((2, 3, 2, 4))
+    y = _extended(C(), x, 5, new)  # room for 2 after 5: written in place
+    assert y is x and y.shape == (2, 3, 8, 4)
+    assert mx.array_equal(y[..., 5:7, :], new) and y[..., :5, :].min().item() >= 0
+    z = _extended(C(), y, 7, mx.concatenate([new, new], axis=2))  # 7 + 4 > 8: grown to 16
+    assert z is not y and z.shape == (2, 3, 16, 4)
+    assert mx.array_equal(z[..., :7, :], y[..., :7, :]) and (z[..., 7:11, :] == -1).all().item()
+    w = _extended(C(), None, 0, new)  # a cache with no entries yet
+    assert w.shape == (2, 3, 8, 4) and mx.array_equal(w[..., :2, :], new)
+
+
 def _cost(shapes, forwards, pad_cost):
     return sum(pad_cost + max(shapes[i][1] for i in f) * sum(shapes[i][0] for i in f)
                for f in forwards)  # fmt: skip
