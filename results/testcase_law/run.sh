@@ -69,7 +69,11 @@ fi
 bench() {
   # --row-memory 3: a VGB walk at ~25-35x plain holds ~3k tree nodes, ~0.6 MB of pi_ref row
   # each (32 walks: ~60 GB); past 3 GiB the rows go to a temporary file, bit for bit
-  $RUN bench testcase_law --head $R/head --n-tests $N --horizon $H --out $R --row-memory 3 "$@"
+  # --concurrency 16 (not the default 32): beside #15's bench (~12 GB) the 32 walks' process
+  # reached 8.3 GB within 40 minutes and the machine had 2 GB left (2026-12-08); rows do not
+  # depend on how many walks share the engine
+  $RUN bench testcase_law --head $R/head --n-tests $N --horizon $H --out $R --row-memory 3 \
+    --concurrency "${TESTCASE_LAW_CONCURRENCY:-16}" "$@"
 }
 bench --configs plain,action-rs,vgb@d1
 if [ "${TESTCASE_LAW_EXTRA:-0}" = 1 ]; then
