@@ -67,14 +67,16 @@ PY
   train --out $R/head --holdout 0.2 --epochs 30 --force
 fi
 bench() {
-  # --row-memory 3: a VGB walk at ~25-35x plain holds ~3k tree nodes, ~0.6 MB of pi_ref row
-  # each (32 walks: ~60 GB); past 3 GiB the rows go to a temporary file, bit for bit
+  # rows: a VGB walk at ~25-35x plain holds ~3k tree nodes, ~0.6 MB of pi_ref row
+  # each (32 walks: ~60 GB); past --row-memory GiB they go to a temporary file, bit for bit
   # --concurrency 6 (not the default 32): beside #15's bench (12-13 GB) 32 walks' process
   # reached 8.3 GB in 40 minutes, 16 walks' 8.9 GB in 26 (~0.4 GB more a minute, with or without
   # glibc's malloc tuned: MALLOC_MMAP_THRESHOLD_ / MALLOC_ARENA_MAX), leaving < 1 GB of 24
   # (2026-12-08); alone, set TESTCASE_LAW_CONCURRENCY higher. Rows do not depend on how many
-  # walks share the engine
-  $RUN bench testcase_law --head $R/head --n-tests $N --horizon $H --out $R --row-memory 3 \
+  # walks share the engine. And --row-memory 1 beside it (6 walks grew 0.3 GB a minute toward
+  # the 3 GiB of rows)
+  $RUN bench testcase_law --head $R/head --n-tests $N --horizon $H --out $R \
+    --row-memory "${TESTCASE_LAW_ROW_MEMORY:-1}" \
     --concurrency "${TESTCASE_LAW_CONCURRENCY:-6}" "$@"
 }
 bench --configs plain,action-rs,vgb@d1
