@@ -423,7 +423,7 @@ class Engine:
                 c.offset = n + k
             r.lm.forward_calls += 1
             start += b
-        mx.eval(*[a for r in reqs for c in r.cache for a in (c.keys, c.values)])
+        mx.eval(*[a for r in reqs for a in _arrays(r.cache)])
         self._count(1, start)
         self.stats.shared += 1
 
