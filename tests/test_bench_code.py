@@ -89,7 +89,7 @@ def test_a_run_stopped_part_way_compares_configs_on_the_same_problems():
 def test_the_goal_is_judged_on_paired_lifts_and_best_of_n_tokens():
     # 40 problems; vgb-a is plain + 0.3 on every problem (a sure lift), vgb-b = plain on half
     # and plain + 0.25 on the other half (mean +0.125, the interval around 10 points), vgb-c is
-    # plain (no lift), vgb-d lifts but costs 6x: outside the goal's cost
+    # plain (no lift), vgb-d lifts but costs 6x: goal not applicable (over 4x)
     rng = np.random.default_rng(0)
     ts = [f"t{i}" for i in range(40)]
     base = {t: float(x) for t, x in zip(ts, rng.uniform(0, 0.6, 40))}
@@ -125,7 +125,7 @@ def test_the_goal_is_judged_on_paired_lifts_and_best_of_n_tokens():
     assert bon_tokens_for(lines, 0.9) == (4.0, "never")
     text = {s.split("`")[1]: s for s in goal_lines(lines)}
     assert "goal **met**" in text["vgb-a"] and "goal **not met**" in text["vgb-c"]
-    assert "goal open" in text["vgb-b"] and "outside the goal's cost" in text["vgb-d"]
+    assert "goal open" in text["vgb-b"] and "goal not applicable: it costs 6" in text["vgb-d"]
     # vgb-a: pass@1 = base + 0.3 (~0.58), Best-of-N needs ~3.5x for it; vgb-a spends 2x
     assert "uses fewer forward tokens" in text["vgb-a"]
     assert "uses no fewer forward tokens" in text["vgb-c"]
@@ -248,6 +248,10 @@ def test_a_budget_sweep_reads_its_smaller_budgets_off_one_run(trained, tmp_path)
     r = cli(*args(one, "0.5,1,4"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "in 4 runs" in r.stdout  # 2 problems x 2 responses, 3 budgets each
+    # Best-of-N by visible examples is reported from the pool, though not in --configs
+    names = [x["config"] for x in json.loads((one / "results.json").read_text())["summary"]]
+    assert "bon-visible@n1" in names and "bon-visible@n2" in names
+    assert "no Best-of-N line" not in (one / "results.md").read_text()
     apart = tmp_path / "apart"
     for b in ("0.5", "1", "4"):
         r = cli(*args(apart, b))

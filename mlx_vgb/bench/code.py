@@ -118,6 +118,12 @@ def _parse(config: str) -> tuple[str, dict]:
     return name, kv
 
 
+def _order(config: str) -> tuple:
+    """Sort key of a config label: by sampler, then drift, then budget as numbers."""
+    name, kv = _parse(config)
+    return name, kv.get("d", 0.0), kv.get("b", 0.0)
+
+
 def read_rows(folder: Path) -> dict[tuple, Row]:
     """Every finished row in ``folder`` (the rows files of all ranks)."""
     out = {}
@@ -241,9 +247,12 @@ def run(args):
         return False  # rank 0 writes the report from every rank's rows
     head = head_metrics(args, cfg, cache=out / HEAD_EVAL) if args.head_eval else None
     rows = read_rows(out)
-    # every config with rows in this folder is reported (earlier commands' too)
+    # every config with rows in this folder is reported (earlier commands' too), and
+    # Best-of-N by visible examples whenever there is a pool (it needs no rows of its own)
     core = configs
-    configs = configs + sorted({r.config for r in rows.values()} - set(configs))
+    configs = configs + sorted({r.config for r in rows.values()} - set(configs), key=_order)
+    if pool and "bon-visible" not in configs:
+        configs.append("bon-visible")
     write_report(args, cfg, configs, pool, rows, head, core)
 
 
@@ -679,7 +688,7 @@ def goal_lines(lines: list[dict]) -> list[str]:
         f, lift, lo, hi = x.get("fwd_ratio"), x["lift"], x["lift_lo"], x["lift_hi"]
         cost = f"{f:.2f}x" if f is not None else "?"
         if f is not None and f > GOAL_COST:
-            v = f"outside the goal's cost ({cost} > {GOAL_COST:g}x plain's forward tokens)"
+            v = f"not applicable: it costs {cost}, more than {GOAL_COST:g}x plain's forward tokens"
         elif np.isnan(lo):
             v = "too few problems for an interval"
         elif lo >= GOAL_LIFT:
