@@ -25,6 +25,7 @@ from mlx_vgb.bench.code import (  # noqa: E402
     goal_lines,
     own_problem_lines,
     pass_at_k,
+    plot_families,
     summarize,
 )
 from mlx_vgb.errors import ConfigError  # noqa: E402
@@ -143,6 +144,39 @@ def test_configs_expand_over_drifts_and_budgets():
     ]
     with pytest.raises(ConfigError, match="unknown config"):
         expand("beam", [1.0], [1.0])
+
+
+def test_the_plot_draws_one_curve_per_sampler_and_drift():
+    # a budget sweep at drift 0.5 is one curve (by tokens); other drifts at 4x are points of
+    # their own, not joined to it; Best-of-N's n one curve; a line on fewer problems apart,
+    # drawn once it has half the problems
+    def line(config, fwd, problems=41, **kw):
+        return dict(config=config, fwd_ratio=fwd, pass1=0.5, lo=0.4, hi=0.6, problems=problems,
+                    **kw)  # fmt: skip
+
+    lines = [
+        line("plain", 1.0),
+        line("plain (pool)", 1.0),
+        line("bon-visible@n2", 2.0),
+        line("bon-visible@n1", 1.0),
+        line("vgb@d0.5,b16", 2.2),
+        line("vgb@d0.5,b1", 0.9),
+        line("vgb@d0.5,b4", 2.0),
+        line("vgb@d0.25,b4", 1.8),
+        line("vgb@d1,b4", 2.5),
+        line("vgb-visible@d0.5,b4", 2.1, partial=True, problems=39),
+        line("vgb-visible@d0.5,b8", 2.9, partial=True, problems=20),  # under half: not drawn
+        dict(config="greedy", fwd_ratio=None, pass1=0.5),
+    ]
+    fams = {f: [x["config"] for x in xs] for f, xs in plot_families(lines).items()}
+    assert fams == {
+        "plain": ["plain", "plain (pool)"],
+        "bon-visible": ["bon-visible@n1", "bon-visible@n2"],
+        "vgb, drift 0.5": ["vgb@d0.5,b1", "vgb@d0.5,b4", "vgb@d0.5,b16"],
+        "vgb, drift 0.25": ["vgb@d0.25,b4"],
+        "vgb, drift 1": ["vgb@d1,b4"],
+        "vgb-visible, drift 0.5 (39 problems)": ["vgb-visible@d0.5,b4"],
+    }
 
 
 def cli(*args, timeout=600):

@@ -867,6 +867,25 @@ def write_report(
     print(table)
 
 
+def plot_families(lines: list[dict]) -> dict[str, list[dict]]:
+    """The plot's curves: the lines of one sampler and drift (a budget sweep; Best-of-N's n),
+    sorted by forward tokens; a line on fewer problems (a run in progress) is a curve of its
+    own, drawn once it has half the problems (the table lists it from the first)."""
+    most = max((x.get("problems") or 0 for x in lines), default=0)
+    families: dict[str, list[dict]] = {}
+    for x in lines:
+        if x.get("fwd_ratio") is None:
+            continue
+        name, kv = _parse(x["config"].split(" ")[0])
+        fam = name + (f", drift {kv['d']:g}" if "d" in kv else "")
+        if x.get("partial"):  # not on the full rows' problems: a line of its own
+            if 2 * x["problems"] < most:
+                continue
+            fam = f"{fam} ({x['problems']} problems)"
+        families.setdefault(fam, []).append(x)
+    return {f: sorted(xs, key=lambda x: x["fwd_ratio"]) for f, xs in families.items()}
+
+
 def _plot(path: Path, lines: list[dict]) -> None:
     try:
         import matplotlib
@@ -876,16 +895,7 @@ def _plot(path: Path, lines: list[dict]) -> None:
     except ImportError:  # pragma: no cover - the bench extra is missing
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    families: dict[str, list[dict]] = {}
-    for x in lines:
-        if x.get("fwd_ratio") is None:
-            continue
-        fam = x["config"].split("@")[0].split(" ")[0]
-        if x.get("partial"):  # not on the full rows' problems: a line of its own
-            fam = f"{fam} ({x['problems']} problems)"
-        families.setdefault(fam, []).append(x)
-    for fam, xs in families.items():
-        xs = sorted(xs, key=lambda x: x["fwd_ratio"])
+    for fam, xs in plot_families(lines).items():
         ax.errorbar(
             [x["fwd_ratio"] for x in xs],
             [x["pass1"] for x in xs],
